@@ -1,0 +1,50 @@
+"""One error envelope for every 4xx and 5xx: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from core.errors import InvalidRequest, UmarvelError
+
+log = logging.getLogger(__name__)
+
+
+def envelope(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def validation_error(exc: ValidationError, prefix: str = "") -> InvalidRequest:
+    """A pydantic error as an InvalidRequest whose details say which field and why."""
+    details = [
+        {"field": prefix + ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+    summary = "; ".join(f"{d['field'] or 'body'}: {d['message']}" for d in details[:5])
+    return InvalidRequest(f"invalid request: {summary}", details)
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(UmarvelError)
+    def _umarvel(exc: UmarvelError) -> Any:
+        return jsonify(envelope(exc.code, exc.message, exc.details)), exc.status
+
+    @app.errorhandler(ValidationError)
+    def _validation(exc: ValidationError) -> Any:
+        err = validation_error(exc)
+        return jsonify(envelope(err.code, err.message, err.details)), err.status
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Any:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        response = jsonify(envelope(code, exc.description or exc.name or "error"))
+        return response, exc.code or 500
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Any:
+        log.exception("unhandled error")
+        return jsonify(envelope("internal_error", "internal server error")), 500

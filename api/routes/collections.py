@@ -1,0 +1,96 @@
+"""Collections: create, list, read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.schemas import CollectionCreate, json_body
+from api.services import services
+from core.db import session_scope
+from core.errors import Conflict, NotFound
+from core.models import Collection, Document
+from recall.filters import validate_fields
+
+bp = Blueprint("collections", __name__, url_prefix="/v1/collections")
+
+
+def get_collection(session: Session, name: str) -> Collection:
+    collection = session.scalar(select(Collection).where(Collection.name == name))
+    if collection is None:
+        raise NotFound(f"collection {name!r} does not exist")
+    return collection
+
+
+def render(session: Session, collection: Collection) -> dict[str, Any]:
+    counts = dict(
+        session.execute(
+            select(Document.status, func.count())
+            .where(Document.collection_id == collection.id)
+            .group_by(Document.status)
+        ).all()
+    )
+    return {
+        "name": collection.name,
+        "description": collection.description,
+        "recall_model": collection.recall_model,
+        "metric": collection.metric,
+        "rerank": {
+            "enabled": collection.rerank_enabled,
+            "k": collection.rerank_k,
+            "weight": collection.rerank_weight,
+        },
+        "metadata_fields": collection.metadata_fields,
+        "version": collection.version,
+        "generation": collection.generation,
+        "documents": {
+            "total": sum(counts.values()),
+            "indexed": counts.get("indexed", 0),
+            "pending": counts.get("pending", 0),
+            "failed": counts.get("failed", 0),
+        },
+        "created_at": collection.created_at.isoformat(),
+    }
+
+
+@bp.post("")
+def create_collection() -> Any:
+    body = CollectionCreate.model_validate(json_body(request))
+    svc = services()
+    settings = svc.settings
+    collection = Collection(
+        name=body.name,
+        description=body.description,
+        recall_model=body.recall_model or settings.recall_model,
+        rerank_enabled=body.rerank.enabled,
+        rerank_k=body.rerank.k or settings.default_rerank_k,
+        rerank_weight=(
+            body.rerank.weight if body.rerank.weight is not None else settings.default_rerank_weight
+        ),
+        metadata_fields=validate_fields(body.metadata_fields),
+    )
+    try:
+        with session_scope(svc.sessions) as session:
+            session.add(collection)
+            session.flush()
+            payload = render(session, collection)
+    except IntegrityError:
+        raise Conflict(f"collection {body.name!r} already exists") from None
+    return payload, 201, {"Location": f"/v1/collections/{body.name}"}
+
+
+@bp.get("")
+def list_collections() -> Any:
+    with session_scope(services().sessions) as session:
+        rows = session.scalars(select(Collection).order_by(Collection.name)).all()
+        return {"collections": [render(session, c) for c in rows]}
+
+
+@bp.get("/<name>")
+def read_collection(name: str) -> Any:
+    with session_scope(services().sessions) as session:
+        return render(session, get_collection(session, name))

@@ -1,0 +1,213 @@
+"""Asynchronous query jobs, modelled on Elasticsearch's async search.
+
+``POST`` answers 200 with the results when they are cached or finish within ``wait``
+seconds, else 202 with the job's id and URL; ``GET`` returns status and results.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import chain
+from flask import Blueprint, request
+from sqlalchemy import select
+
+from api.routes.collections import get_collection
+from api.routes.documents import render_document
+from api.schemas import QueryRequest, decode_base64, json_body
+from api.services import Services, services
+from core.cache import result_key
+from core.db import session_scope
+from core.errors import InvalidRequest, NotFound, Unavailable
+from core.images import decode_image
+from core.models import Collection, Document, QueryJob, new_id, utcnow
+from recall.filters import compile_filter
+
+bp = Blueprint("queries", __name__)
+
+POLL_SECONDS = 0.02
+RUNNING = ("queued", "recalling", "reranking")
+
+
+def _normalise(
+    svc: Services, collection: Collection, body: QueryRequest, image_key: str | None
+) -> dict[str, Any]:
+    """The request as the workers need it, with every default filled in: also the cache key."""
+    settings = svc.settings
+    top_k = body.top_k or settings.default_top_k
+    if top_k > settings.max_top_k:
+        raise InvalidRequest(f"top_k must be at most {settings.max_top_k}")
+    enabled = collection.rerank_enabled if body.rerank.enabled is None else body.rerank.enabled
+    k = max(body.rerank.k or collection.rerank_k, top_k)
+    weight = collection.rerank_weight if body.rerank.weight is None else body.rerank.weight
+    return {
+        "text": body.text,
+        "image": image_key,
+        "instruction": body.instruction,
+        "use_default_instruction": body.use_default_instruction,
+        "top_k": top_k,
+        "rerank": {"enabled": enabled, "k": k, "weight": weight},
+        "filter": body.filter,
+        "expression": compile_filter(body.filter, collection.metadata_fields),
+    }
+
+
+@bp.post("/v1/collections/<name>/queries")
+def submit_query(name: str) -> Any:
+    svc = services()
+    body = QueryRequest.model_validate(json_body(request))
+    if body.text is None and body.image is None:
+        raise InvalidRequest("a query needs text, an image, or both")
+    if body.text and len(body.text) > svc.settings.max_text_chars:
+        raise InvalidRequest(f"text is longer than {svc.settings.max_text_chars} characters")
+    if body.wait > svc.settings.max_wait_seconds:
+        raise InvalidRequest(f"wait must be at most {svc.settings.max_wait_seconds} seconds")
+    image_key = None
+    if body.image is not None:
+        data = decode_base64(body.image, "image")
+        decode_image(
+            data, max_bytes=svc.settings.max_image_bytes, max_pixels=svc.settings.max_image_pixels
+        )
+        image_key = svc.media.put(data)
+
+    with session_scope(svc.sessions) as session:
+        collection = get_collection(session, name)
+        normalised = _normalise(svc, collection, body, image_key)
+        key = result_key(
+            collection.uid,
+            collection.version,
+            collection.recall_model,
+            svc.settings.rerank_model,
+            normalised,
+        )
+        cached = svc.cache.get(key)
+        if cached is not None:
+            return _render_cached(session, collection, cached), 200
+        job_id = new_id()
+        holder = svc.cache.claim(key, job_id, ttl_seconds=svc.settings.task_time_limit * 2)
+        if holder == job_id:
+            session.add(
+                QueryJob(
+                    id=job_id,
+                    collection_id=collection.id,
+                    request=normalised,
+                    query_image_key=image_key,
+                    cache_key=key,
+                )
+            )
+    if holder == job_id:
+        _enqueue(svc, job_id, normalised["rerank"]["enabled"])
+    return _answer(svc, holder, body.wait)
+
+
+def _enqueue(svc: Services, job_id: str, rerank: bool) -> None:
+    steps = [svc.celery.signature("recall.search", args=[job_id])]
+    if rerank:
+        steps.append(svc.celery.signature("rerank.score"))
+    try:
+        chain(*steps).apply_async()
+    except Exception as exc:
+        with session_scope(svc.sessions) as session:
+            job = session.get_one(QueryJob, job_id)
+            job.status, job.error, job.finished_at = "failed", "queue unavailable", utcnow()
+            svc.cache.release(job.cache_key)
+        raise Unavailable(f"the task queue is unavailable: {exc}") from None
+
+
+def _answer(svc: Services, job_id: str, wait: float) -> Any:
+    deadline = time.monotonic() + wait
+    while True:
+        with session_scope(svc.sessions) as session:
+            job = session.get(QueryJob, job_id)
+            if job is not None and (job.status not in RUNNING or time.monotonic() >= deadline):
+                payload = render_job(session, job)
+                return payload, (202 if job.status in RUNNING else 200)
+            if job is None and time.monotonic() >= deadline:
+                # Another request holds the job and has not committed it yet.
+                return {"id": job_id, "url": f"/v1/queries/{job_id}", "status": "queued"}, 202
+        time.sleep(POLL_SECONDS)
+
+
+def _documents(session: Any, collection_id: int, ids: list[str]) -> dict[str, Document]:
+    if not ids:
+        return {}
+    rows = session.scalars(
+        select(Document).where(
+            Document.collection_id == collection_id, Document.external_id.in_(ids)
+        )
+    )
+    return {doc.external_id: doc for doc in rows}
+
+
+def _enrich(
+    session: Any, collection_id: int, hits: list[dict[str, Any]], first_rank: int
+) -> list[dict[str, Any]]:
+    """Hits with their documents' text, metadata and image URL."""
+    docs = _documents(session, collection_id, [h["document_id"] for h in hits])
+    enriched = []
+    for rank, hit in enumerate(hits, start=first_rank):
+        doc = docs.get(hit["document_id"])
+        extra = render_document(doc) if doc else {}
+        extra.pop("id", None)
+        extra.pop("status", None)
+        enriched.append({"rank": rank, **hit, **extra})
+    return enriched
+
+
+def _page(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    offset = request.args.get("offset", "0")
+    limit = request.args.get("limit", str(len(results) or 1))
+    if not offset.isdigit() or not limit.isdigit() or int(limit) < 1:
+        raise InvalidRequest("offset must be >= 0 and limit >= 1 (integers)")
+    start, count = int(offset), int(limit)
+    return results[start : start + count], {"offset": start, "limit": count, "total": len(results)}
+
+
+def render_job(session: Any, job: QueryJob) -> dict[str, Any]:
+    collection = session.get_one(Collection, job.collection_id)
+    payload: dict[str, Any] = {
+        "id": job.id,
+        "url": f"/v1/queries/{job.id}",
+        "collection": collection.name,
+        "status": job.status,
+        "is_running": job.status in RUNNING,
+        "is_partial": job.status != "done" and job.recall_hits is not None,
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "timings": job.timings,
+        "error": job.error,
+        "cached": False,
+    }
+    hits = job.results if job.status == "done" else job.recall_hits
+    if hits is not None:
+        page, paging = _page(hits)
+        payload["results"] = _enrich(session, job.collection_id, page, paging["offset"] + 1)
+        payload["paging"] = paging
+    return payload
+
+
+def _render_cached(session: Any, collection: Collection, cached: dict[str, Any]) -> dict[str, Any]:
+    page, paging = _page(cached["results"])
+    return {
+        "id": cached["job_id"],
+        "url": f"/v1/queries/{cached['job_id']}",
+        "collection": collection.name,
+        "status": "done",
+        "is_running": False,
+        "is_partial": False,
+        "timings": cached.get("timings", {}),
+        "error": None,
+        "cached": True,
+        "results": _enrich(session, collection.id, page, paging["offset"] + 1),
+        "paging": paging,
+    }
+
+
+@bp.get("/v1/queries/<job_id>")
+def read_query(job_id: str) -> Any:
+    with session_scope(services().sessions) as session:
+        job = session.get(QueryJob, job_id)
+        if job is None:
+            raise NotFound(f"query job {job_id!r} does not exist")
+        return render_job(session, job)

@@ -1,0 +1,80 @@
+"""Request bodies, validated with pydantic. Unknown fields are errors, not silently ignored."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from flask import Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.errors import InvalidRequest
+
+COLLECTION_NAME = r"^[a-z][a-z0-9_]{0,47}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class RerankDefaults(Strict):
+    enabled: bool = True
+    k: int | None = Field(None, ge=1, le=1000)
+    weight: float | None = Field(None, ge=-100, le=100)
+
+
+class CollectionCreate(Strict):
+    name: str = Field(pattern=COLLECTION_NAME, description="Lower-case letters, digits, '_'.")
+    description: str = Field("", max_length=2000)
+    recall_model: str | None = Field(None, min_length=1, max_length=512)
+    rerank: RerankDefaults = RerankDefaults()
+    metadata_fields: dict[str, str] = Field(default_factory=dict)
+
+
+class DocumentIn(Strict):
+    id: str = Field(min_length=1, max_length=256)
+    text: str | None = None
+    image: str | None = Field(None, description="Base64-encoded image file.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RerankOptions(Strict):
+    enabled: bool | None = None
+    k: int | None = Field(None, ge=1, le=1000)
+    weight: float | None = Field(None, ge=-100, le=100)
+
+
+class QueryRequest(Strict):
+    text: str | None = None
+    image: str | None = Field(None, description="Base64-encoded image file.")
+    instruction: str | None = Field(None, max_length=2000)
+    use_default_instruction: bool = True
+    top_k: int | None = Field(None, ge=1)
+    rerank: RerankOptions = RerankOptions()
+    filter: dict[str, Any] | None = None
+    wait: float = Field(0.0, ge=0)
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str | None) -> str | None:
+        return value if value is None or value.strip() else None
+
+
+def json_body(request: Request) -> Any:
+    """The parsed JSON body, or a 400 that says what is wrong with it."""
+    if not request.is_json:
+        raise InvalidRequest("send a JSON body with Content-Type: application/json")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise InvalidRequest("the request body is not valid JSON")
+    return body
+
+
+def decode_base64(value: str, field: str) -> bytes:
+    if value.startswith("data:") and "," in value:  # a data URL
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{field} is not valid base64") from None

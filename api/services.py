@@ -1,0 +1,42 @@
+"""The handles the API uses, built once per app: SQL, Redis, the Celery client, media."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from flask import current_app
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.cache import ResultCache, make_redis
+from core.db import make_engine, make_session_factory
+from core.media import LocalMediaStore, MediaStore
+from core.settings import Settings
+from workers.celery_app import make_celery
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    redis: Any
+    cache: ResultCache
+    celery: Celery
+    media: MediaStore
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        redis = make_redis(settings.redis_url)
+        return cls(
+            settings=settings,
+            sessions=make_session_factory(make_engine(settings.database_url)),
+            redis=redis,
+            cache=ResultCache(redis, settings.result_ttl_seconds),
+            celery=make_celery(settings),
+            media=LocalMediaStore(settings.media_root),
+        )
+
+
+def services() -> Services:
+    return current_app.extensions["umarvel"]

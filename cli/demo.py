@@ -1,0 +1,97 @@
+"""``umarvel demo``: the whole product on the embedded defaults, start to finish."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+
+from cli.samples import b64, sample_documents, shape_image
+from cli.stack import Stack, free_port
+
+TINY_WARNING = (
+    "NOTE: these are tiny models with RANDOM weights, built offline: the rankings below are\n"
+    "meaningless. For real results run the same command on the real checkpoints:\n"
+    "  umarvel demo --recall-model TencentBAC/U-MARVEL-Qwen3VL-4B-Instruct \\\n"
+    "               --rerank-model Qwen/Qwen3-VL-4B-Instruct"
+)
+
+QUERIES: list[tuple[str, dict[str, Any]]] = [
+    ("text", {"text": "a red circle"}),
+    ("image", {"image": b64(shape_image("blue", "square"))}),
+    ("image+text", {"image": b64(shape_image("green", "triangle")), "text": "the same in red"}),
+]
+
+
+def run_demo(workdir: Path, models: Path, recall_model: str | None, rerank: str | None) -> int:
+    tiny = recall_model is None
+    if tiny:
+        from core.tiny_models import build_all
+
+        click.echo(f"building tiny models in {models} ...")
+        recall_model = str(build_all(models)["qwen3_vl"].resolve())
+    rerank = rerank or recall_model
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    env = {
+        "UMARVEL_DATABASE_URL": f"sqlite:///{(workdir / 'umarvel.db').resolve()}",
+        "UMARVEL_MEDIA_ROOT": str((workdir / "media").resolve()),
+        "UMARVEL_MILVUS_URI": f"http://127.0.0.1:{free_port()}",
+        "UMARVEL_MILVUS_PREFIX": "demo_",
+        "UMARVEL_RECALL_MODEL": recall_model,
+        "UMARVEL_RERANK_MODEL": rerank,
+        "UMARVEL_TORCH_THREADS": "1",
+    }
+    click.echo("starting milvus-lite, the recall and rerank workers and the API ...")
+    try:
+        stack = Stack(workdir, env).start()
+    except RuntimeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    try:
+        _run(stack.api_url, tiny)
+    finally:
+        click.echo("stopping the stack ...")
+        stack.stop()
+    return 0
+
+
+def _run(url: str, tiny: bool) -> None:
+    http = requests.Session()
+    response = http.post(f"{url}/v1/collections", json={"name": "demo", "description": "shapes"})
+    response.raise_for_status()
+    docs = sample_documents()
+    job = http.post(f"{url}/v1/collections/demo/documents", json={"documents": docs}).json()
+    click.echo(f"ingesting {len(docs)} documents (job {job['id']}) ...")
+    while job["state"] not in ("done", "failed"):
+        time.sleep(0.2)
+        job = http.get(f"{url}{job['url']}").json()
+    click.echo(f"ingestion {job['state']}: {job['done']} indexed, {job['failed']} failed")
+    if tiny:
+        click.echo("\n" + TINY_WARNING)
+    for label, query in QUERIES:
+        started = time.perf_counter()
+        response = http.post(
+            f"{url}/v1/collections/demo/queries", json={**query, "top_k": 5, "wait": 30}
+        )
+        answer = response.json()
+        if response.status_code >= 400:
+            raise click.ClickException(f"{label} query failed: {answer['error']['message']}")
+        while answer.get("is_running"):
+            time.sleep(0.1)
+            answer = http.get(f"{url}{answer['url']}").json()
+        elapsed = time.perf_counter() - started
+        shown = {k: v for k, v in query.items() if k != "image"}
+        has_image = " + image" if "image" in query else ""
+        click.echo(f"\n{label} query {shown}{has_image}: {answer['status']} in {elapsed:.2f} s")
+        click.echo(f"  {'rank':>4}  {'document':<16} {'cosine':>8} {'p_yes':>7} {'score':>8}")
+        for hit in answer.get("results", []):
+            click.echo(
+                f"  {hit['rank']:>4}  {hit['document_id']:<16} {hit['cosine']:>8.4f} "
+                f"{hit['p_yes'] if hit['p_yes'] is None else format(hit['p_yes'], '.4f'):>7} "
+                f"{hit['score']:>8.4f}"
+            )

@@ -1,0 +1,114 @@
+"""The ``umarvel`` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """umarvel-search: multimodal search with U-MARVEL recall and MLLM rerank."""
+
+
+@main.command("tiny-models")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+def tiny_models(out_dir: Path, seed: int) -> None:
+    """Build tiny random Qwen2-VL and Qwen3-VL checkpoints in OUT_DIR/<arch>."""
+    from core.tiny_models import build_all
+
+    for arch, path in build_all(out_dir, seed=seed).items():
+        click.echo(f"{arch}: {path}")
+
+
+@main.group()
+def db() -> None:
+    """Database schema (Alembic)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Migrate UMARVEL_DATABASE_URL to REVISION."""
+    from core.db import upgrade
+    from core.settings import get_settings
+
+    upgrade(get_settings().database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@main.command()
+@click.argument("queue", type=click.Choice(["recall", "rerank"]))
+@click.option("--name", default=None, help="Celery node name (default: QUEUE@%h).")
+@click.option("--concurrency", default=1, show_default=True, help="Processes (one per GPU).")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(queue: str, name: str | None, concurrency: int, loglevel: str) -> None:
+    """Start a Celery worker that consumes QUEUE."""
+    from workers.app import app
+
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queue,
+            "--hostname",
+            name or f"{queue}@%h",
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+def api(host: str, port: int) -> None:
+    """Serve the HTTP API (threaded development server; use gunicorn in production)."""
+    from werkzeug.serving import run_simple
+
+    from api.app import create_app
+
+    run_simple(host, port, create_app(), threaded=True, use_reloader=False)
+
+
+@main.command("milvus-lite")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=19530, show_default=True)
+def milvus_lite(data_dir: str, host: str, port: int) -> None:
+    """Serve a milvus-lite data folder (one process owns it; clients connect by URI)."""
+    binary = Path(sys.executable).with_name("milvus-lite")
+    args = [str(binary), "server", "--data-dir", data_dir, "--host", host, "--port", str(port)]
+    os.execv(args[0], args)
+
+
+@main.command()
+@click.option("--workdir", default=".umarvel/demo", show_default=True, type=click.Path())
+@click.option(
+    "--models",
+    default=".umarvel/tiny-models",
+    show_default=True,
+    type=click.Path(),
+    help="Where the tiny models are built when no real checkpoint is given.",
+)
+@click.option("--recall-model", default=None, help="U-MARVEL checkpoint (hub id or folder).")
+@click.option("--rerank-model", default=None, help="Reranker checkpoint (hub id or folder).")
+def demo(workdir: str, models: str, recall_model: str | None, rerank_model: str | None) -> None:
+    """Start the embedded stack, ingest a sample collection, run three queries, stop."""
+    from cli.demo import run_demo
+
+    sys.exit(run_demo(Path(workdir), Path(models), recall_model, rerank_model))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The embedded stack: milvus-lite server, a recall and a rerank worker, and the API.
+
+Used by ``umarvel demo`` and by the integration tests. Each part is a real process; the
+stack stops every process it started, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+
+from core.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        try:
+            if check():
+                return
+        except Exception:  # not up yet
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not become ready within {timeout:.0f} s")
+
+
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@dataclass
+class Stack:
+    """Processes for one embedded deployment, configured through ``UMARVEL_*`` variables."""
+
+    workdir: Path
+    env: dict[str, str]
+    start_milvus: bool = True
+    worker_suffix: str = ""
+    log_dir: Path | None = None
+    api_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def settings(self) -> Settings:
+        return Settings(
+            **{
+                k[len("UMARVEL_") :].lower(): v
+                for k, v in self._env().items()
+                if k.startswith("UMARVEL_")
+            }
+        )
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log_dir = self.log_dir or self.workdir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        proc = subprocess.Popen(
+            args,
+            env=self._env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() ends its children too
+        )
+        self.processes[name] = proc
+        return proc
+
+    def start(self, timeout: float = 120.0) -> Stack:
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout: float) -> None:
+        settings = self.settings()
+        if not redis_reachable(settings.redis_url):
+            raise RuntimeError(
+                f"Redis is not reachable at {settings.redis_url}: start it (redis-server) "
+                "or point UMARVEL_REDIS_URL at one"
+            )
+        if self.start_milvus:
+            self.start_milvus_only(timeout)
+        from core.db import upgrade
+
+        upgrade(settings.database_url)
+        for queue in ("recall", "rerank"):
+            self._spawn(
+                f"worker-{queue}",
+                [
+                    sys.executable,
+                    "-m",
+                    "cli.main",
+                    "worker",
+                    queue,
+                    "--name",
+                    f"{queue}{self.worker_suffix}@%h",
+                ],
+            )
+        api = self._spawn(
+            "api", [sys.executable, "-m", "cli.main", "api", "--port", str(self.api_port)]
+        )
+        wait_until(
+            lambda: requests.get(f"{self.api_url}/healthz", timeout=1).ok, timeout, "API", api
+        )
+        self._wait_for_workers(settings, timeout)
+
+    def start_milvus_only(self, timeout: float = 60.0) -> None:
+        """Serve ``workdir/milvus`` with milvus-lite on the port of UMARVEL_MILVUS_URI."""
+        port = int(self.settings().milvus_uri.rsplit(":", 1)[1])
+        proc = self._spawn(
+            "milvus",
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "milvus-lite",
+                "--data-dir",
+                str(self.workdir / "milvus"),
+                "--port",
+                str(port),
+            ],
+        )
+        wait_until(lambda: _port_open(port), timeout, "milvus-lite server", proc)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one part (as a crash would) and forget it."""
+        proc = self.processes.pop(name)
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+    def _wait_for_workers(self, settings: Settings, timeout: float) -> None:
+        from workers.celery_app import make_celery
+
+        app = make_celery(settings)
+        wanted = {f"recall{self.worker_suffix}", f"rerank{self.worker_suffix}"}
+
+        def all_up() -> bool:
+            for name in ("worker-recall", "worker-rerank"):
+                if self.processes[name].poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {self.processes[name].returncode}")
+            replies = app.control.ping(timeout=0.5) or []
+            names = {next(iter(reply)).split("@")[0] for reply in replies}
+            return wanted <= names
+
+        wait_until(all_up, timeout, "Celery workers")
+        app.close()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM every process group, then SIGKILL whatever is left."""
+        for proc in self.processes.values():
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            _signal_group(proc, signal.SIGKILL)  # children of a stopped leader, if any
+            proc.wait()
+        self.processes.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

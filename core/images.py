@@ -1,0 +1,70 @@
+"""Image decoding with limits, and the U-MARVEL resize rule (SPEC section 4)."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from core.errors import InvalidRequest, PayloadTooLarge
+
+IMAGE_FACTOR = 28
+MIN_PIXELS = 4 * 28 * 28
+MAX_PIXELS = 300 * 28 * 28
+MAX_RATIO = 200
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Decode ``data`` to an RGB image, refusing oversized files and decompression bombs."""
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"image is {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise PayloadTooLarge(
+                    f"image is {width}x{height} pixels; the limit is {max_pixels} pixels"
+                )
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidRequest(f"image could not be decoded: {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"image is too large to decode: {exc}") from None
+    return image.convert("RGB")
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = IMAGE_FACTOR,
+    min_pixels: int = MIN_PIXELS,
+    max_pixels: int = MAX_PIXELS,
+) -> tuple[int, int]:
+    """qwen-vl-utils' rule: multiples of ``factor``, pixel count in bounds, aspect <= 200."""
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_RATIO:
+        raise InvalidRequest(f"image aspect ratio must be at most {MAX_RATIO}, got {ratio:.1f}")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def prepare_image(image: Image.Image) -> Image.Image:
+    """RGB, resized (PIL default resampling) to the U-MARVEL pixel bounds."""
+    image = image.convert("RGB")
+    height, width = smart_resize(image.height, image.width)
+    if (height, width) != (image.height, image.width):
+        image = image.resize((width, height))
+    return image

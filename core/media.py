@@ -1,0 +1,64 @@
+"""Content-addressed media store: the same bytes are stored once, under their SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from core.errors import NotFound
+
+_HEX = set("0123456789abcdef")
+
+
+class MediaStore(Protocol):
+    """What the API and the workers need from a media backend (local folder, S3, ...)."""
+
+    def put(self, data: bytes) -> str: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+
+class LocalMediaStore:
+    """Files under ``root/ab/cd/<sha256>``; writes are atomic (temp file, then rename)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        if len(key) != 64 or not set(key) <= _HEX:
+            raise NotFound(f"no media object {key!r}")
+        return self.root / key[:2] / key[2:4] / key
+
+    def put(self, data: bytes) -> str:
+        key = hashlib.sha256(data).hexdigest()
+        path = self._path(key)
+        if path.exists():
+            return key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return key
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"no media object {key!r}") from None
+
+    def exists(self, key: str) -> bool:
+        try:
+            return self._path(key).exists()
+        except NotFound:
+            return False

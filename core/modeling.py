@@ -1,0 +1,108 @@
+"""Loading Qwen-VL backbones and processors, and turning image inputs into PIL images.
+
+Shared by ``recall`` (the U-MARVEL embedder) and ``rerank`` (the MLLM reranker). torch and
+transformers are imported inside functions: importing this module is cheap and safe in a
+process that forks later.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from core.errors import InvalidRequest
+from core.images import decode_image
+
+if TYPE_CHECKING:
+    import torch
+
+ImageInput = str | Path | bytes | Image.Image
+
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen3_vl")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A backbone and its processor, on a device, in a dtype."""
+
+    model: Any
+    processor: Any
+    model_type: str
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(device: str) -> torch.device:
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_backbone(
+    model_path: str,
+    processor_path: str | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_implementation: str = "sdpa",
+) -> Loaded:
+    """Load a Qwen2-VL or Qwen3-VL checkpoint (hub id or folder), chosen from its config."""
+    from transformers import (
+        AutoConfig,
+        AutoProcessor,
+        Qwen2VLForConditionalGeneration,
+        Qwen3VLForConditionalGeneration,
+    )
+
+    config = AutoConfig.from_pretrained(model_path)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{model_path}: model_type {config.model_type!r} is not one of {SUPPORTED_MODEL_TYPES}"
+        )
+    model_class = (
+        Qwen2VLForConditionalGeneration
+        if config.model_type == "qwen2_vl"
+        else Qwen3VLForConditionalGeneration
+    )
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    model = model_class.from_pretrained(
+        model_path, dtype=torch_dtype, attn_implementation=attn_implementation
+    )
+    model.to(torch_device).eval()
+    processor = AutoProcessor.from_pretrained(processor_path or model_path)
+    return Loaded(model, processor, config.model_type, torch_device, torch_dtype)
+
+
+def load_image(value: ImageInput, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """An RGB PIL image from a path, raw bytes or a PIL image."""
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(value), max_bytes=max_bytes, max_pixels=max_pixels)
+    path = Path(value)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read image {str(path)!r}: {exc.strerror}") from None
+    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()

@@ -1,0 +1,97 @@
+"""One typed settings object, read from ``UMARVEL_*`` environment variables.
+
+The API, the workers and the CLI all build their configuration from here. Tests pass
+their own ``Settings(...)`` instead of patching globals.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_RECALL_MODEL = "TencentBAC/U-MARVEL-Qwen3VL-4B-Instruct"
+DEFAULT_RERANK_MODEL = "Qwen/Qwen3-VL-4B-Instruct"
+
+
+class Settings(BaseSettings):
+    """Every knob of umarvel-search. Each field is ``UMARVEL_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="UMARVEL_", extra="ignore", frozen=True)
+
+    # Storage
+    database_url: str = Field(
+        "sqlite:///.umarvel/umarvel.db", description="SQLAlchemy URL of the metadata database."
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis: Celery broker, result backend and cache."
+    )
+    milvus_uri: str = Field(
+        "http://127.0.0.1:19530",
+        description="Milvus endpoint (milvus-lite server or Milvus standalone/cluster).",
+    )
+    milvus_token: str = Field("", description="Milvus token (user:password), empty for none.")
+    milvus_prefix: str = Field(
+        "umarvel_", description="Prefix of every Milvus collection this deployment owns."
+    )
+    media_root: Path = Field(Path(".umarvel/media"), description="Folder of the media store.")
+
+    # Models
+    recall_model: str = Field(
+        DEFAULT_RECALL_MODEL, description="U-MARVEL checkpoint: hub id or local folder."
+    )
+    recall_processor: str = Field(
+        "", description="Processor hub id or folder, when it differs from the checkpoint."
+    )
+    rerank_model: str = Field(
+        DEFAULT_RERANK_MODEL, description="Reranker checkpoint: hub id or local folder."
+    )
+    rerank_processor: str = Field(
+        "", description="Reranker processor, when it differs from the checkpoint."
+    )
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' is bfloat16 on CUDA and float32 on CPU."
+    )
+    torch_threads: int = Field(0, description="torch threads per worker process (0: torch's).")
+    embed_batch_size: int = Field(16, ge=1, description="Most items in one embedding forward.")
+    rerank_batch_size: int = Field(8, ge=1, description="Most pairs in one reranker forward.")
+
+    # Search defaults and limits
+    default_top_k: int = Field(10, ge=1, description="Results returned when a query gives none.")
+    max_top_k: int = Field(100, ge=1, description="Largest top_k a query may ask for.")
+    default_rerank_k: int = Field(50, ge=1, description="Recall candidates passed to rerank.")
+    default_rerank_weight: float = Field(0.1, description="w in cosine + w * p_yes.")
+    max_wait_seconds: float = Field(30.0, ge=0, description="Longest 'wait' a query may ask for.")
+    result_ttl_seconds: int = Field(3600, ge=1, description="Lifetime of cached query results.")
+    ingest_chunk_size: int = Field(64, ge=1, description="Documents per ingestion task.")
+    max_documents_per_request: int = Field(1000, ge=1, description="Documents in one request.")
+    max_text_chars: int = Field(8192, ge=1, description="Longest document or query text.")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest image file.")
+    max_image_pixels: int = Field(
+        64_000_000, ge=1, description="Largest decoded image (stops decompression bombs)."
+    )
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest request body.")
+
+    # Celery
+    task_time_limit: int = Field(600, ge=1, description="Hard time limit of one task (seconds).")
+    visibility_timeout: int = Field(
+        3600, ge=1, description="Redis re-delivers a task unacknowledged for this long."
+    )
+
+    @property
+    def recall_processor_path(self) -> str:
+        return self.recall_processor or self.recall_model
+
+    @property
+    def rerank_processor_path(self) -> str:
+        return self.rerank_processor or self.rerank_model
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,13 @@
+"""Text normalisation shared by the embedder and the reranker (SPEC section 2)."""
+
+from __future__ import annotations
+
+
+def format_string(text: str) -> str:
+    """Strip spaces and quotes, upper-case the first character, end with '.', '?' or '!'."""
+    text = text.strip().strip("\r").strip().strip('"')
+    if text:
+        text = text[0].upper() + text[1:]
+        if text[-1] not in ".?!":
+            text += "."
+    return text

@@ -1,0 +1,207 @@
+"""The U-MARVEL embedder (SPEC sections 1-6).
+
+Usage::
+
+    from recall import Embedder, Query, Candidate
+
+    embedder = Embedder.from_pretrained("TencentBAC/U-MARVEL-Qwen3VL-4B-Instruct")
+    q = embedder.encode_queries([Query(text="a red car", instruction="Find an image.")])
+    c = embedder.encode_candidates([Candidate(image="car.jpg"), Candidate(text="A bus.")])
+    scores = q @ c.T  # cosine: the vectors are L2-normalised
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.images import prepare_image
+from core.modeling import Loaded, load_backbone, load_image
+from recall import prompts
+from recall.prompts import Candidate, Query
+
+if TYPE_CHECKING:
+    import torch
+
+CANDIDATE_MAX_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """What defines the embedding, fixed at load time."""
+
+    batch_size: int = 16
+    image_only_suffix: bool = False
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    text: str
+    image: Any  # a PIL image or None
+    cost: int
+
+
+class Embedder:
+    """Embeds queries and candidates into one L2-normalised space."""
+
+    def __init__(self, loaded: Loaded, config: EmbedderConfig | None = None) -> None:
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.model_type = loaded.model_type
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        self.config = config or EmbedderConfig()
+        self._install_special_tokens()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_path: str,
+        processor_path: str | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        config: EmbedderConfig | None = None,
+    ) -> Embedder:
+        return cls(load_backbone(model_path, processor_path, device=device, dtype=dtype), config)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.text_config.hidden_size)
+
+    # -- special tokens (SPEC section 1) ---------------------------------------------------
+    def _install_special_tokens(self) -> None:
+        import torch
+
+        tokenizer = self.processor.tokenizer
+        missing = [t for t in prompts.SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+        if missing and len(missing) != len(prompts.SPECIAL_TOKENS):
+            raise ValueError(f"tokenizer has only some of the U-MARVEL tokens; missing {missing}")
+        if missing:
+            base_len = len(tokenizer)
+            tokenizer.add_tokens(list(prompts.SPECIAL_TOKENS), special_tokens=True)
+            table = self.model.get_input_embeddings().weight
+            if table.shape[0] < base_len + 3:
+                raise ValueError("the model's embedding table is smaller than the tokenizer")
+            if self.model_type == "qwen3_vl":
+                # The original resized one token at a time with mean initialisation: rows
+                # N+1 and N+2 are the float32 mean of rows 0..N.
+                with torch.no_grad():
+                    mean = table[: base_len + 1].float().mean(dim=0)
+                    table[base_len + 1 : base_len + 3] = mean.to(table.dtype)
+        self.token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in prompts.SPECIAL_TOKENS}
+
+    # -- public API --------------------------------------------------------------------------
+    def encode_queries(self, queries: Sequence[Query]) -> np.ndarray:
+        prepared = [self._prepare(prompts.query_text(q), q.image) for q in queries]
+        return self._encode(prepared, truncate=False)
+
+    def encode_candidates(self, candidates: Sequence[Candidate]) -> np.ndarray:
+        prepared = [
+            self._prepare(
+                prompts.candidate_text(c, image_only_suffix=self.config.image_only_suffix), c.image
+            )
+            for c in candidates
+        ]
+        return self._encode(prepared, truncate=True)
+
+    # -- stages ------------------------------------------------------------------------------
+    def _prepare(self, text: str, image: Any) -> _Prepared:
+        """CPU work: decode and resize the image, render the chat template."""
+        pil = None
+        if image is not None:
+            pil = prepare_image(
+                load_image(
+                    image,
+                    max_bytes=self.config.max_image_bytes,
+                    max_pixels=self.config.max_image_pixels,
+                )
+            )
+        rendered = self.processor.apply_chat_template(
+            prompts.messages(text, pil is not None), tokenize=False, add_generation_prompt=True
+        )
+        cost = len(rendered) + (pil.width * pil.height // (28 * 28) if pil is not None else 0)
+        return _Prepared(rendered, pil, cost)
+
+    def _encode(self, items: list[_Prepared], *, truncate: bool) -> np.ndarray:
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
+        # Similar sizes batch together (less padding); the input order is restored below.
+        order = sorted(range(len(items)), key=lambda i: items[i].cost)
+        size = self.config.batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            out[chunk] = self._forward([items[i] for i in chunk], truncate=truncate)
+        return out
+
+    def _forward(self, items: list[_Prepared], *, truncate: bool) -> np.ndarray:
+        import torch
+
+        images = [item.image for item in items if item.image is not None]
+        kwargs: dict[str, Any] = {"padding": True, "padding_side": "right", "return_tensors": "pt"}
+        if truncate:
+            kwargs.update(truncation=True, max_length=CANDIDATE_MAX_TOKENS)
+        batch = self.processor(text=[item.text for item in items], images=images or None, **kwargs)
+        batch = batch.to(self.device)
+        with torch.inference_mode():
+            hidden = self._hidden_states(batch)
+            pooled = self._pool(hidden, batch["input_ids"], batch["attention_mask"])
+        return pooled.float().cpu().numpy()
+
+    def _hidden_states(self, batch: Any) -> torch.Tensor:
+        """Bidirectional forward of the language model over text and image embeddings."""
+        import torch
+        from transformers.masking_utils import create_bidirectional_mask
+
+        backbone = self.model.model
+        input_ids = batch["input_ids"]
+        mask = batch["attention_mask"]
+        embeds = self.model.get_input_embeddings()(input_ids)
+        if "pixel_values" in batch:
+            # pooler_output holds the merged patch features; Qwen3-VL's DeepStack features
+            # are discarded on purpose (U-MARVEL does not inject them).
+            features = backbone.get_image_features(
+                batch["pixel_values"].to(self.dtype), batch["image_grid_thw"]
+            ).pooler_output
+            features = torch.cat(list(features), dim=0).to(embeds.dtype)
+            image_positions = (input_ids == self.model.config.image_token_id).unsqueeze(-1)
+            embeds = embeds.masked_scatter(image_positions.expand_as(embeds), features)
+        if self.model_type == "qwen3_vl":
+            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        else:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(
+                input_ids
+            )
+        language_model = backbone.language_model
+        full_mask = create_bidirectional_mask(
+            config=language_model.config,
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            allow_is_bidirectional_skip=False,
+        )
+        output = language_model(
+            inputs_embeds=embeds,
+            attention_mask=full_mask,
+            position_ids=positions,
+            use_cache=False,
+        )
+        return output.last_hidden_state
+
+    def _pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean over non-pad tokens minus the instruction span, then L2 normalisation."""
+        import torch
+
+        is_start = input_ids == self.token_ids[prompts.INSTRUCTION_START]
+        is_end = input_ids == self.token_ids[prompts.INSTRUCTION_END]
+        # Inside the span: a start has been seen and its end has not been passed.
+        in_span = is_start.cumsum(-1) > (is_end.cumsum(-1) - is_end.long())
+        weights = (mask.bool() & ~in_span).to(hidden.dtype).unsqueeze(-1)
+        summed = (hidden * weights).sum(dim=1, dtype=torch.float32)
+        pooled = summed / weights.sum(dim=1, dtype=torch.float32).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1)

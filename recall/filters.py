@@ -1,0 +1,100 @@
+"""A small filter language over declared, typed metadata fields, compiled to Milvus.
+
+A filter is JSON: ``{"field": value}`` (equality), ``{"field": {"gte": 1, "lt": 5}}``
+(ranges), ``{"field": {"in": [...]}}``; several fields are joined with ``and``. Field
+names must be declared on the collection with a type (``int``, ``float``, ``str``,
+``bool``); values are checked against it and rendered by the project, so a raw client
+string never reaches Milvus.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from core.errors import InvalidRequest
+
+FIELD_TYPES = ("int", "float", "str", "bool")
+FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+RESERVED = frozenset({"id", "vector"})
+_OPERATORS = {"eq": "==", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+MAX_IN = 1000
+
+
+def validate_fields(fields: dict[str, Any]) -> dict[str, str]:
+    """Check a collection's declared metadata fields: ``{name: type}``."""
+    if not isinstance(fields, dict):
+        raise InvalidRequest("metadata_fields must be an object of field name to type")
+    for name, kind in fields.items():
+        if not FIELD_NAME.match(name) or name in RESERVED:
+            raise InvalidRequest(
+                f"metadata field name {name!r} must match {FIELD_NAME.pattern} and not be "
+                f"one of {sorted(RESERVED)}"
+            )
+        if kind not in FIELD_TYPES:
+            raise InvalidRequest(f"metadata field {name!r}: type must be one of {FIELD_TYPES}")
+    return dict(fields)
+
+
+def check_value(field: str, kind: str, value: Any) -> Any:
+    """``value`` if it has the declared ``kind``, else a clear error."""
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value),
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+    }[kind]
+    if not ok:
+        raise InvalidRequest(f"field {field!r} is declared {kind}; got {json.dumps(value)}")
+    if kind == "int" and not -(2**63) <= value < 2**63:
+        raise InvalidRequest(f"field {field!r}: {value} is out of the 64-bit range")
+    return value
+
+
+def _literal(kind: str, value: Any) -> str:
+    if kind == "bool":
+        return "true" if value else "false"
+    if kind == "str":
+        return json.dumps(value, ensure_ascii=False)  # a double-quoted, escaped string
+    return repr(value)
+
+
+def compile_filter(spec: Any, fields: dict[str, str]) -> str | None:
+    """The Milvus boolean expression for ``spec``, or None for no filter."""
+    if spec is None or spec == {}:
+        return None
+    if not isinstance(spec, dict):
+        raise InvalidRequest("filter must be an object of field name to condition")
+    clauses = []
+    for field, condition in spec.items():
+        if field not in fields:
+            raise InvalidRequest(
+                f"cannot filter on {field!r}: declared fields are {sorted(fields) or 'none'}"
+            )
+        kind = fields[field]
+        if not isinstance(condition, dict):
+            condition = {"eq": condition}
+        if not condition:
+            raise InvalidRequest(f"filter on {field!r} has no condition")
+        for op, value in condition.items():
+            clauses.append(_clause(field, kind, op, value))
+    return " and ".join(clauses)
+
+
+def _clause(field: str, kind: str, op: str, value: Any) -> str:
+    if op == "in":
+        if not isinstance(value, list) or not value or len(value) > MAX_IN:
+            raise InvalidRequest(f"filter {field!r} 'in' needs a list of 1 to {MAX_IN} values")
+        rendered = ", ".join(_literal(kind, check_value(field, kind, v)) for v in value)
+        return f"{field} in [{rendered}]"
+    if op not in _OPERATORS:
+        raise InvalidRequest(
+            f"filter {field!r}: unknown operator {op!r}; use one of {[*_OPERATORS, 'in']}"
+        )
+    if op in ("gt", "gte", "lt", "lte") and kind not in ("int", "float"):
+        raise InvalidRequest(f"filter {field!r}: range operators need an int or float field")
+    return f"{field} {_OPERATORS[op]} {_literal(kind, check_value(field, kind, value))}"

@@ -1,0 +1,133 @@
+"""The Milvus vector index, reached through ``MilvusClient(uri=...)`` in every deployment.
+
+One Milvus collection per (collection, generation): ``<prefix><name>_g<generation>``.
+The primary key is the document's external id, so an upsert replaces and a replay is
+harmless. Metadata fields declared on the collection become typed scalar fields (filters
+on them are free, unlike filters on a JSON field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.errors import Unavailable
+
+PK_FIELD = "id"
+VECTOR_FIELD = "vector"
+PK_MAX_LENGTH = 512
+STR_MAX_LENGTH = 2048
+HNSW_BUILD = {"M": 16, "efConstruction": 200}
+
+
+@dataclass(frozen=True)
+class IndexHit:
+    document_id: str
+    score: float
+
+
+def milvus_name(prefix: str, collection: str, generation: int) -> str:
+    return f"{prefix}{collection}_g{generation}"
+
+
+class MilvusIndex:
+    def __init__(self, uri: str, token: str = "", timeout: float = 30.0) -> None:
+        from pymilvus import MilvusClient
+
+        self.uri = uri
+        try:
+            self.client = MilvusClient(uri=uri, token=token, timeout=timeout)
+        except Exception as exc:
+            raise Unavailable(f"Milvus at {uri} is not reachable: {exc}") from exc
+        self._loaded: set[str] = set()
+
+    def exists(self, name: str) -> bool:
+        return bool(self.client.has_collection(name))
+
+    def create(self, name: str, dim: int, fields: dict[str, str] | None = None) -> None:
+        """Create ``name`` (COSINE, HNSW) unless it exists; typed scalar ``fields``."""
+        from pymilvus import DataType, MilvusClient, MilvusException
+
+        if self.exists(name):
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(PK_FIELD, DataType.VARCHAR, is_primary=True, max_length=PK_MAX_LENGTH)
+        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+        types = {"int": DataType.INT64, "float": DataType.DOUBLE, "bool": DataType.BOOL}
+        for field, kind in (fields or {}).items():
+            if kind == "str":
+                schema.add_field(field, DataType.VARCHAR, max_length=STR_MAX_LENGTH, nullable=True)
+            else:
+                schema.add_field(field, types[kind], nullable=True)
+        index_params = self.client.prepare_index_params()
+        # Build parameters must be nested under "params": milvus-lite drops them otherwise.
+        index_params.add_index(
+            field_name=VECTOR_FIELD,
+            index_type="HNSW",
+            metric_type="COSINE",
+            params={"params": dict(HNSW_BUILD)},
+        )
+        try:
+            self.client.create_collection(name, schema=schema, index_params=index_params)
+        except MilvusException:
+            if not self.exists(name):  # lost a creation race: fine; anything else: raise
+                raise
+
+    def ensure_loaded(self, name: str) -> None:
+        """Collections come back unloaded after a restart; load before searching."""
+        if name in self._loaded:
+            return
+        from pymilvus.client.types import LoadState
+
+        if self.client.get_load_state(name).get("state") != LoadState.Loaded:
+            self.client.load_collection(name)
+        self._loaded.add(name)
+
+    def upsert(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            self.client.upsert(name, data=list(rows))
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        if ids:
+            self.client.delete(name, ids=list(ids))
+
+    def flush(self, name: str) -> None:
+        self.client.flush(name)
+
+    def count(self, name: str) -> int:
+        self.ensure_loaded(name)
+        result = self.client.query(name, filter="", output_fields=["count(*)"])
+        return int(result[0]["count(*)"])
+
+    def search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        top_k: int,
+        expression: str | None = None,
+        ef: int | None = None,
+    ) -> list[IndexHit]:
+        """The ``top_k`` nearest documents by cosine, best first."""
+        if not self.exists(name):
+            return []
+        self.ensure_loaded(name)
+        params = {"metric_type": "COSINE", "params": {"ef": max(ef or 0, top_k, 64)}}
+        result = self.client.search(
+            name,
+            data=[np.asarray(vector, dtype=np.float32).tolist()],
+            limit=top_k,
+            filter=expression or "",
+            search_params=params,
+            output_fields=[PK_FIELD],
+        )
+        return [IndexHit(str(hit["id"]), float(hit["distance"])) for hit in result[0]]
+
+    def drop(self, name: str) -> None:
+        self.client.drop_collection(name)
+        self._loaded.discard(name)
+
+    def close(self) -> None:
+        self.client.close()

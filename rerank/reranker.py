@@ -1,0 +1,160 @@
+"""The pointwise MLLM reranker: P(Yes) from one forward pass (SPEC section 7).
+
+Usage::
+
+    from rerank import Reranker, RerankQuery, RerankCandidate
+
+    reranker = Reranker.from_pretrained("Qwen/Qwen3-VL-4B-Instruct")
+    p_yes = reranker.score(RerankQuery(text="a red car", instruction="Find an image."),
+                           [RerankCandidate(image="car.jpg"), RerankCandidate(text="A bus.")])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core.images import prepare_image
+from core.modeling import ImageInput, Loaded, load_backbone, load_image
+from rerank import prompts
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class RerankQuery:
+    text: str | None = None
+    image: ImageInput | None = None
+    instruction: str | None = None
+
+
+@dataclass(frozen=True)
+class RerankCandidate:
+    text: str | None = None
+    image: ImageInput | None = None
+
+
+@dataclass(frozen=True)
+class RerankerConfig:
+    batch_size: int = 8
+    # Apply the generation config's repetition penalty to the Yes/No logits, as
+    # generate() did for the published numbers.
+    repetition_penalty: bool = True
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+
+
+@dataclass(frozen=True)
+class _Pair:
+    text: str
+    images: list[Any]
+    cost: int
+
+
+class Reranker:
+    """Scores (query, candidate) pairs with P(Yes) of a Qwen-VL instruct model."""
+
+    def __init__(self, loaded: Loaded, config: RerankerConfig | None = None) -> None:
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        self.config = config or RerankerConfig()
+        tokenizer = self.processor.tokenizer
+        self.yes_id = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
+        self.no_id = tokenizer("No", add_special_tokens=False)["input_ids"][0]
+        penalty = getattr(self.model.generation_config, "repetition_penalty", None) or 1.0
+        self.penalty = float(penalty) if self.config.repetition_penalty else 1.0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_path: str,
+        processor_path: str | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        config: RerankerConfig | None = None,
+    ) -> Reranker:
+        return cls(load_backbone(model_path, processor_path, device=device, dtype=dtype), config)
+
+    def score(self, query: RerankQuery, candidates: Sequence[RerankCandidate]) -> list[float]:
+        """P(Yes) for each candidate, in the input order."""
+        return self.score_pairs([(query, c) for c in candidates])
+
+    def score_pairs(self, pairs: Sequence[tuple[RerankQuery, RerankCandidate]]) -> list[float]:
+        """P(Yes) for each pair; pairs of different queries may share a batch."""
+        query_images: dict[int, Any] = {}
+        prepared = []
+        for query, candidate in pairs:
+            if id(query) not in query_images:
+                query_images[id(query)] = self._image(query.image)
+            prepared.append(self._prepare(query, query_images[id(query)], candidate))
+        scores = [0.0] * len(prepared)
+        order = sorted(range(len(prepared)), key=lambda i: prepared[i].cost)
+        size = self.config.batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            for index, value in zip(
+                chunk, self._forward([prepared[i] for i in chunk]), strict=True
+            ):
+                scores[index] = value
+        return scores
+
+    def _image(self, value: ImageInput | None) -> Any:
+        if value is None:
+            return None
+        return prepare_image(
+            load_image(
+                value,
+                max_bytes=self.config.max_image_bytes,
+                max_pixels=self.config.max_image_pixels,
+            )
+        )
+
+    def _prepare(self, query: RerankQuery, query_image: Any, candidate: RerankCandidate) -> _Pair:
+        candidate_image = self._image(candidate.image)
+        content = prompts.user_content(
+            prompts.query_text(query.text, query.instruction),
+            query_image is not None,
+            candidate.text or "",
+            candidate_image is not None,
+        )
+        rendered = self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+        images = [img for img in (query_image, candidate_image) if img is not None]
+        cost = len(rendered) + sum(img.width * img.height // (28 * 28) for img in images)
+        return _Pair(rendered, images, cost)
+
+    def _forward(self, pairs: list[_Pair]) -> list[float]:
+        import torch
+
+        images = [img for pair in pairs for img in pair.images]
+        batch = self.processor(
+            text=[pair.text for pair in pairs],
+            images=images or None,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode():
+            logits = self.model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1, :]
+            two = self._yes_no_logits(logits.float(), batch["input_ids"])
+            return torch.softmax(two, dim=-1)[:, 0].cpu().tolist()
+
+    def _yes_no_logits(self, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """[Yes, No] logits, with generate()'s repetition penalty where it would apply."""
+        import torch
+
+        columns = []
+        for token in (self.yes_id, self.no_id):
+            value = logits[:, token]
+            if self.penalty != 1.0:
+                seen = (input_ids == token).any(dim=-1)
+                penalised = torch.where(value < 0, value * self.penalty, value / self.penalty)
+                value = torch.where(seen, penalised, value)
+            columns.append(value)
+        return torch.stack(columns, dim=-1)

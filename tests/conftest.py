@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny models, real SQL databases (SQLite and PostgreSQL), Redis, Milvus.
+
+PostgreSQL: a fresh database per test session on UMARVEL_TEST_POSTGRES (default: the
+server on 127.0.0.1:5432), dropped at the end. Redis: database UMARVEL_TEST_REDIS_DB
+(default 15), flushed before use.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "UMARVEL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = "redis://127.0.0.1:6379/" + os.environ.get("UMARVEL_TEST_REDIS_DB", "15")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from core.tiny_models import build_all
+
+    return build_all(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session", params=["qwen2_vl", "qwen3_vl"])
+def arch(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for this test session."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"umarvel_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
+) -> Iterator[str]:
+    """An empty database of each kind; every SQL test runs against both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    yield postgres_url
+    # Leave the session database empty for the next test.
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture
+def migrated_url(database_url: str) -> str:
+    from core.db import upgrade
+
+    upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    except redis.ConnectionError:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}; start redis-server")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """A real milvus-lite server process on a free loopback port."""
+    from cli.stack import Stack, free_port
+
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("milvus")
+    stack = Stack(workdir, {"UMARVEL_MILVUS_URI": f"http://127.0.0.1:{port}"})
+    stack.start_milvus_only()
+    try:
+        yield {"uri": f"http://127.0.0.1:{port}", "stack": stack, "port": port}
+    finally:
+        stack.stop()

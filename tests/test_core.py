@@ -1,0 +1,100 @@
+"""Text normalisation, image limits and resize rule, media store, settings."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+from PIL import Image
+
+from cli.samples import shape_image
+from core.errors import InvalidRequest, NotFound, PayloadTooLarge
+from core.images import MAX_PIXELS, MIN_PIXELS, decode_image, prepare_image, smart_resize
+from core.media import LocalMediaStore
+from core.settings import Settings
+from core.text import format_string
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("  a red car ", "A red car."),
+        ('"quoted text"', "Quoted text."),
+        ("Is it?", "Is it?"),
+        ("wow!", "Wow!"),
+        ("done.", "Done."),
+        ("line\r\n", "Line."),
+        ("", ""),
+        (
+            "<instruction_start>Find it.<instruction_end> ",
+            "<instruction_start>Find it.<instruction_end>.",
+        ),
+    ],
+)
+def test_format_string(raw: str, expected: str) -> None:
+    assert format_string(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("height", "width"), [(10, 10), (56, 84), (1000, 700), (3000, 4000), (30, 5000)]
+)
+def test_smart_resize_bounds(height: int, width: int) -> None:
+    h, w = smart_resize(height, width)
+    assert h % 28 == 0 and w % 28 == 0
+    assert MIN_PIXELS <= h * w <= MAX_PIXELS
+    # The aspect ratio is kept up to the rounding to multiples of 28.
+    assert math.isclose(h / w, height / width, rel_tol=0.5)
+
+
+def test_smart_resize_rejects_extreme_aspect() -> None:
+    with pytest.raises(InvalidRequest, match="aspect ratio"):
+        smart_resize(10, 2500)
+
+
+def test_prepare_image_resizes_to_multiples_of_28() -> None:
+    image = prepare_image(Image.new("RGB", (90, 61), "red"))
+    assert image.size == (84, 56)
+
+
+def test_decode_image_limits() -> None:
+    png = shape_image("red", "circle")
+    assert decode_image(png, max_bytes=10**6, max_pixels=10**6).size == (96, 96)
+    with pytest.raises(PayloadTooLarge, match="bytes"):
+        decode_image(png, max_bytes=10, max_pixels=10**6)
+    with pytest.raises(PayloadTooLarge, match="pixels"):
+        decode_image(png, max_bytes=10**6, max_pixels=95 * 95)
+    with pytest.raises(InvalidRequest, match="could not be decoded"):
+        decode_image(b"not an image", max_bytes=10**6, max_pixels=10**6)
+    truncated = png[: len(png) // 2]
+    with pytest.raises(InvalidRequest):
+        decode_image(truncated, max_bytes=10**6, max_pixels=10**6)
+
+
+def test_decode_image_refuses_a_decompression_bomb() -> None:
+    # A 20000 x 20000 image compresses to a few hundred kB of PNG.
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG")
+    with pytest.raises(PayloadTooLarge):
+        decode_image(buffer.getvalue(), max_bytes=10**8, max_pixels=64_000_000)
+
+
+def test_media_store_is_content_addressed(tmp_path) -> None:
+    store = LocalMediaStore(tmp_path)
+    first = store.put(b"abc")
+    assert store.put(b"abc") == first
+    assert store.get(first) == b"abc"
+    assert store.exists(first)
+    assert len(list(tmp_path.rglob("*"))) == 3  # two levels of folders and one file
+    assert not store.exists("../../etc/passwd")
+    with pytest.raises(NotFound):
+        store.get("0" * 64)
+
+
+def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UMARVEL_MAX_TOP_K", "7")
+    monkeypatch.setenv("UMARVEL_DEVICE", "cpu")
+    settings = Settings()
+    assert settings.max_top_k == 7
+    assert settings.device == "cpu"
+    assert settings.recall_processor_path == settings.recall_model

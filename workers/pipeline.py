@@ -1,0 +1,205 @@
+"""The steps behind the Celery tasks: SQL job state around the recall and rerank libraries.
+
+Each step reads what it needs by id (job rows, documents, media keys), does its work and
+records the outcome on the job row. A failure is recorded on the job, then re-raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from core.cache import ResultCache
+from core.models import Collection, Document, IngestJob, QueryJob, utcnow
+from recall.index import milvus_name
+from recall.instructions import default_instruction
+from recall.prompts import Candidate, Query
+from recall.service import IndexDocument, RecallService
+from rerank.fusion import fuse
+from rerank.reranker import RerankCandidate, RerankQuery
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+FINISHED = ("done", "failed", "cancelled", "expired")
+
+
+def _milvus_collection(rt: Runtime, collection: Collection) -> str:
+    return milvus_name(rt.settings.milvus_prefix, collection.name, collection.generation)
+
+
+# -- ingestion -------------------------------------------------------------------------------
+def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str, Any]:
+    """Embed and upsert one chunk of an ingestion job; replaying a chunk changes nothing."""
+    with rt.sessions.begin() as session:
+        job = session.get(IngestJob, job_id)
+        if job is None:
+            raise LookupError(f"ingestion job {job_id} does not exist")
+        collection = session.get_one(Collection, job.collection_id)
+        if job.state == "queued":
+            job.state, job.started_at = "running", utcnow()
+        docs = session.scalars(
+            select(Document).where(Document.id.in_(document_ids), Document.ingest_job_id == job_id)
+        ).all()
+        target = _milvus_collection(rt, collection)
+        fields = dict(collection.metadata_fields)
+        model = collection.recall_model
+        items = [
+            (doc.id, doc.external_id, doc.text, doc.image_key, dict(doc.doc_metadata))
+            for doc in docs
+        ]
+    service = RecallService(rt.embedder(model), rt.index)
+    documents = [
+        IndexDocument(
+            external_id,
+            Candidate(text=text, image=rt.media.get(image_key) if image_key else None),
+            metadata,
+        )
+        for _, external_id, text, image_key, metadata in items
+    ]
+    timings = service.index_documents(target, documents, fields) if documents else {}
+    with rt.sessions.begin() as session:
+        session.execute(
+            update(Document)
+            .where(Document.id.in_([item[0] for item in items]))
+            .values(status="indexed", error=None)
+        )
+        # The writes are flushed and searchable: make the change visible to the cache.
+        session.execute(
+            update(Collection)
+            .where(Collection.id == collection.id)
+            .values(version=Collection.version + 1)
+        )
+        _refresh_ingest_progress(session, job_id)
+    log.info("ingest job=%s collection=%s documents=%d", job_id, collection.name, len(items))
+    return {"job_id": job_id, "indexed": len(items), "timings": timings}
+
+
+def _refresh_ingest_progress(session: Any, job_id: str) -> None:
+    job = session.get_one(IngestJob, job_id, with_for_update=True)
+    indexed = session.scalar(
+        select(func.count())
+        .select_from(Document)
+        .where(Document.ingest_job_id == job_id, Document.status == "indexed")
+    )
+    job.done = int(indexed or 0)
+    if job.done + job.failed >= job.total and job.state != "done":
+        job.state, job.finished_at = "done", utcnow()
+
+
+# -- queries ---------------------------------------------------------------------------------
+@contextmanager
+def _recording_failure(rt: Runtime, job_id: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        with rt.sessions.begin() as session:
+            job = session.get(QueryJob, job_id)
+            if job is not None and job.status not in FINISHED:
+                job.status, job.error, job.finished_at = "failed", str(exc), utcnow()
+                ResultCache(rt.redis, rt.settings.result_ttl_seconds).release(job.cache_key)
+        raise
+
+
+def _query_of(rt: Runtime, job: QueryJob) -> tuple[Query, str]:
+    request = job.request
+    image = rt.media.get(job.query_image_key) if job.query_image_key else None
+    query = Query(text=request.get("text"), image=image)
+    instruction = request.get("instruction")
+    if instruction is None and request.get("use_default_instruction", True):
+        instruction = default_instruction(query.modality)
+    return Query(text=query.text, image=image, instruction=instruction), query.modality
+
+
+def recall_step(rt: Runtime, job_id: str) -> str:
+    """Embed the query, search Milvus, store the hits on the job; finish it without rerank."""
+    with _recording_failure(rt, job_id):
+        with rt.sessions.begin() as session:
+            job = session.get(QueryJob, job_id)
+            if job is None or job.status in FINISHED:
+                return job_id
+            job.status = "recalling"
+            collection = session.get_one(Collection, job.collection_id)
+            target = _milvus_collection(rt, collection)
+            model = collection.recall_model
+            request = dict(job.request)
+            query, _ = _query_of(rt, job)
+        rerank = request["rerank"]
+        k = rerank["k"] if rerank["enabled"] else request["top_k"]
+        service = RecallService(rt.embedder(model), rt.index)
+        result = service.search(target, query, k, request.get("expression"))
+        hits = [{"document_id": h.document_id, "cosine": h.score} for h in result.hits]
+        with rt.sessions.begin() as session:
+            job = session.get_one(QueryJob, job_id)
+            if job.status in FINISHED:
+                return job_id
+            job.recall_hits = hits
+            job.timings = {**job.timings, **result.timings}
+            if rerank["enabled"] and hits:
+                job.status = "reranking"
+            else:
+                results = [{**h, "p_yes": None, "score": h["cosine"]} for h in hits]
+                _finish(rt, job, results[: request["top_k"]])
+    return job_id
+
+
+def rerank_step(rt: Runtime, job_id: str) -> str:
+    """Score the recall hits with the reranker, fuse, store the final ranking and cache it."""
+    with _recording_failure(rt, job_id):
+        with rt.sessions.begin() as session:
+            job = session.get(QueryJob, job_id)
+            if job is None or job.status != "reranking":
+                return job_id
+            request = dict(job.request)
+            hits = list(job.recall_hits or [])
+            docs = {
+                doc.external_id: doc
+                for doc in session.scalars(
+                    select(Document).where(
+                        Document.collection_id == job.collection_id,
+                        Document.external_id.in_([h["document_id"] for h in hits]),
+                    )
+                )
+            }
+            query, _ = _query_of(rt, job)
+        hits = [h for h in hits if h["document_id"] in docs]  # deleted since recall: skip
+        started = time.perf_counter()
+        candidates = [
+            RerankCandidate(
+                text=docs[h["document_id"]].text,
+                image=rt.media.get(key) if (key := docs[h["document_id"]].image_key) else None,
+            )
+            for h in hits
+        ]
+        rerank_query = RerankQuery(query.text, query.image, query.instruction)
+        p_yes = rt.reranker(rt.settings.rerank_model).score(rerank_query, candidates)
+        fused = fuse(
+            [h["document_id"] for h in hits],
+            [h["cosine"] for h in hits],
+            p_yes,
+            request["rerank"]["weight"],
+        )
+        seconds = time.perf_counter() - started
+        results = [
+            {"document_id": f.document_id, "cosine": f.cosine, "p_yes": f.p_yes, "score": f.score}
+            for f in fused[: request["top_k"]]
+        ]
+        with rt.sessions.begin() as session:
+            job = session.get_one(QueryJob, job_id)
+            if job.status in FINISHED:
+                return job_id
+            job.timings = {**job.timings, "rerank": seconds}
+            _finish(rt, job, results)
+    return job_id
+
+
+def _finish(rt: Runtime, job: QueryJob, results: list[dict[str, Any]]) -> None:
+    job.results, job.status, job.finished_at = results, "done", utcnow()
+    cache = ResultCache(rt.redis, rt.settings.result_ttl_seconds)
+    cache.put(job.cache_key, {"job_id": job.id, "results": results, "timings": job.timings})
+    cache.release(job.cache_key)

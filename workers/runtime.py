@@ -1,0 +1,130 @@
+"""Per-process resources of a worker, built lazily on first use (never before a fork).
+
+Models load once per process under a lock, on the first task that needs them: never at
+import, never in the parent of a prefork pool, never inside Celery's 4-second
+``worker_process_init`` window.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any, Generic, TypeVar
+
+from core.cache import ResultCache, make_redis
+from core.db import make_engine, make_session_factory
+from core.media import LocalMediaStore
+from core.settings import Settings, get_settings
+
+T = TypeVar("T")
+
+
+class Lazy(Generic[T]):
+    """A value built once, on first ``get()``, under a lock."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        if self._value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = self._build()
+        return self._value
+
+    @property
+    def loaded(self) -> bool:
+        return self._value is not None
+
+
+class Runtime:
+    """Settings-driven handles a task needs: SQL, Redis, media, Milvus and the models."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._embedders: dict[str, Lazy[Any]] = {}
+        self._rerankers: dict[str, Lazy[Any]] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def sessions(self) -> Any:
+        return make_session_factory(make_engine(self.settings.database_url, nullpool=True))
+
+    @cached_property
+    def redis(self) -> Any:
+        return make_redis(self.settings.redis_url)
+
+    @cached_property
+    def cache(self) -> ResultCache:
+        return ResultCache(self.redis, self.settings.result_ttl_seconds)
+
+    @cached_property
+    def media(self) -> LocalMediaStore:
+        return LocalMediaStore(self.settings.media_root)
+
+    @cached_property
+    def index(self) -> Any:
+        from recall.index import MilvusIndex
+
+        return MilvusIndex(self.settings.milvus_uri, token=self.settings.milvus_token)
+
+    def _threads(self) -> None:
+        if self.settings.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+
+    def embedder(self, model: str) -> Any:
+        """The U-MARVEL embedder for checkpoint ``model``, loaded on first use."""
+        with self._lock:
+            holder = self._embedders.get(model)
+            if holder is None:
+                holder = self._embedders[model] = Lazy(lambda: self._load_embedder(model))
+        return holder.get()
+
+    def reranker(self, model: str) -> Any:
+        with self._lock:
+            holder = self._rerankers.get(model)
+            if holder is None:
+                holder = self._rerankers[model] = Lazy(lambda: self._load_reranker(model))
+        return holder.get()
+
+    def _load_embedder(self, model: str) -> Any:
+        from recall.embedder import Embedder, EmbedderConfig
+
+        self._threads()
+        s = self.settings
+        processor = s.recall_processor if model == s.recall_model and s.recall_processor else None
+        config = EmbedderConfig(
+            batch_size=s.embed_batch_size,
+            max_image_bytes=s.max_image_bytes,
+            max_image_pixels=s.max_image_pixels,
+        )
+        return Embedder.from_pretrained(
+            model, processor, device=s.device, dtype=s.dtype, config=config
+        )
+
+    def _load_reranker(self, model: str) -> Any:
+        from rerank.reranker import Reranker, RerankerConfig
+
+        self._threads()
+        s = self.settings
+        processor = s.rerank_processor if model == s.rerank_model and s.rerank_processor else None
+        config = RerankerConfig(
+            batch_size=s.rerank_batch_size,
+            max_image_bytes=s.max_image_bytes,
+            max_image_pixels=s.max_image_pixels,
+        )
+        return Reranker.from_pretrained(
+            model, processor, device=s.device, dtype=s.dtype, config=config
+        )
+
+
+_runtime = Lazy(lambda: Runtime(get_settings()))
+
+
+def runtime() -> Runtime:
+    return _runtime.get()

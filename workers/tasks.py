@@ -1,0 +1,29 @@
+"""Celery tasks: thin adapters that validate ids and call ``workers.pipeline``.
+
+Payloads are ids only; text, images and vectors are read from SQL, the media store and
+Milvus. A task raises on failure (after recording it on the job), never returns an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from workers import pipeline
+from workers.runtime import runtime
+
+
+@shared_task(name="recall.ingest")
+def ingest(job_id: str, document_ids: list[int]) -> dict[str, Any]:
+    return pipeline.ingest_chunk(runtime(), str(job_id), [int(i) for i in document_ids])
+
+
+@shared_task(name="recall.search")
+def search(job_id: str) -> str:
+    return pipeline.recall_step(runtime(), str(job_id))
+
+
+@shared_task(name="rerank.score")
+def score(job_id: str) -> str:
+    return pipeline.rerank_step(runtime(), str(job_id))
