@@ -1,0 +1,151 @@
+"""The Milvus adapter against a real milvus-lite server, and the filter language."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from core.errors import InvalidRequest
+from recall.filters import compile_filter, validate_fields
+from recall.index import MilvusIndex
+
+FIELDS = {"year": "int", "price": "float", "tag": "str", "public": "bool"}
+
+
+def _vectors(n: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _rows(vectors: np.ndarray) -> list[dict]:
+    return [
+        {
+            "id": f"doc-{i}",
+            "vector": vectors[i].tolist(),
+            "year": 2000 + i,
+            "price": i * 1.5,
+            "tag": "ab"[i % 2],
+            "public": i % 2 == 0,
+        }
+        for i in range(len(vectors))
+    ]
+
+
+@pytest.fixture
+def index(milvus_server: dict) -> MilvusIndex:
+    return MilvusIndex(str(milvus_server["uri"]))
+
+
+@pytest.fixture
+def name() -> str:
+    return f"t_{uuid.uuid4().hex[:10]}"
+
+
+def test_create_applies_hnsw_build_parameters(index: MilvusIndex, name: str) -> None:
+    index.create(name, 8, FIELDS)
+    index.create(name, 8, FIELDS)  # idempotent
+    described = index.client.describe_index(name, "vector")
+    assert described["index_type"] == "HNSW" and described["metric_type"] == "COSINE"
+    assert described["params"] == {"M": 16, "efConstruction": 200}
+
+
+def test_upsert_twice_keeps_one_row_and_search_finds_it(index: MilvusIndex, name: str) -> None:
+    vectors = _vectors(6)
+    index.create(name, 8, FIELDS)
+    index.upsert(name, _rows(vectors))
+    index.upsert(name, _rows(vectors))
+    index.flush(name)
+    assert index.count(name) == 6
+    hits = index.search(name, vectors[3], top_k=3)
+    assert hits[0].document_id == "doc-3" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_delete(index: MilvusIndex, name: str) -> None:
+    vectors = _vectors(4)
+    index.create(name, 8, FIELDS)
+    index.upsert(name, _rows(vectors))
+    index.delete(name, ["doc-0", "doc-1"])
+    index.flush(name)
+    assert index.count(name) == 2
+    assert {h.document_id for h in index.search(name, vectors[0], top_k=4)} == {"doc-2", "doc-3"}
+
+
+def test_search_on_a_missing_collection_is_empty(index: MilvusIndex) -> None:
+    assert index.search("never_created", _vectors(1)[0], top_k=3) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"year": 2003}, {"doc-3"}),
+        ({"year": {"gte": 2002, "lt": 2004}}, {"doc-2", "doc-3"}),
+        ({"price": {"gt": 5.0}}, {"doc-4", "doc-5"}),
+        ({"tag": {"in": ["b"]}}, {"doc-1", "doc-3", "doc-5"}),
+        ({"public": True, "year": {"lte": 2002}}, {"doc-0", "doc-2"}),
+        ({"tag": {"ne": "a"}, "price": {"lt": 4}}, {"doc-1"}),
+        # A value that tries to close the string and add a clause matches nothing.
+        ({"tag": 'a" or tag == "b'}, set()),
+    ],
+)
+def test_filters_on_each_type(
+    index: MilvusIndex, name: str, spec: dict, expected: set[str]
+) -> None:
+    vectors = _vectors(6)
+    index.create(name, 8, FIELDS)
+    index.upsert(name, _rows(vectors))
+    index.flush(name)
+    expression = compile_filter(spec, FIELDS)
+    hits = index.search(name, vectors[0], top_k=6, expression=expression)
+    assert {h.document_id for h in hits} == expected
+
+
+def test_survives_a_server_crash(milvus_server: dict, name: str) -> None:
+    vectors = _vectors(5)
+    index = MilvusIndex(str(milvus_server["uri"]))
+    index.create(name, 8, FIELDS)
+    index.upsert(name, _rows(vectors))
+    index.flush(name)
+    stack = milvus_server["stack"]
+    stack.kill("milvus")
+    stack.start_milvus_only()
+    fresh = MilvusIndex(str(milvus_server["uri"]))  # a new process would connect like this
+    assert fresh.search(name, vectors[2], top_k=1)[0].document_id == "doc-2"
+    assert fresh.count(name) == 5
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"year": "2000 or 1 == 1"}, "declared int"),
+        ({"tag": {"eq": 5}}, "declared str"),
+        ({"tag": {"gt": "a"}}, "range operators"),
+        ({"year": {"like": 3}}, "unknown operator"),
+        ({"secret": 1}, "cannot filter on 'secret'"),
+        ({"year) or (1": 1}, "cannot filter on"),
+        ({"tag": {"in": []}}, "'in' needs a list"),
+        ({"price": {"lt": float("nan")}}, "declared float"),
+        ({"public": 1}, "declared bool"),
+        ("year > 1", "must be an object"),
+    ],
+)
+def test_bad_filters_are_rejected(spec: object, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        compile_filter(spec, FIELDS)
+
+
+def test_string_values_are_escaped_not_injected() -> None:
+    expression = compile_filter({"tag": 'a" or id != "'}, FIELDS)
+    assert expression == 'tag == "a\\" or id != \\""'
+
+
+def test_field_declarations_are_validated() -> None:
+    assert validate_fields(FIELDS) == FIELDS
+    with pytest.raises(InvalidRequest, match="type must be one of"):
+        validate_fields({"x": "json"})
+    with pytest.raises(InvalidRequest, match="must match"):
+        validate_fields({"vector": "int"})
+    with pytest.raises(InvalidRequest, match="must match"):
+        validate_fields({"Bad Name": "int"})

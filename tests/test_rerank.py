@@ -1,0 +1,137 @@
+"""The pointwise reranker against generate()'s first step, and score fusion (SPEC section 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli.samples import shape_image
+from rerank import RerankCandidate, Reranker, RerankerConfig, RerankQuery, fuse
+from rerank.prompts import RERANK_INSTRUCTION
+
+RED = shape_image("red", "circle")
+BLUE = shape_image("blue", "square")
+QUERY = RerankQuery(text="a red circle", instruction="find an image")
+CANDIDATES = [
+    RerankCandidate(text="A red circle."),
+    RerankCandidate(image=RED),
+    RerankCandidate(text="a blue square with a long caption that needs padding", image=BLUE),
+]
+
+
+@pytest.fixture(scope="module")
+def rerankers(tiny_models: dict[str, Path]) -> dict[str, Reranker]:
+    return {arch: Reranker.from_pretrained(str(path)) for arch, path in tiny_models.items()}
+
+
+@pytest.fixture
+def reranker(rerankers: dict[str, Reranker], arch: str) -> Reranker:
+    return rerankers[arch]
+
+
+def test_instruction_text_is_exact() -> None:
+    assert "candidate" + " " * 24 + "meets" in RERANK_INSTRUCTION
+    assert "responed with 'No'." in RERANK_INSTRUCTION
+    assert RERANK_INSTRUCTION.startswith("I will provide you with a query and a candidate.")
+
+
+GOLDEN = [
+    (
+        QUERY,
+        RerankCandidate(text="a caption"),
+        "Query:Find an image. a red circle.Candidate:A caption.",
+    ),
+    (
+        RerankQuery(image=RED, instruction="find a caption"),
+        RerankCandidate(text="a caption"),
+        "Query:<|vision_start|><|image_pad|><|vision_end|>Find a caption.Candidate:A caption.",
+    ),
+    (
+        RerankQuery(text="same but blue", image=RED, instruction="Retrieve an image."),
+        RerankCandidate(image=BLUE),
+        "Query:<|vision_start|><|image_pad|><|vision_end|>Retrieve an image. same but blue."
+        "Candidate:<|vision_start|><|image_pad|><|vision_end|>",
+    ),
+    (
+        RerankQuery(text="no instruction"),
+        RerankCandidate(text="both", image=BLUE),
+        "Query:No instruction.Candidate:<|vision_start|><|image_pad|><|vision_end|>Both.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("query", "candidate", "body"), GOLDEN)
+def test_rendered_prompts(
+    reranker: Reranker, arch: str, query: RerankQuery, candidate: RerankCandidate, body: str
+) -> None:
+    rendered = reranker._prepare(query, reranker._image(query.image), candidate).text
+    system = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" if arch == "qwen2_vl" else ""
+    )
+    expected = (
+        f"{system}<|im_start|>user\n{RERANK_INSTRUCTION}{body}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert rendered == expected
+
+
+def _generate_p_yes(reranker: Reranker, penalty: float) -> list[float]:
+    """The reference: P(Yes) from generate()'s processed first-step scores."""
+    pairs = [reranker._prepare(QUERY, reranker._image(QUERY.image), c) for c in CANDIDATES]
+    images = [img for pair in pairs for img in pair.images]
+    batch = reranker.processor(
+        text=[p.text for p in pairs],
+        images=images,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
+    with torch.inference_mode():
+        out = reranker.model.generate(
+            **batch,
+            max_new_tokens=1,
+            do_sample=False,
+            repetition_penalty=penalty,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    scores = out.scores[0][:, [reranker.yes_id, reranker.no_id]]
+    return torch.softmax(scores.float(), dim=-1)[:, 0].tolist()
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.05])
+def test_p_yes_equals_generate_first_step(
+    tiny_models: dict[str, Path], arch: str, penalty: float
+) -> None:
+    reranker = Reranker.from_pretrained(str(tiny_models[arch]))
+    reranker.penalty = penalty  # the value the setting would take from the generation config
+    expected = _generate_p_yes(reranker, penalty)
+    got = reranker.score(QUERY, CANDIDATES)
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 1e-5
+
+
+def test_penalty_comes_from_the_generation_config(tiny_models: dict[str, Path]) -> None:
+    path = str(tiny_models["qwen2_vl"])
+    assert Reranker.from_pretrained(path).penalty == pytest.approx(1.05)
+    off = Reranker.from_pretrained(path, config=RerankerConfig(repetition_penalty=False))
+    assert off.penalty == 1.0
+
+
+def test_same_alone_and_in_a_batch(reranker: Reranker) -> None:
+    batch = reranker.score(QUERY, CANDIDATES)
+    alone = [reranker.score(QUERY, [c])[0] for c in CANDIDATES]
+    assert max(abs(a - b) for a, b in zip(batch, alone, strict=True)) <= 1e-5
+    assert all(0.0 < p < 1.0 for p in batch)
+
+
+def test_fusion_orders_by_fused_score_with_deterministic_ties() -> None:
+    hits = fuse(["a", "b", "c", "d"], [0.9, 0.8, 0.8, 0.5], [0.0, 1.0, 1.0, 0.2], weight=0.5)
+    assert [h.document_id for h in hits] == ["b", "c", "a", "d"]
+    assert hits[0].score == pytest.approx(1.3)
+    assert (hits[0].cosine, hits[0].p_yes) == (0.8, 1.0)
+    # Equal fused scores: the higher cosine first, then the smaller id.
+    tied = fuse(["z", "y", "x"], [0.5, 0.6, 0.5], [0.2, 0.0, 0.2], weight=0.5)
+    assert [h.document_id for h in tied] == ["y", "x", "z"]
+    with pytest.raises(ValueError, match="same length"):
+        fuse(["a"], [0.1, 0.2], [0.3], 0.1)
