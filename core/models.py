@@ -114,7 +114,7 @@ class QueryJob(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     request: Mapped[dict[str, Any]] = mapped_column(default=dict)
     query_image_key: Mapped[str | None] = mapped_column(String(128))
-    cache_key: Mapped[str] = mapped_column(String(128), index=True)
+    cache_key: Mapped[str] = mapped_column(String(255), index=True)
     recall_hits: Mapped[list[Any] | None] = mapped_column(JSON)
     results: Mapped[list[Any] | None] = mapped_column(JSON)
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,7 +1,7 @@
 """Shared fixtures: tiny models, real SQL databases (SQLite and PostgreSQL), Redis, Milvus.
 
-PostgreSQL: a fresh database per test session on UMARVEL_TEST_POSTGRES (default: the
-server on 127.0.0.1:5432), dropped at the end. Redis: database UMARVEL_TEST_REDIS_DB
+PostgreSQL: a fresh database per test on UMARVEL_TEST_POSTGRES (default: the server on
+127.0.0.1:5432), dropped afterwards. Redis: database UMARVEL_TEST_REDIS_DB
 (default 15), flushed before use.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,9 +35,9 @@ def arch(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database for this test session."""
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped afterwards."""
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"umarvel_test_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
@@ -51,20 +52,13 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
-) -> Iterator[str]:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database of each kind; every SQL test runs against both."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'test.db'}"
         return
-    yield postgres_url
-    # Leave the session database empty for the next test.
-    engine = create_engine(postgres_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 12:10:24.887330
+Create Date: 2026-11-26 12:15:33.219016
 """
 
 from collections.abc import Sequence
@@ -115,7 +115,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("request", sa.JSON(), nullable=False),
         sa.Column("query_image_key", sa.String(length=128), nullable=True),
-        sa.Column("cache_key", sa.String(length=128), nullable=False),
+        sa.Column("cache_key", sa.String(length=255), nullable=False),
         sa.Column("recall_hits", sa.JSON(), nullable=True),
         sa.Column("results", sa.JSON(), nullable=True),
         sa.Column("timings", sa.JSON(), nullable=False),

@@ -1,0 +1,150 @@
+"""The HTTP API's validation and error envelope, on real SQL (both kinds) and Redis.
+
+No worker consumes the queues here: these tests stop at what the API itself decides.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from api.app import create_app
+from cli.samples import b64, shape_image
+from core.settings import Settings
+
+
+@pytest.fixture
+def client(migrated_url: str, redis_url: str, tmp_path: Path) -> FlaskClient:
+    settings = Settings(
+        database_url=migrated_url,
+        redis_url=redis_url,
+        media_root=tmp_path / "media",
+        max_image_bytes=50_000,
+        max_image_pixels=200 * 200,
+    )
+    app = create_app(settings)
+    client = app.test_client()
+    response = client.post(
+        "/v1/collections", json={"name": "docs", "metadata_fields": {"year": "int"}}
+    )
+    assert response.status_code == 201, response.json
+    return client
+
+
+def _error(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.json
+    body = response.json
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body["error"]
+
+
+def test_health(client: FlaskClient) -> None:
+    assert client.get("/healthz").json == {"status": "ok"}
+
+
+def test_collection_lifecycle(client: FlaskClient) -> None:
+    body = client.get("/v1/collections/docs").json
+    assert body["name"] == "docs" and body["version"] == 1
+    assert body["metadata_fields"] == {"year": "int"}
+    assert body["documents"]["total"] == 0
+    assert [c["name"] for c in client.get("/v1/collections").json["collections"]] == ["docs"]
+    assert _error(client.post("/v1/collections", json={"name": "docs"}), 409)["code"] == "conflict"
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"name": "Bad Name"}, "name"),
+        ({"name": "ok", "surprise": 1}, "surprise"),
+        ({"name": "ok", "metadata_fields": {"x": "json"}}, "type must be one of"),
+        ({"name": "ok", "rerank": {"k": 0}}, "rerank.k"),
+        ({}, "name"),
+    ],
+)
+def test_bad_collections(client: FlaskClient, body: dict, fragment: str) -> None:
+    assert fragment in _error(client.post("/v1/collections", json=body), 400)["message"]
+
+
+def test_malformed_bodies(client: FlaskClient) -> None:
+    url = "/v1/collections/docs/queries"
+    bad_json = client.post(url, data="{not json", content_type="application/json")
+    assert "not valid JSON" in _error(bad_json, 400)["message"]
+    not_json = client.post(url, data="text=x", content_type="application/x-www-form-urlencoded")
+    assert "application/json" in _error(not_json, 400)["message"]
+    assert _error(client.post(url, json=[1, 2]), 400)["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({}, 400, "needs text, an image"),
+        ({"text": "   "}, 400, "needs text, an image"),
+        ({"text": "x", "top_k": 0}, 400, "top_k"),
+        ({"text": "x", "top_k": 101}, 400, "top_k must be at most 100"),
+        ({"text": "x", "top_k": "ten"}, 400, "top_k"),
+        ({"text": "x", "wait": 3600}, 400, "wait must be at most"),
+        ({"text": "x", "image": "%%%"}, 400, "not valid base64"),
+        ({"text": "x", "image": b64(b"not an image")}, 400, "could not be decoded"),
+        ({"image": b64(b"\0" * 60_000)}, 413, "bytes"),
+        ({"image": b64(shape_image("red", "circle", size=300))}, 413, "pixels"),
+        ({"text": "x", "filter": {"year": "2000 or 1==1"}}, 400, "declared int"),
+        ({"text": "x", "filter": {"nope": 1}}, 400, "cannot filter on 'nope'"),
+        ({"text": "x", "rerank": {"weight": "high"}}, 400, "rerank.weight"),
+        ({"text": "x", "unknown": True}, 400, "unknown"),
+    ],
+)
+def test_bad_queries(client: FlaskClient, body: dict, status: int, fragment: str) -> None:
+    error = _error(client.post("/v1/collections/docs/queries", json=body), status)
+    assert fragment in error["message"]
+
+
+def test_unknown_things_are_404(client: FlaskClient) -> None:
+    error = _error(client.post("/v1/collections/nope/queries", json={"text": "x"}), 404)
+    assert "nope" in error["message"]
+    assert _error(client.get("/v1/queries/0123"), 404)["code"] == "not_found"
+    assert _error(client.get("/v1/ingest-jobs/0123"), 404)["code"] == "not_found"
+    assert _error(client.get("/v1/collections/docs/documents/x"), 404)["code"] == "not_found"
+    assert _error(client.get("/v1/media/" + "0" * 64), 404)["code"] == "not_found"
+    assert _error(client.get("/no/such/route"), 404)["code"] == "not_found"
+    assert _error(client.delete("/healthz"), 405)["code"] == "method_not_allowed"
+
+
+def test_documents_are_validated_per_item(client: FlaskClient) -> None:
+    png = shape_image("red", "circle")
+    documents = [
+        {"id": "ok-text", "text": "a caption", "metadata": {"year": 2001}},
+        {"id": "ok-image", "image": base64.b64encode(png).decode()},
+        {"id": "no-content"},
+        {"id": "bad-image", "image": b64(b"garbage")},
+        {"id": "bad-meta", "text": "x", "metadata": {"year": "2001"}},
+        {"text": "no id"},
+        "not an object",
+        {"id": "ok-text", "text": "the same id again"},
+    ]
+    response = client.post("/v1/collections/docs/documents", json={"documents": documents})
+    assert response.status_code == 202, response.json
+    job = response.json
+    assert (job["total"], job["failed"], job["state"]) == (8, 6, "queued")
+    assert [e["index"] for e in job["errors"]] == [2, 3, 4, 5, 6, 7]
+    messages = {e["index"]: e["message"] for e in job["errors"]}
+    assert "needs text, an image" in messages[2]
+    assert "could not be decoded" in messages[3]
+    assert "declared int" in messages[4]
+    assert "appears twice" in messages[7]
+    assert client.get(job["url"]).json["id"] == job["id"]
+    doc = client.get("/v1/collections/docs/documents/ok-image").json
+    assert doc["status"] == "pending"
+    image = client.get(doc["image_url"])
+    assert image.status_code == 200 and image.mimetype == "image/png" and image.data == png
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"documents": []}, {"documents": "x"}, {"documents": [{"id": "a"}] * 1001}]
+)
+def test_bad_document_batches(client: FlaskClient, body: dict) -> None:
+    _error(client.post("/v1/collections/docs/documents", json=body), 400)

@@ -1,0 +1,167 @@
+"""End to end through HTTP, two real Celery worker processes, Redis, milvus-lite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from sqlalchemy import create_engine, func, select
+
+from cli.samples import b64, sample_documents, shape_image
+from cli.stack import Stack, free_port
+from core.models import Collection, Document, QueryJob
+from recall.index import MilvusIndex
+from tests.conftest import REDIS_URL, fresh_postgres_database
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    workdir = tmp_path_factory.mktemp("stack")
+    with fresh_postgres_database() as database_url:
+        env = {
+            "UMARVEL_DATABASE_URL": database_url,
+            "UMARVEL_REDIS_URL": REDIS_URL,
+            "UMARVEL_MILVUS_URI": f"http://127.0.0.1:{free_port()}",
+            "UMARVEL_MILVUS_PREFIX": f"it{uuid.uuid4().hex[:6]}_",
+            "UMARVEL_MEDIA_ROOT": str(workdir / "media"),
+            # Both architectures: Qwen3-VL recalls, Qwen2-VL reranks.
+            "UMARVEL_RECALL_MODEL": str(tiny_models["qwen3_vl"]),
+            "UMARVEL_RERANK_MODEL": str(tiny_models["qwen2_vl"]),
+            "UMARVEL_TORCH_THREADS": "1",
+        }
+        with Stack(workdir, env, worker_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
+            yield running
+
+
+@pytest.fixture(scope="module")
+def ingested(stack: Stack) -> dict[str, Any]:
+    http = requests.Session()
+    response = http.post(
+        f"{stack.api_url}/v1/collections",
+        json={"name": "shapes", "metadata_fields": {"colour": "str", "n": "int"}},
+    )
+    assert response.status_code == 201, response.text
+    docs = sample_documents()
+    job = http.post(
+        f"{stack.api_url}/v1/collections/shapes/documents", json={"documents": docs}
+    ).json()
+    job = _until(http, stack.api_url + job["url"], lambda j: j["state"] in ("done", "failed"))
+    return {"job": job, "ids": {d["id"] for d in docs}, "docs": docs}
+
+
+def _until(http: requests.Session, url: str, done: Any, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = http.get(url).json()
+        if done(body):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not finish: {body}")
+
+
+def _query(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
+    http = requests.Session()
+    response = http.post(f"{stack.api_url}/v1/collections/shapes/queries", json=body)
+    assert response.status_code in (200, 202), response.text
+    answer = response.json()
+    if answer["is_running"]:
+        answer = _until(http, stack.api_url + answer["url"], lambda j: not j["is_running"])
+    return answer
+
+
+def test_ingestion_indexes_every_document(stack: Stack, ingested: dict[str, Any]) -> None:
+    job = ingested["job"]
+    assert (job["state"], job["done"], job["failed"], job["errors"]) == ("done", 9, 0, [])
+    engine = create_engine(stack.settings().database_url)
+    with engine.connect() as conn:
+        statuses = conn.execute(select(Document.status, func.count()).group_by(Document.status))
+        assert dict(statuses.all()) == {"indexed": 9}
+        version = conn.scalar(select(Collection.version).where(Collection.name == "shapes"))
+        assert version > 1  # bumped once the vectors were searchable
+    engine.dispose()
+    settings = stack.settings()
+    index = MilvusIndex(settings.milvus_uri)
+    assert index.count(f"{settings.milvus_prefix}shapes_g1") == 9
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"text": "a red circle"},
+        {"image": b64(shape_image("blue", "square"))},
+        {"image": b64(shape_image("green", "triangle")), "text": "the same in red"},
+    ],
+    ids=["text", "image", "image+text"],
+)
+def test_query_returns_ranked_ingested_documents(
+    stack: Stack, ingested: dict[str, Any], query: dict[str, Any]
+) -> None:
+    answer = _query(stack, {**query, "top_k": 4, "wait": 20})
+    assert answer["status"] == "done", answer
+    results = answer["results"]
+    assert len(results) == 4
+    assert {r["document_id"] for r in results} <= ingested["ids"]
+    assert [r["rank"] for r in results] == [1, 2, 3, 4]
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    for hit in results:
+        assert 0.0 <= hit["p_yes"] <= 1.0
+        assert hit["score"] == pytest.approx(hit["cosine"] + 0.1 * hit["p_yes"], abs=1e-6)
+        assert hit["text"] or hit["image_url"]
+    assert {"embed", "search", "rerank"} <= set(answer["timings"])
+
+
+def test_result_is_stored_and_cached(stack: Stack, ingested: dict[str, Any]) -> None:
+    body = {"text": "a green square", "top_k": 3, "wait": 20}
+    first = _query(stack, body)
+    assert first["status"] == "done" and not first["cached"]
+    engine = create_engine(stack.settings().database_url)
+    with engine.connect() as conn:
+        row = conn.execute(select(QueryJob).where(QueryJob.id == first["id"])).one()
+    engine.dispose()
+    assert row.status == "done" and row.recall_hits and len(row.results) == 3
+    client = redis.Redis.from_url(REDIS_URL)
+    assert client.get(row.cache_key) is not None
+    assert client.ttl(row.cache_key) > 0
+    second = _query(stack, body)
+    assert second["cached"] and second["id"] == first["id"]
+    assert second["results"] == first["results"]
+
+
+def test_filter_and_paging(stack: Stack, ingested: dict[str, Any]) -> None:
+    answer = _query(stack, {"text": "a shape", "filter": {"colour": "red"}, "wait": 20})
+    assert answer["status"] == "done"
+    assert {r["metadata"]["colour"] for r in answer["results"]} == {"red"}
+    assert len(answer["results"]) == 3
+    page = requests.get(f"{stack.api_url}{answer['url']}?offset=1&limit=1").json()
+    assert page["paging"] == {"offset": 1, "limit": 1, "total": 3}
+    assert page["results"][0]["document_id"] == answer["results"][1]["document_id"]
+    assert page["results"][0]["rank"] == 2
+
+
+def test_a_write_invalidates_cached_results(stack: Stack, ingested: dict[str, Any]) -> None:
+    # top_k above the collection size: the new document must show up in the answer.
+    body = {"text": "a blue circle", "top_k": 20, "wait": 20, "rerank": {"enabled": False}}
+    first = _query(stack, body)
+    assert first["status"] == "done" and all(r["p_yes"] is None for r in first["results"])
+    assert _query(stack, body)["cached"]
+    http = requests.Session()
+    doc = {"id": "extra", "text": "a blue circle", "image": b64(shape_image("blue", "circle"))}
+    job = http.post(
+        f"{stack.api_url}/v1/collections/shapes/documents", json={"documents": [doc]}
+    ).json()
+    _until(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
+    after = _query(stack, body)
+    assert not after["cached"] and after["id"] != first["id"]
+    assert len(first["results"]) == 9 and len(after["results"]) == 10
+    assert "extra" in {r["document_id"] for r in after["results"]}
