@@ -29,7 +29,7 @@ QUERIES: list[tuple[str, dict[str, Any]]] = [
 
 def run_demo(workdir: Path, models: Path, recall_model: str | None, rerank: str | None) -> int:
     tiny = recall_model is None
-    if tiny:
+    if recall_model is None:
         from core.tiny_models import build_all
 
         click.echo(f"building tiny models in {models} ...")

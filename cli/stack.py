@@ -70,13 +70,12 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def settings(self) -> Settings:
-        return Settings(
-            **{
-                k[len("UMARVEL_") :].lower(): v
-                for k, v in self._env().items()
-                if k.startswith("UMARVEL_")
-            }
-        )
+        values: dict[str, Any] = {
+            key[len("UMARVEL_") :].lower(): value
+            for key, value in self._env().items()
+            if key.startswith("UMARVEL_")
+        }
+        return Settings(**values)
 
     def _env(self) -> dict[str, str]:
         return {**os.environ, **self.env}

@@ -51,7 +51,9 @@ class ResultCache:
         if self.client.set(lock, job_id, nx=True, ex=ttl_seconds):
             return job_id
         holder = self.client.get(lock)
-        return holder.decode() if holder is not None else job_id
+        if holder is None:  # expired in between: ours to take next time
+            return job_id
+        return holder.decode() if isinstance(holder, bytes) else str(holder)
 
     def release(self, key: str) -> None:
         self.client.delete(f"{PREFIX}:inflight:{key}")

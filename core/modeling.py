@@ -81,9 +81,11 @@ def load_backbone(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     model = model_class.from_pretrained(
-        model_path, dtype=torch_dtype, attn_implementation=attn_implementation
-    )
-    model.to(torch_device).eval()
+        model_path,
+        dtype=torch_dtype,
+        attn_implementation=attn_implementation,
+        device_map=str(torch_device),
+    ).eval()
     processor = AutoProcessor.from_pretrained(processor_path or model_path)
     return Loaded(model, processor, config.model_type, torch_device, torch_dtype)
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_RECALL_MODEL = "TencentBAC/U-MARVEL-Qwen3VL-4B-Instruct"
@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         3600, ge=1, description="Redis re-delivers a task unacknowledged for this long."
     )
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_tasks(self) -> Settings:
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                "UMARVEL_VISIBILITY_TIMEOUT must exceed UMARVEL_TASK_TIME_LIMIT, or Redis "
+                "re-delivers tasks that are still running"
+            )
+        return self
 
     @property
     def recall_processor_path(self) -> str:

@@ -82,7 +82,8 @@ def build_tokenizer(arch: Arch) -> Any:
     vocab: dict[str, int] = {}
     for byte in range(256):
         vocab[byte_chars[byte]] = len(vocab)
-    merges: list[tuple[str, str]] = []
+    # (left, right) pairs in rank order; typed loosely, the stubs only list the file forms.
+    merges: list[Any] = []
     for word in _MERGE_WORDS:
         for prefix in ("Ġ", ""):  # "Ġ" is the byte-level form of a leading space
             pieces = [prefix, *word] if prefix else list(word)
@@ -96,7 +97,7 @@ def build_tokenizer(arch: Arch) -> Any:
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
-        unk_token=None,
+        unk_token=None,  # type: ignore[arg-type]  # the real Qwen tokenizers have none
         bos_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -148,7 +149,7 @@ def build_config(arch: Arch, tokenizer: Any) -> Any:
         "vision_start_token_id": ids["<|vision_start|>"],
         "vision_end_token_id": ids["<|vision_end|>"],
     }
-    text = {
+    text: dict[str, Any] = {
         "vocab_size": _VOCAB_SIZE,
         "hidden_size": 64,
         "intermediate_size": 128,
@@ -168,7 +169,7 @@ def build_config(arch: Arch, tokenizer: Any) -> Any:
             "rope_theta": 1000000.0,
             "mrope_section": [2, 3, 3],  # sums to head_dim / 2 = 64 / 4 / 2
         }
-        vision = {
+        vision: dict[str, Any] = {
             "depth": 2,
             "embed_dim": 32,
             "hidden_size": 64,  # the merger's output: the language model's width
@@ -233,7 +234,7 @@ def build_tiny_model(arch: Arch, out_dir: Path | str, seed: int = 0) -> Path:
 def build_all(out_dir: Path | str, seed: int = 0) -> dict[str, Path]:
     """Both architectures under ``out_dir/<arch>``; existing complete folders are kept."""
     root = Path(out_dir)
-    built = {}
+    built: dict[str, Path] = {}
     for arch in ARCHS:
         target = root / arch
         if not (target / "config.json").exists() or not (target / "model.safetensors").exists():

@@ -38,7 +38,8 @@ def client(migrated_url: str, redis_url: str, tmp_path: Path) -> FlaskClient:
 def _error(response: Any, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.json
     body = response.json
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "details"}
     assert "Traceback" not in response.get_data(as_text=True)
     return body["error"]
 
@@ -49,7 +50,8 @@ def test_health(client: FlaskClient) -> None:
 
 def test_collection_lifecycle(client: FlaskClient) -> None:
     body = client.get("/v1/collections/docs").json
-    assert body["name"] == "docs" and body["version"] == 1
+    assert body["name"] == "docs"
+    assert body["version"] == 1
     assert body["metadata_fields"] == {"year": "int"}
     assert body["documents"]["total"] == 0
     assert [c["name"] for c in client.get("/v1/collections").json["collections"]] == ["docs"]
@@ -140,7 +142,9 @@ def test_documents_are_validated_per_item(client: FlaskClient) -> None:
     doc = client.get("/v1/collections/docs/documents/ok-image").json
     assert doc["status"] == "pending"
     image = client.get(doc["image_url"])
-    assert image.status_code == 200 and image.mimetype == "image/png" and image.data == png
+    assert image.status_code == 200
+    assert image.mimetype == "image/png"
+    assert image.data == png
 
 
 @pytest.mark.parametrize(

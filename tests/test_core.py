@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -41,7 +42,8 @@ def test_format_string(raw: str, expected: str) -> None:
 )
 def test_smart_resize_bounds(height: int, width: int) -> None:
     h, w = smart_resize(height, width)
-    assert h % 28 == 0 and w % 28 == 0
+    assert h % 28 == 0
+    assert w % 28 == 0
     assert MIN_PIXELS <= h * w <= MAX_PIXELS
     # The aspect ratio is kept up to the rounding to multiples of 28.
     assert math.isclose(h / w, height / width, rel_tol=0.5)
@@ -98,3 +100,14 @@ def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch)
     assert settings.max_top_k == 7
     assert settings.device == "cpu"
     assert settings.recall_processor_path == settings.recall_model
+
+
+def test_visibility_timeout_must_outlast_tasks() -> None:
+    with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT"):
+        Settings(task_time_limit=600, visibility_timeout=600)
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`UMARVEL_{n.upper()}`" not in readme]
+    assert missing == []

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from cli.samples import shape_image
-from recall import Candidate, Embedder, Query
-from recall import prompts
+from recall import Candidate, Embedder, Query, prompts
 from recall.instructions import default_instruction
 
 RED = shape_image("red", "circle")
@@ -64,7 +63,8 @@ def test_marker_rows(embedder: Embedder, tiny_models: dict[str, Path], arch: str
     assert torch.equal(table[n], checkpoint[n])
     if arch == "qwen3_vl":
         mean = checkpoint[: n + 1].float().mean(dim=0)
-        assert torch.allclose(table[n + 1], mean) and torch.allclose(table[n + 2], mean)
+        assert torch.allclose(table[n + 1], mean)
+        assert torch.allclose(table[n + 2], mean)
         assert not torch.allclose(table[n + 1], checkpoint[n + 1])
     else:  # Qwen2-VL keeps the checkpoint's rows
         assert torch.equal(table[n + 1 : n + 3], checkpoint[n + 1 : n + 3])
@@ -73,7 +73,8 @@ def test_marker_rows(embedder: Embedder, tiny_models: dict[str, Path], arch: str
 def test_shapes_and_normalisation(embedder: Embedder) -> None:
     q = embedder.encode_queries(QUERIES)
     c = embedder.encode_candidates(CANDIDATES)
-    assert q.shape == (len(QUERIES), embedder.dim) and q.dtype == np.float32
+    assert q.shape == (len(QUERIES), embedder.dim)
+    assert q.dtype == np.float32
     assert c.shape == (len(CANDIDATES), embedder.dim)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5)

@@ -47,7 +47,8 @@ def test_create_applies_hnsw_build_parameters(index: MilvusIndex, name: str) -> 
     index.create(name, 8, FIELDS)
     index.create(name, 8, FIELDS)  # idempotent
     described = index.client.describe_index(name, "vector")
-    assert described["index_type"] == "HNSW" and described["metric_type"] == "COSINE"
+    assert described["index_type"] == "HNSW"
+    assert described["metric_type"] == "COSINE"
     assert described["params"] == {"M": 16, "efConstruction": 200}
 
 
@@ -59,7 +60,8 @@ def test_upsert_twice_keeps_one_row_and_search_finds_it(index: MilvusIndex, name
     index.flush(name)
     assert index.count(name) == 6
     hits = index.search(name, vectors[3], top_k=3)
-    assert hits[0].document_id == "doc-3" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert hits[0].document_id == "doc-3"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 

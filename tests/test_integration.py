@@ -124,17 +124,21 @@ def test_query_returns_ranked_ingested_documents(
 def test_result_is_stored_and_cached(stack: Stack, ingested: dict[str, Any]) -> None:
     body = {"text": "a green square", "top_k": 3, "wait": 20}
     first = _query(stack, body)
-    assert first["status"] == "done" and not first["cached"]
+    assert first["status"] == "done"
+    assert not first["cached"]
     engine = create_engine(stack.settings().database_url)
     with engine.connect() as conn:
         row = conn.execute(select(QueryJob).where(QueryJob.id == first["id"])).one()
     engine.dispose()
-    assert row.status == "done" and row.recall_hits and len(row.results) == 3
+    assert row.status == "done"
+    assert row.recall_hits
+    assert len(row.results) == 3
     client = redis.Redis.from_url(REDIS_URL)
     assert client.get(row.cache_key) is not None
     assert client.ttl(row.cache_key) > 0
     second = _query(stack, body)
-    assert second["cached"] and second["id"] == first["id"]
+    assert second["cached"]
+    assert second["id"] == first["id"]
     assert second["results"] == first["results"]
 
 
@@ -153,7 +157,8 @@ def test_a_write_invalidates_cached_results(stack: Stack, ingested: dict[str, An
     # top_k above the collection size: the new document must show up in the answer.
     body = {"text": "a blue circle", "top_k": 20, "wait": 20, "rerank": {"enabled": False}}
     first = _query(stack, body)
-    assert first["status"] == "done" and all(r["p_yes"] is None for r in first["results"])
+    assert first["status"] == "done"
+    assert all(r["p_yes"] is None for r in first["results"])
     assert _query(stack, body)["cached"]
     http = requests.Session()
     doc = {"id": "extra", "text": "a blue circle", "image": b64(shape_image("blue", "circle"))}
@@ -162,6 +167,8 @@ def test_a_write_invalidates_cached_results(stack: Stack, ingested: dict[str, An
     ).json()
     _until(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
     after = _query(stack, body)
-    assert not after["cached"] and after["id"] != first["id"]
-    assert len(first["results"]) == 9 and len(after["results"]) == 10
+    assert not after["cached"]
+    assert after["id"] != first["id"]
+    assert len(first["results"]) == 9
+    assert len(after["results"]) == 10
     assert "extra" in {r["document_id"] for r in after["results"]}

@@ -65,7 +65,8 @@ def test_rows_and_constraints(migrated_url: str) -> None:
         session.add(QueryJob(collection_id=collection.id, cache_key="k", request={"text": "x"}))
     with session_scope(sessions) as session:
         collection = session.scalar(select(Collection))
-        assert collection.version == 1 and len(collection.uid) == 32
+        assert collection.version == 1
+        assert len(collection.uid) == 32
         doc = session.scalar(select(Document))
         assert (doc.status, doc.doc_metadata) == ("pending", {})
         assert session.scalar(select(QueryJob)).request == {"text": "x"}
