@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from flask import Flask, jsonify
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from core.errors import InvalidRequest, UmarvelError
@@ -37,6 +39,18 @@ def register_error_handlers(app: Flask) -> None:
     def _validation(exc: ValidationError) -> Any:
         err = validation_error(exc)
         return jsonify(envelope(err.code, err.message, err.details)), err.status
+
+    @app.errorhandler(redis.RedisError)
+    def _redis(exc: redis.RedisError) -> Any:
+        log.error("Redis unavailable: %s", exc)
+        body = envelope("unavailable", "the cache and task queue (Redis) are unavailable; retry")
+        return jsonify(body), 503, {"Retry-After": "5"}
+
+    @app.errorhandler(OperationalError)
+    def _database(exc: OperationalError) -> Any:
+        log.error("database unavailable: %s", exc)
+        body = envelope("unavailable", "the metadata database is unavailable; retry")
+        return jsonify(body), 503, {"Retry-After": "5"}
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:

@@ -58,7 +58,13 @@ class Settings(BaseSettings):
     )
     torch_threads: int = Field(0, description="torch threads per worker process (0: torch's).")
     embed_batch_size: int = Field(16, ge=1, description="Most items in one embedding forward.")
+    embed_batch_tokens: int = Field(
+        16384, ge=1, description="Most tokens in one padded embedding batch."
+    )
     rerank_batch_size: int = Field(8, ge=1, description="Most pairs in one reranker forward.")
+    rerank_batch_tokens: int = Field(
+        16384, ge=1, description="Most tokens in one padded reranker batch."
+    )
 
     # Search defaults and limits
     default_top_k: int = Field(10, ge=1, description="Results returned when a query gives none.")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.batching import image_tokens, plan_batches
 from core.images import prepare_image
 from core.modeling import Loaded, load_backbone, load_image
 from recall import prompts
@@ -34,6 +35,8 @@ class EmbedderConfig:
     """What defines the embedding, fixed at load time."""
 
     batch_size: int = 16
+    # Most tokens in one padded batch (items x longest item, images counted in tokens).
+    batch_tokens: int = 16384
     image_only_suffix: bool = False
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 64_000_000
@@ -125,16 +128,20 @@ class Embedder:
         rendered = self.processor.apply_chat_template(
             prompts.messages(text, pil is not None), tokenize=False, add_generation_prompt=True
         )
-        cost = len(rendered) + (pil.width * pil.height // (28 * 28) if pil is not None else 0)
-        return _Prepared(rendered, pil, cost)
+        return _Prepared(rendered, pil, self._cost(rendered, pil))
+
+    def _cost(self, rendered: str, image: Any) -> int:
+        """Tokens after processing: the text's, plus the image's placeholder expansion."""
+        tokens = len(self.processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        if image is not None:
+            tokens += image_tokens(self.processor.image_processor, image.height, image.width)
+        return tokens
 
     def _encode(self, items: list[_Prepared], *, truncate: bool) -> np.ndarray:
         out = np.zeros((len(items), self.dim), dtype=np.float32)
-        # Similar sizes batch together (less padding); the input order is restored below.
-        order = sorted(range(len(items)), key=lambda i: items[i].cost)
-        size = self.config.batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
+        costs = [min(item.cost, CANDIDATE_MAX_TOKENS) if truncate else item.cost for item in items]
+        # Similar sizes batch together (less padding); rows go back to their input places.
+        for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
             out[chunk] = self._forward([items[i] for i in chunk], truncate=truncate)
         return out
 

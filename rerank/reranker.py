@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from core.batching import image_tokens, plan_batches
 from core.images import prepare_image
 from core.modeling import ImageInput, Loaded, load_backbone, load_image
 from rerank import prompts
@@ -39,6 +40,7 @@ class RerankCandidate:
 @dataclass(frozen=True)
 class RerankerConfig:
     batch_size: int = 8
+    batch_tokens: int = 16384
     # Apply the generation config's repetition penalty to the Yes/No logits, as
     # generate() did for the published numbers.
     repetition_penalty: bool = True
@@ -93,10 +95,8 @@ class Reranker:
                 query_images[id(query)] = self._image(query.image)
             prepared.append(self._prepare(query, query_images[id(query)], candidate))
         scores = [0.0] * len(prepared)
-        order = sorted(range(len(prepared)), key=lambda i: prepared[i].cost)
-        size = self.config.batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
+        costs = [pair.cost for pair in prepared]
+        for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
             for index, value in zip(
                 chunk, self._forward([prepared[i] for i in chunk]), strict=True
             ):
@@ -126,8 +126,10 @@ class Reranker:
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
         )
         images = [img for img in (query_image, candidate_image) if img is not None]
-        cost = len(rendered) + sum(img.width * img.height // (28 * 28) for img in images)
-        return _Pair(rendered, images, cost)
+        tokens = len(self.processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        for img in images:
+            tokens += image_tokens(self.processor.image_processor, img.height, img.width)
+        return _Pair(rendered, images, tokens)
 
     def _forward(self, pairs: list[_Pair]) -> list[float]:
         import torch

@@ -152,3 +152,15 @@ def test_documents_are_validated_per_item(client: FlaskClient) -> None:
 )
 def test_bad_document_batches(client: FlaskClient, body: dict) -> None:
     _error(client.post("/v1/collections/docs/documents", json=body), 400)
+
+
+def test_an_unreachable_redis_is_a_503(migrated_url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=migrated_url, redis_url="redis://127.0.0.1:1/0", media_root=tmp_path
+    )
+    client = create_app(settings).test_client()
+    assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201
+    response = client.post("/v1/collections/docs/queries", json={"text": "x"})
+    error = _error(response, 503)
+    assert "Redis" in error["message"]
+    assert response.headers["Retry-After"] == "5"

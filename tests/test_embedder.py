@@ -10,7 +10,6 @@ import torch
 
 from cli.samples import shape_image
 from recall import Candidate, Embedder, Query, prompts
-from recall.instructions import default_instruction
 
 RED = shape_image("red", "circle")
 WIDE = shape_image("blue", "square", size=160)
@@ -179,12 +178,6 @@ def test_candidates_are_truncated_at_1024_tokens(embedder: Embedder) -> None:
     # Truncation from the right: a change after token 1024 does not change the embedding.
     other = embedder.encode_candidates([Candidate(text=long_text + " extra words")])
     np.testing.assert_allclose(vector, other, atol=1e-6)
-
-
-def test_default_instructions_cover_every_pair() -> None:
-    for query_modality in ("text", "image", "image,text"):
-        for candidate_modality in ("text", "image", "image,text", "any", "unknown"):
-            assert default_instruction(query_modality, candidate_modality).endswith(".")
 
 
 def test_an_empty_item_is_rejected() -> None:

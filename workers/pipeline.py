@@ -53,16 +53,20 @@ def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str,
             (doc.id, doc.external_id, doc.text, doc.image_key, dict(doc.doc_metadata))
             for doc in docs
         ]
-    service = RecallService(rt.embedder(model), rt.index)
-    documents = [
-        IndexDocument(
-            external_id,
-            Candidate(text=text, image=rt.media.get(image_key) if image_key else None),
-            metadata,
-        )
-        for _, external_id, text, image_key, metadata in items
-    ]
-    timings = service.index_documents(target, documents, fields) if documents else {}
+    try:
+        service = RecallService(rt.embedder(model), rt.index)
+        documents = [
+            IndexDocument(
+                external_id,
+                Candidate(text=text, image=rt.media.get(image_key) if image_key else None),
+                metadata,
+            )
+            for _, external_id, text, image_key, metadata in items
+        ]
+        timings = service.index_documents(target, documents, fields) if documents else {}
+    except Exception as exc:
+        _record_chunk_failure(rt, job_id, items, exc)
+        raise
     with rt.sessions.begin() as session:
         session.execute(
             update(Document)
@@ -80,15 +84,34 @@ def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str,
     return {"job_id": job_id, "indexed": len(items), "timings": timings}
 
 
+def _record_chunk_failure(rt: Runtime, job_id: str, items: list[Any], exc: Exception) -> None:
+    """Mark the chunk's documents failed, with the reason, and count them on the job."""
+    message = f"{type(exc).__name__}: {exc}"
+    with rt.sessions.begin() as session:
+        session.execute(
+            update(Document)
+            .where(Document.id.in_([item[0] for item in items]), Document.status != "indexed")
+            .values(status="failed", error=message)
+        )
+        job = session.get_one(IngestJob, job_id, with_for_update=True)
+        job.errors = [*job.errors, *({"id": item[1], "message": message} for item in items)]
+        _refresh_ingest_progress(session, job_id)
+    log.error("ingest job=%s failed for %d documents: %s", job_id, len(items), message)
+
+
 def _refresh_ingest_progress(session: Any, job_id: str) -> None:
+    """Counts from the documents themselves, so a replayed chunk never counts twice."""
     job = session.get_one(IngestJob, job_id, with_for_update=True)
-    indexed = session.scalar(
-        select(func.count())
-        .select_from(Document)
-        .where(Document.ingest_job_id == job_id, Document.status == "indexed")
+    counts = dict(
+        session.execute(
+            select(Document.status, func.count())
+            .where(Document.ingest_job_id == job_id)
+            .group_by(Document.status)
+        ).all()
     )
-    job.done = int(indexed or 0)
-    if job.done + job.failed >= job.total and job.state != "done":
+    job.done = int(counts.get("indexed", 0))
+    job.failed = job.rejected + int(counts.get("failed", 0))
+    if job.done + job.failed >= job.total and job.state not in ("done", "failed"):
         job.state, job.finished_at = "done", utcnow()
 
 

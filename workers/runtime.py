@@ -100,6 +100,7 @@ class Runtime:
         processor = s.recall_processor if model == s.recall_model and s.recall_processor else None
         config = EmbedderConfig(
             batch_size=s.embed_batch_size,
+            batch_tokens=s.embed_batch_tokens,
             max_image_bytes=s.max_image_bytes,
             max_image_pixels=s.max_image_pixels,
         )
@@ -115,6 +116,7 @@ class Runtime:
         processor = s.rerank_processor if model == s.rerank_model and s.rerank_processor else None
         config = RerankerConfig(
             batch_size=s.rerank_batch_size,
+            batch_tokens=s.rerank_batch_tokens,
             max_image_bytes=s.max_image_bytes,
             max_image_pixels=s.max_image_pixels,
         )

@@ -94,7 +94,8 @@ def ingest_documents(name: str) -> Any:
             row.status, row.error, row.ingest_job_id = "pending", None, job.id
             session.add(row)
             rows.append(row)
-        job.failed, job.errors = len(errors), errors
+        job.rejected = job.failed = len(errors)
+        job.errors = errors
         if not rows:
             job.state, job.finished_at = "done", utcnow()
         session.flush()
