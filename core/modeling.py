@@ -52,6 +52,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def adapter_base(model_path: str) -> str | None:
+    """The base model of a PEFT (LoRA) adapter at ``model_path``, or None for a full model."""
+    from peft import PeftConfig
+
+    local = Path(model_path)
+    if local.is_dir() and not (local / "adapter_config.json").exists():
+        return None
+    try:
+        return str(PeftConfig.from_pretrained(model_path).base_model_name_or_path)
+    except (OSError, ValueError):
+        return None
+
+
 def load_backbone(
     model_path: str,
     processor_path: str | None = None,
@@ -59,8 +72,27 @@ def load_backbone(
     device: str = "auto",
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
+    base_model: str | None = None,
 ) -> Loaded:
-    """Load a Qwen2-VL or Qwen3-VL checkpoint (hub id or folder), chosen from its config."""
+    """Load a Qwen2-VL or Qwen3-VL checkpoint (hub id or folder), chosen from its config.
+
+    ``model_path`` may also be a LoRA adapter: it is applied to its base model (from the
+    adapter's config, or ``base_model``) and merged, so inference runs at full speed.
+    """
+    base = adapter_base(model_path)
+    if base is None:
+        return _load(model_path, processor_path or model_path, device, dtype, attn_implementation)
+    from peft import PeftModel
+
+    base = base_model or base
+    loaded = _load(base, processor_path or base, device, dtype, attn_implementation)
+    merged = PeftModel.from_pretrained(loaded.model, model_path).merge_and_unload().eval()
+    return Loaded(merged, loaded.processor, loaded.model_type, loaded.device, loaded.dtype)
+
+
+def _load(
+    model_path: str, processor_path: str, device: str, dtype: str, attn_implementation: str
+) -> Loaded:
     from transformers import (
         AutoConfig,
         AutoProcessor,
@@ -86,7 +118,7 @@ def load_backbone(
         attn_implementation=attn_implementation,
         device_map=str(torch_device),
     ).eval()
-    processor = AutoProcessor.from_pretrained(processor_path or model_path)
+    processor = AutoProcessor.from_pretrained(processor_path)
     return Loaded(model, processor, config.model_type, torch_device, torch_dtype)
 
 

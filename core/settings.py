@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     rerank_model: str = Field(
         DEFAULT_RERANK_MODEL, description="Reranker checkpoint: hub id or local folder."
     )
+    rerank_base_model: str = Field(
+        "", description="Base model of a LoRA reranker adapter, when not the adapter's own."
+    )
     rerank_processor: str = Field(
         "", description="Reranker processor, when it differs from the checkpoint."
     )

@@ -141,7 +141,13 @@ def build_processor(arch: Arch, tokenizer: Any) -> Any:
     )
 
 
-def build_config(arch: Arch, tokenizer: Any) -> Any:
+def build_config(
+    arch: Arch,
+    tokenizer: Any,
+    text_sizes: dict[str, Any] | None = None,
+    vision_sizes: dict[str, Any] | None = None,
+) -> Any:
+    """A config of ``arch`` with the tokenizer's ids; tiny sizes unless others are given."""
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in _QWEN2_VL_SPECIALS}
     common = {
         "image_token_id": ids["<|image_pad|>"],
@@ -179,6 +185,8 @@ def build_config(arch: Arch, tokenizer: Any) -> Any:
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
         }
+        text.update(text_sizes or {})
+        vision.update(vision_sizes or {})
         return Qwen2VLConfig(text_config=text, vision_config=vision, **common)
     from transformers import Qwen3VLConfig
 
@@ -201,6 +209,8 @@ def build_config(arch: Arch, tokenizer: Any) -> Any:
         "num_position_embeddings": 64,
         "deepstack_visual_indexes": [0],
     }
+    text.update(text_sizes or {})
+    vision.update(vision_sizes or {})
     return Qwen3VLConfig(text_config=text, vision_config=vision, **common)
 
 
@@ -208,6 +218,9 @@ def build_tiny_model(arch: Arch, out_dir: Path | str, seed: int = 0) -> Path:
     """Write a tiny random ``arch`` checkpoint with tokenizer and processor to ``out_dir``."""
     import torch
     from transformers import Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     out = Path(out_dir)
     tokenizer = build_tokenizer(arch)

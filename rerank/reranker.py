@@ -79,8 +79,13 @@ class Reranker:
         device: str = "auto",
         dtype: str = "auto",
         config: RerankerConfig | None = None,
+        base_model: str | None = None,
     ) -> Reranker:
-        return cls(load_backbone(model_path, processor_path, device=device, dtype=dtype), config)
+        """A merged checkpoint, or a LoRA adapter on ``base_model`` (default: its config's)."""
+        loaded = load_backbone(
+            model_path, processor_path, device=device, dtype=dtype, base_model=base_model
+        )
+        return cls(loaded, config)
 
     def score(self, query: RerankQuery, candidates: Sequence[RerankCandidate]) -> list[float]:
         """P(Yes) for each candidate, in the input order."""

@@ -135,3 +135,26 @@ def test_fusion_orders_by_fused_score_with_deterministic_ties() -> None:
     assert [h.document_id for h in tied] == ["y", "x", "z"]
     with pytest.raises(ValueError, match="same length"):
         fuse(["a"], [0.1, 0.2], [0.3], 0.1)
+
+
+def test_a_lora_adapter_is_applied_and_merged(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    base_path = str(tiny_models["qwen3_vl"])
+    base = Reranker.from_pretrained(base_path)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    torch.manual_seed(1)
+    peft_model = get_peft_model(Reranker.from_pretrained(base_path).model, config)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    # Reference: the unmerged PEFT model computes the adapted scores.
+    reference = Reranker.from_pretrained(base_path)
+    reference.model = peft_model.eval()
+    expected = reference.score(QUERY, CANDIDATES)
+
+    adapted = Reranker.from_pretrained(str(tmp_path / "adapter"), base_model=base_path)
+    got = adapted.score(QUERY, CANDIDATES)
+    assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 1e-5
+    assert max(abs(a - b) for a, b in zip(got, base.score(QUERY, CANDIDATES), strict=True)) > 1e-4
+    assert "lora" not in type(adapted.model).__name__.lower()  # merged into plain weights

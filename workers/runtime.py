@@ -121,7 +121,12 @@ class Runtime:
             max_image_pixels=s.max_image_pixels,
         )
         return Reranker.from_pretrained(
-            model, processor, device=s.device, dtype=s.dtype, config=config
+            model,
+            processor,
+            device=s.device,
+            dtype=s.dtype,
+            config=config,
+            base_model=s.rerank_base_model or None,
         )
 
 
