@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from api.auth import register_auth
 from api.errors import register_error_handlers
 from api.services import Services
 from core.settings import Settings, get_settings
@@ -15,6 +16,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     init_extensions(app, settings)
+    register_auth(app)
     register_blueprints(app)
     register_error_handlers(app)
     return app

@@ -53,15 +53,16 @@ def run_demo(workdir: Path, models: Path, recall_model: str | None, rerank: str 
         click.echo(f"error: {exc}", err=True)
         return 2
     try:
-        _run(stack.api_url, tiny)
+        _run(stack.api_url, stack.create_key(("admin",)), tiny)
     finally:
         click.echo("stopping the stack ...")
         stack.stop()
     return 0
 
 
-def _run(url: str, tiny: bool) -> None:
+def _run(url: str, key: str, tiny: bool) -> None:
     http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {key}"
     response = http.post(f"{url}/v1/collections", json={"name": "demo", "description": "shapes"})
     response.raise_for_status()
     docs = sample_documents()

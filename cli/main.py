@@ -5,11 +5,24 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Project errors end the command with their message, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from core.errors import UmarvelError
+
+        try:
+            return super().invoke(ctx)
+        except UmarvelError as exc:
+            raise click.ClickException(exc.message) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """umarvel-search: multimodal search with U-MARVEL recall and MLLM rerank."""
 
@@ -39,6 +52,69 @@ def db_upgrade(revision: str) -> None:
 
     upgrade(get_settings().database_url, revision)
     click.echo(f"database at {revision}")
+
+
+@main.group()
+def keys() -> None:
+    """API keys (stored hashed in UMARVEL_DATABASE_URL)."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(["search", "admin"]),
+    help="Repeat for several scopes.",
+)
+@click.option("--collection", "collections", multiple=True, help="Limit to these collections.")
+def keys_create(name: str, scopes: tuple[str, ...], collections: tuple[str, ...]) -> None:
+    """Create a key; its secret is printed once."""
+    from core.auth import create_key
+
+    with _session() as session:
+        row, secret = create_key(session, name, scopes, collections or None)
+        click.echo(f"id {row.id} prefix {row.prefix} scopes {','.join(row.scopes)}")
+    click.echo(secret)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key, without secrets."""
+    from sqlalchemy import select
+
+    from core.auth import describe
+    from core.models import ApiKey
+
+    with _session() as session:
+        for row in session.scalars(select(ApiKey).order_by(ApiKey.id)):
+            info = describe(row)
+            state = f"revoked {info['revoked_at']}" if info["revoked_at"] else "active"
+            limit = ",".join(info["collections"] or ["*"])
+            click.echo(
+                f"{info['id']:>4}  {info['prefix']}  {info['name']:<20} "
+                f"{','.join(info['scopes']):<13} {limit:<20} {state}"
+            )
+
+
+@keys.command("revoke")
+@click.argument("ident")
+def keys_revoke(ident: str) -> None:
+    """Revoke the key with this id or prefix."""
+    from core.auth import revoke
+
+    with _session() as session:
+        row = revoke(session, ident)
+        click.echo(f"revoked key {row.id} ({row.prefix})")
+
+
+def _session() -> Any:
+    from core.db import make_engine, make_session_factory, session_scope
+    from core.settings import get_settings
+
+    return session_scope(make_session_factory(make_engine(get_settings().database_url)))
 
 
 @main.command()

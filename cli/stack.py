@@ -136,6 +136,18 @@ class Stack:
         )
         self._wait_for_workers(settings, timeout)
 
+    def create_key(self, scopes: tuple[str, ...], collections: tuple[str, ...] = ()) -> str:
+        """A new API key in the stack's database; returns its secret."""
+        from core.auth import create_key
+        from core.db import make_engine, make_session_factory, session_scope
+
+        engine = make_engine(self.settings().database_url)
+        try:
+            with session_scope(make_session_factory(engine)) as session:
+                return create_key(session, "stack", scopes, collections or None)[1]
+        finally:
+            engine.dispose()
+
     def start_milvus_only(self, timeout: float = 60.0) -> None:
         """Serve ``workdir/milvus`` with milvus-lite on the port of UMARVEL_MILVUS_URI."""
         port = int(self.settings().milvus_uri.rsplit(":", 1)[1])

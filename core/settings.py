@@ -22,6 +22,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="UMARVEL_", extra="ignore", frozen=True)
 
+    auth_enabled: bool = Field(
+        True,
+        description="Require an API key on every route but /healthz (off only in development).",
+    )
+
     # Storage
     database_url: str = Field(
         "sqlite:///.umarvel/umarvel.db", description="SQLAlchemy URL of the metadata database."

@@ -28,11 +28,20 @@ def client(migrated_url: str, redis_url: str, tmp_path: Path) -> FlaskClient:
     )
     app = create_app(settings)
     client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + _key(app, ["admin"])
     response = client.post(
         "/v1/collections", json={"name": "docs", "metadata_fields": {"year": "int"}}
     )
     assert response.status_code == 201, response.json
     return client
+
+
+def _key(app: Any, scopes: list[str], collections: list[str] | None = None) -> str:
+    from core.auth import create_key
+    from core.db import session_scope
+
+    with session_scope(app.extensions["umarvel"].sessions) as session:
+        return create_key(session, "test", scopes, collections)[1]
 
 
 def _error(response: Any, status: int) -> dict[str, Any]:
@@ -156,7 +165,10 @@ def test_bad_document_batches(client: FlaskClient, body: dict) -> None:
 
 def test_an_unreachable_redis_is_a_503(migrated_url: str, tmp_path: Path) -> None:
     settings = Settings(
-        database_url=migrated_url, redis_url="redis://127.0.0.1:1/0", media_root=tmp_path
+        database_url=migrated_url,
+        redis_url="redis://127.0.0.1:1/0",
+        media_root=tmp_path,
+        auth_enabled=False,
     )
     client = create_app(settings).test_client()
     assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201
@@ -164,3 +176,39 @@ def test_an_unreachable_redis_is_a_503(migrated_url: str, tmp_path: Path) -> Non
     error = _error(response, 503)
     assert "Redis" in error["message"]
     assert response.headers["Retry-After"] == "5"
+
+
+def test_auth_matrix(client: FlaskClient) -> None:
+    app = client.application
+    search_key = _key(app, ["search"])
+    limited = _key(app, ["search"], ["other"])
+    anonymous = app.test_client()
+    query = {"text": "x", "rerank": {"enabled": False}}
+
+    def post(key: str | None, path: str, body: dict) -> Any:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return anonymous.post(path, json=body, headers=headers)
+
+    assert anonymous.get("/healthz").status_code == 200  # public
+    assert _error(anonymous.get("/v1/collections"), 401)["code"] == "unauthorized"
+    assert (
+        _error(post("umk_wrong", "/v1/collections", {"name": "x"}), 401)["code"] == "unauthorized"
+    )
+    bad_header = anonymous.get("/v1/collections", headers={"Authorization": "Basic abc"})
+    assert _error(bad_header, 401)["code"] == "unauthorized"
+    # A search key may query but not administer.
+    assert post(search_key, "/v1/collections/docs/queries", query).status_code == 202
+    assert _error(post(search_key, "/v1/collections", {"name": "x"}), 403)["code"] == "forbidden"
+    docs = {"documents": [{"id": "a", "text": "b"}]}
+    assert _error(post(search_key, "/v1/collections/docs/documents", docs), 403)
+    # A key limited to other collections sees neither this one nor its queries.
+    assert _error(post(limited, "/v1/collections/docs/queries", query), 403)
+    listed = anonymous.get("/v1/collections", headers={"Authorization": f"Bearer {limited}"})
+    assert listed.json == {"collections": []}
+    # A revoked key stops working at once.
+    from core.auth import revoke
+    from core.db import session_scope
+
+    with session_scope(app.extensions["umarvel"].sessions) as session:
+        revoke(session, search_key[:12])
+    assert _error(post(search_key, "/v1/collections/docs/queries", query), 401)

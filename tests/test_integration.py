@@ -45,8 +45,14 @@ def stack(
 
 
 @pytest.fixture(scope="module")
-def ingested(stack: Stack) -> dict[str, Any]:
-    http = requests.Session()
+def http(stack: Stack) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {stack.create_key(('admin',))}"
+    return session
+
+
+@pytest.fixture(scope="module")
+def ingested(stack: Stack, http: requests.Session) -> dict[str, Any]:
     response = http.post(
         f"{stack.api_url}/v1/collections",
         json={"name": "shapes", "metadata_fields": {"colour": "str", "n": "int"}},
@@ -70,8 +76,7 @@ def _until(http: requests.Session, url: str, done: Any, timeout: float = 120.0) 
     raise AssertionError(f"{url} did not finish: {body}")
 
 
-def _query(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
-    http = requests.Session()
+def _query(stack: Stack, http: requests.Session, body: dict[str, Any]) -> dict[str, Any]:
     response = http.post(f"{stack.api_url}/v1/collections/shapes/queries", json=body)
     assert response.status_code in (200, 202), response.text
     answer = response.json()
@@ -80,7 +85,9 @@ def _query(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def test_ingestion_indexes_every_document(stack: Stack, ingested: dict[str, Any]) -> None:
+def test_ingestion_indexes_every_document(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
     job = ingested["job"]
     assert (job["state"], job["done"], job["failed"], job["errors"]) == ("done", 9, 0, [])
     engine = create_engine(stack.settings().database_url)
@@ -105,9 +112,9 @@ def test_ingestion_indexes_every_document(stack: Stack, ingested: dict[str, Any]
     ids=["text", "image", "image+text"],
 )
 def test_query_returns_ranked_ingested_documents(
-    stack: Stack, ingested: dict[str, Any], query: dict[str, Any]
+    stack: Stack, http: requests.Session, ingested: dict[str, Any], query: dict[str, Any]
 ) -> None:
-    answer = _query(stack, {**query, "top_k": 4, "wait": 20})
+    answer = _query(stack, http, {**query, "top_k": 4, "wait": 20})
     assert answer["status"] == "done", answer
     results = answer["results"]
     assert len(results) == 4
@@ -121,9 +128,11 @@ def test_query_returns_ranked_ingested_documents(
     assert {"embed", "search", "rerank"} <= set(answer["timings"])
 
 
-def test_result_is_stored_and_cached(stack: Stack, ingested: dict[str, Any]) -> None:
+def test_result_is_stored_and_cached(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
     body = {"text": "a green square", "top_k": 3, "wait": 20}
-    first = _query(stack, body)
+    first = _query(stack, http, body)
     assert first["status"] == "done"
     assert not first["cached"]
     engine = create_engine(stack.settings().database_url)
@@ -136,37 +145,38 @@ def test_result_is_stored_and_cached(stack: Stack, ingested: dict[str, Any]) -> 
     client = redis.Redis.from_url(REDIS_URL)
     assert client.get(row.cache_key) is not None
     assert client.ttl(row.cache_key) > 0
-    second = _query(stack, body)
+    second = _query(stack, http, body)
     assert second["cached"]
     assert second["id"] == first["id"]
     assert second["results"] == first["results"]
 
 
-def test_filter_and_paging(stack: Stack, ingested: dict[str, Any]) -> None:
-    answer = _query(stack, {"text": "a shape", "filter": {"colour": "red"}, "wait": 20})
+def test_filter_and_paging(stack: Stack, http: requests.Session, ingested: dict[str, Any]) -> None:
+    answer = _query(stack, http, {"text": "a shape", "filter": {"colour": "red"}, "wait": 20})
     assert answer["status"] == "done"
     assert {r["metadata"]["colour"] for r in answer["results"]} == {"red"}
     assert len(answer["results"]) == 3
-    page = requests.get(f"{stack.api_url}{answer['url']}?offset=1&limit=1").json()
+    page = http.get(f"{stack.api_url}{answer['url']}?offset=1&limit=1").json()
     assert page["paging"] == {"offset": 1, "limit": 1, "total": 3}
     assert page["results"][0]["document_id"] == answer["results"][1]["document_id"]
     assert page["results"][0]["rank"] == 2
 
 
-def test_a_write_invalidates_cached_results(stack: Stack, ingested: dict[str, Any]) -> None:
+def test_a_write_invalidates_cached_results(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
     # top_k above the collection size: the new document must show up in the answer.
     body = {"text": "a blue circle", "top_k": 20, "wait": 20, "rerank": {"enabled": False}}
-    first = _query(stack, body)
+    first = _query(stack, http, body)
     assert first["status"] == "done"
     assert all(r["p_yes"] is None for r in first["results"])
-    assert _query(stack, body)["cached"]
-    http = requests.Session()
+    assert _query(stack, http, body)["cached"]
     doc = {"id": "extra", "text": "a blue circle", "image": b64(shape_image("blue", "circle"))}
     job = http.post(
         f"{stack.api_url}/v1/collections/shapes/documents", json={"documents": [doc]}
     ).json()
     _until(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
-    after = _query(stack, body)
+    after = _query(stack, http, body)
     assert not after["cached"]
     assert after["id"] != first["id"]
     assert len(first["results"]) == 9

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.auth import require, visible
 from api.schemas import CollectionCreate, json_body
 from api.services import services
 from core.db import session_scope
@@ -59,6 +60,7 @@ def render(session: Session, collection: Collection) -> dict[str, Any]:
 
 @bp.post("")
 def create_collection() -> Any:
+    require("admin")
     body = CollectionCreate.model_validate(json_body(request))
     svc = services()
     settings = svc.settings
@@ -85,12 +87,14 @@ def create_collection() -> Any:
 
 @bp.get("")
 def list_collections() -> Any:
+    require("search")
     with session_scope(services().sessions) as session:
         rows = session.scalars(select(Collection).order_by(Collection.name)).all()
-        return {"collections": [render(session, c) for c in rows]}
+        return {"collections": [render(session, c) for c in rows if visible(c.name)]}
 
 
 @bp.get("/<name>")
 def read_collection(name: str) -> Any:
+    require("search", name)
     with session_scope(services().sessions) as session:
         return render(session, get_collection(session, name))

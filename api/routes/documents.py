@@ -12,6 +12,7 @@ from flask import Blueprint, request
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from api.auth import require
 from api.errors import validation_error
 from api.routes.collections import get_collection
 from api.schemas import DocumentIn, decode_base64, json_body
@@ -50,6 +51,7 @@ def _validate(svc: Services, collection: Collection, raw: Any) -> tuple[Document
 
 @bp.post("/v1/collections/<name>/documents")
 def ingest_documents(name: str) -> Any:
+    require("admin", name)
     svc = services()
     body = json_body(request)
     items = body.get("documents") if isinstance(body, dict) else None
@@ -138,11 +140,13 @@ def read_ingest_job(job_id: str) -> Any:
         job = session.get(IngestJob, job_id)
         if job is None:
             raise NotFound(f"ingestion job {job_id!r} does not exist")
+        require("admin", session.get_one(Collection, job.collection_id).name)
         return render_job(job)
 
 
 @bp.get("/v1/collections/<name>/documents/<path:document_id>")
 def read_document(name: str, document_id: str) -> Any:
+    require("search", name)
     with session_scope(services().sessions) as session:
         collection = get_collection(session, name)
         doc = session.scalar(

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response
 from PIL import Image, UnidentifiedImageError
 
+from api.auth import require
 from api.services import services
 
 bp = Blueprint("media", __name__)
@@ -15,6 +16,7 @@ bp = Blueprint("media", __name__)
 
 @bp.get("/v1/media/<key>")
 def read_media(key: str) -> Any:
+    require("search")
     data = services().media.get(key)
     try:
         fmt = Image.open(io.BytesIO(data)).format or ""

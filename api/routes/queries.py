@@ -13,6 +13,7 @@ from celery import chain
 from flask import Blueprint, request
 from sqlalchemy import select
 
+from api.auth import require
 from api.routes.collections import get_collection
 from api.routes.documents import render_document
 from api.schemas import QueryRequest, decode_base64, json_body
@@ -55,6 +56,7 @@ def _normalise(
 
 @bp.post("/v1/collections/<name>/queries")
 def submit_query(name: str) -> Any:
+    require("search", name)
     svc = services()
     body = QueryRequest.model_validate(json_body(request))
     if body.text is None and body.image is None:
@@ -210,4 +212,5 @@ def read_query(job_id: str) -> Any:
         job = session.get(QueryJob, job_id)
         if job is None:
             raise NotFound(f"query job {job_id!r} does not exist")
+        require("search", session.get_one(Collection, job.collection_id).name)
         return render_job(session, job)

@@ -1,0 +1,38 @@
+"""Authentication on every request but the public ones; scope checks inside the views."""
+
+from __future__ import annotations
+
+from flask import Flask, g, request
+
+from api.services import services
+from core.auth import authenticate, authorize
+from core.db import session_scope
+from core.models import ApiKey
+
+PUBLIC_ENDPOINTS = frozenset({"health.healthz"})
+
+
+def register_auth(app: Flask) -> None:
+    @app.before_request
+    def _authenticate() -> None:
+        g.api_key = None
+        if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+            return  # unknown routes fall through to the 404 handler
+        svc = services()
+        if not svc.settings.auth_enabled:
+            return
+        with session_scope(svc.sessions) as session:
+            g.api_key = authenticate(session, request.headers.get("Authorization"))
+
+
+def require(scope: str, collection: str | None = None) -> None:
+    """403 unless the request's key has ``scope`` (for ``collection``, when given)."""
+    key: ApiKey | None = g.get("api_key")
+    if key is not None:
+        authorize(key, scope, collection)
+
+
+def visible(collection: str) -> bool:
+    """Whether the request's key may see ``collection`` at all."""
+    key: ApiKey | None = g.get("api_key")
+    return key is None or key.collections is None or collection in key.collections

@@ -1,0 +1,97 @@
+"""API keys: random secrets shown once, stored as SHA-256 hashes, with scopes.
+
+Scopes are ``search`` (query collections) and ``admin`` (create collections, ingest, and
+everything ``search`` may do). A key may be limited to named collections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from core.models import ApiKey, utcnow
+
+SCOPES = ("search", "admin")
+KEY_PREFIX = "umk_"
+
+
+def hash_key(key: str) -> str:
+    # Keys carry 256 random bits, so one unsalted SHA-256 cannot be brute-forced.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(
+    session: Session,
+    name: str,
+    scopes: Sequence[str],
+    collections: Sequence[str] | None = None,
+) -> tuple[ApiKey, str]:
+    """A new key row and the secret, which is shown once and never stored."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if not scopes or unknown:
+        raise InvalidRequest(f"scopes must be some of {SCOPES}; got {list(scopes)}")
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(
+        name=name,
+        prefix=secret[:12],
+        key_hash=hash_key(secret),
+        scopes=sorted(set(scopes)),
+        collections=sorted(set(collections)) if collections else None,
+    )
+    session.add(row)
+    session.flush()
+    return row, secret
+
+
+def authenticate(session: Session, header: str | None) -> ApiKey:
+    """The live key named by an ``Authorization: Bearer <key>`` header, or 401."""
+    if not header or not header.startswith("Bearer "):
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    digest = hash_key(header[len("Bearer ") :].strip())
+    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+    if key is None or not hmac.compare_digest(key.key_hash, digest) or key.revoked_at:
+        raise Unauthorized("the API key is not valid (unknown or revoked)")
+    return key
+
+
+def authorize(key: ApiKey, scope: str, collection: str | None = None) -> None:
+    """403 unless ``key`` has ``scope`` (admin includes search) for ``collection``."""
+    if scope not in key.scopes and "admin" not in key.scopes:
+        raise Forbidden(f"this API key lacks the {scope!r} scope")
+    if collection is not None and key.collections is not None and collection not in key.collections:
+        raise Forbidden(f"this API key may not use collection {collection!r}")
+
+
+def may_see(key: ApiKey, collection: str) -> bool:
+    return key.collections is None or collection in key.collections
+
+
+def revoke(session: Session, ident: str) -> ApiKey:
+    """Revoke the key with this id or prefix."""
+    match = ApiKey.prefix == ident
+    if ident.isdigit():
+        match = or_(match, ApiKey.id == int(ident))
+    key = session.scalar(select(ApiKey).where(match))
+    if key is None:
+        raise NotFound(f"no API key {ident!r}")
+    key.revoked_at = key.revoked_at or utcnow()
+    return key
+
+
+def describe(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "scopes": key.scopes,
+        "collections": key.collections,
+        "created_at": key.created_at.isoformat(),
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }

@@ -1,0 +1,61 @@
+"""The umarvel command line: keys, migrations, tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from cli.main import main
+from core.auth import hash_key
+from core.db import make_engine, make_session_factory, session_scope
+from core.models import ApiKey
+from core.settings import get_settings
+
+
+@pytest.fixture
+def runner(migrated_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("UMARVEL_DATABASE_URL", migrated_url)
+    get_settings.cache_clear()
+    yield CliRunner()
+    get_settings.cache_clear()
+
+
+def test_keys_create_list_revoke(runner: CliRunner, migrated_url: str) -> None:
+    created = runner.invoke(
+        main, ["keys", "create", "ci", "--scope", "search", "--collection", "docs"]
+    )
+    assert created.exit_code == 0, created.output
+    secret = created.output.strip().splitlines()[-1]
+    assert secret.startswith("umk_")
+    sessions = make_session_factory(make_engine(migrated_url))
+    with session_scope(sessions) as session:
+        row = session.scalar(select(ApiKey))
+        assert row.key_hash == hash_key(secret)  # only the hash is stored
+        assert (row.scopes, row.collections) == (["search"], ["docs"])
+    listed = runner.invoke(main, ["keys", "list"])
+    assert row.prefix in listed.output
+    assert "active" in listed.output
+    assert secret not in listed.output
+    revoked = runner.invoke(main, ["keys", "revoke", row.prefix])
+    assert revoked.exit_code == 0
+    assert "revoked" in runner.invoke(main, ["keys", "list"]).output
+    missing = runner.invoke(main, ["keys", "revoke", "nope"])
+    assert missing.exit_code == 1
+    assert "Error: no API key 'nope'" in missing.output
+
+
+def test_bad_scope_is_refused(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["keys", "create", "x", "--scope", "root"])
+    assert result.exit_code == 2
+    assert "root" in result.output
+
+
+def test_tiny_models_command(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["tiny-models", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for arch in ("qwen2_vl", "qwen3_vl"):
+        assert (tmp_path / arch / "model.safetensors").stat().st_size < 5_000_000
+        assert (tmp_path / arch / "chat_template.jinja").exists()
