@@ -33,7 +33,10 @@ def validation_error(exc: ValidationError, prefix: str = "") -> InvalidRequest:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(UmarvelError)
     def _umarvel(exc: UmarvelError) -> Any:
-        return jsonify(envelope(exc.code, exc.message, exc.details)), exc.status
+        headers = {}
+        if isinstance(exc.details, dict) and "retry_after" in exc.details:
+            headers["Retry-After"] = str(exc.details["retry_after"])
+        return jsonify(envelope(exc.code, exc.message, exc.details)), exc.status, headers
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError) -> Any:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
 from flask import Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, PayloadTooLarge
 
 COLLECTION_NAME = r"^[a-z][a-z0-9_]{0,47}$"
 
@@ -69,6 +70,24 @@ def json_body(request: Request) -> Any:
     if body is None:
         raise InvalidRequest("the request body is not valid JSON")
     return body
+
+
+def request_parts(request: Request, max_file_bytes: int) -> tuple[Any, bytes | None]:
+    """The JSON body and an uploaded image: JSON, or multipart with a ``request`` JSON
+    field and an ``image`` file part."""
+    if request.mimetype != "multipart/form-data":
+        return json_body(request), None
+    try:
+        raw = json.loads(request.form.get("request", "{}"))
+    except json.JSONDecodeError:
+        raise InvalidRequest("the multipart 'request' field is not valid JSON") from None
+    upload = request.files.get("image")
+    if upload is None:
+        return raw, None
+    data = upload.read(max_file_bytes + 1)
+    if len(data) > max_file_bytes:
+        raise PayloadTooLarge(f"image is larger than {max_file_bytes} bytes")
+    return raw, data
 
 
 def decode_base64(value: str, field: str) -> bytes:

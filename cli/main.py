@@ -146,6 +146,30 @@ def worker(queue: str, name: str | None, concurrency: int, loglevel: str) -> Non
 
 
 @main.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def beat(loglevel: str) -> None:
+    """Start Celery beat: periodic clean-up of expired query jobs."""
+    from workers.app import app
+
+    app.start(["beat", "--loglevel", loglevel])
+
+
+@main.group()
+def jobs() -> None:
+    """Query and ingestion jobs."""
+
+
+@jobs.command("cleanup")
+def jobs_cleanup() -> None:
+    """Delete query jobs past UMARVEL_JOB_TTL_SECONDS now (beat does it every 10 minutes)."""
+    from core.settings import get_settings
+    from workers.pipeline import cleanup_jobs
+    from workers.runtime import Runtime
+
+    click.echo(f"deleted {cleanup_jobs(Runtime(get_settings()))} expired query jobs")
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 def api(host: str, port: int) -> None:

@@ -21,6 +21,7 @@ from typing import IO, Any
 import requests
 
 from core.settings import Settings
+from workers.celery_app import QUEUES
 
 
 def free_port() -> int:
@@ -115,26 +116,15 @@ class Stack:
         from core.db import upgrade
 
         upgrade(settings.database_url)
-        for queue in ("recall", "rerank"):
-            self._spawn(
-                f"worker-{queue}",
-                [
-                    sys.executable,
-                    "-m",
-                    "cli.main",
-                    "worker",
-                    queue,
-                    "--name",
-                    f"{queue}{self.worker_suffix}@%h",
-                ],
-            )
+        for queue in QUEUES:
+            self._spawn_worker(queue)
         api = self._spawn(
             "api", [sys.executable, "-m", "cli.main", "api", "--port", str(self.api_port)]
         )
         wait_until(
             lambda: requests.get(f"{self.api_url}/healthz", timeout=1).ok, timeout, "API", api
         )
-        self._wait_for_workers(settings, timeout)
+        self._wait_for_workers(QUEUES, timeout)
 
     def create_key(self, scopes: tuple[str, ...], collections: tuple[str, ...] = ()) -> str:
         """A new API key in the stack's database; returns its secret."""
@@ -172,22 +162,35 @@ class Stack:
         _signal_group(proc, signal.SIGKILL)
         proc.wait()
 
-    def _wait_for_workers(self, settings: Settings, timeout: float) -> None:
+    def start_worker(self, queue: str, timeout: float = 120.0) -> None:
+        """(Re)start the worker of ``queue`` and wait until it answers."""
+        self._spawn_worker(queue)
+        self._wait_for_workers((queue,), timeout)
+
+    def _spawn_worker(self, queue: str) -> None:
+        name = f"{queue}{self.worker_suffix}@%h"
+        args = [sys.executable, "-m", "cli.main", "worker", queue, "--name", name]
+        self._spawn(f"worker-{queue}", args)
+
+    def _wait_for_workers(self, queues: tuple[str, ...], timeout: float) -> None:
         from workers.celery_app import make_celery
 
-        app = make_celery(settings)
-        wanted = {f"recall{self.worker_suffix}", f"rerank{self.worker_suffix}"}
+        app = make_celery(self.settings())
+        wanted = {f"{queue}{self.worker_suffix}" for queue in queues}
 
         def all_up() -> bool:
-            for name in ("worker-recall", "worker-rerank"):
-                if self.processes[name].poll() is not None:
-                    raise RuntimeError(f"{name} exited with code {self.processes[name].returncode}")
+            for queue in queues:
+                proc = self.processes[f"worker-{queue}"]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the {queue} worker exited with code {proc.returncode}")
             replies = app.control.ping(timeout=0.5) or []
             names = {next(iter(reply)).split("@")[0] for reply in replies}
             return wanted <= names
 
-        wait_until(all_up, timeout, "Celery workers")
-        app.close()
+        try:
+            wait_until(all_up, timeout, "Celery workers")
+        finally:
+            app.close()
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM every process group, then SIGKILL whatever is left."""

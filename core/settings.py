@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     default_rerank_weight: float = Field(0.1, description="w in cosine + w * p_yes.")
     max_wait_seconds: float = Field(30.0, ge=0, description="Longest 'wait' a query may ask for.")
     result_ttl_seconds: int = Field(3600, ge=1, description="Lifetime of cached query results.")
+    job_ttl_seconds: int = Field(
+        86400, ge=1, description="Finished query jobs expire, and are cleaned up, after this."
+    )
+    max_queue_depth: int = Field(
+        1000, ge=1, description="Queued tasks beyond which new queries get 429 (backpressure)."
+    )
+    query_embedding_ttl_seconds: int = Field(
+        86400, ge=0, description="Lifetime of cached query embeddings (0: no cache)."
+    )
     ingest_chunk_size: int = Field(64, ge=1, description="Documents per ingestion task.")
     max_documents_per_request: int = Field(1000, ge=1, description="Documents in one request.")
     max_text_chars: int = Field(8192, ge=1, description="Longest document or query text.")

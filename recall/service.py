@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from recall.embedder import Embedder
 from recall.index import PK_FIELD, VECTOR_FIELD, IndexHit, MilvusIndex
 from recall.prompts import Candidate, Query
@@ -23,6 +25,7 @@ class IndexDocument:
 class RecallResult:
     hits: list[IndexHit]
     timings: dict[str, float]
+    vector: np.ndarray  # the query's embedding, for callers that cache it
 
 
 class RecallService:
@@ -31,14 +34,22 @@ class RecallService:
         self.index = index
 
     def search(
-        self, collection: str, query: Query, top_k: int, expression: str | None = None
+        self,
+        collection: str,
+        query: Query,
+        top_k: int,
+        expression: str | None = None,
+        vector: np.ndarray | None = None,
     ) -> RecallResult:
+        """Embed ``query`` (unless its ``vector`` is given) and search ``collection``."""
         started = time.perf_counter()
-        vector = self.embedder.encode_queries([query])[0]
+        if vector is None:
+            vector = self.embedder.encode_queries([query])[0]
         embedded = time.perf_counter()
         hits = self.index.search(collection, vector, top_k, expression)
         done = time.perf_counter()
-        return RecallResult(hits, {"embed": embedded - started, "search": done - embedded})
+        timings = {"embed": embedded - started, "search": done - embedded}
+        return RecallResult(hits, timings, vector)
 
     def index_documents(
         self,

@@ -15,6 +15,8 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from cli.samples import b64, shape_image
 from core.settings import Settings
+from tests.helpers import error as _error
+from tests.helpers import make_key as _key
 
 
 @pytest.fixture
@@ -34,23 +36,6 @@ def client(migrated_url: str, redis_url: str, tmp_path: Path) -> FlaskClient:
     )
     assert response.status_code == 201, response.json
     return client
-
-
-def _key(app: Any, scopes: list[str], collections: list[str] | None = None) -> str:
-    from core.auth import create_key
-    from core.db import session_scope
-
-    with session_scope(app.extensions["umarvel"].sessions) as session:
-        return create_key(session, "test", scopes, collections)[1]
-
-
-def _error(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.json
-    body = response.json
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "details"}
-    assert "Traceback" not in response.get_data(as_text=True)
-    return body["error"]
 
 
 def test_health(client: FlaskClient) -> None:

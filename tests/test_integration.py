@@ -182,3 +182,44 @@ def test_a_write_invalidates_cached_results(
     assert len(first["results"]) == 9
     assert len(after["results"]) == 10
     assert "extra" in {r["document_id"] for r in after["results"]}
+
+
+def test_partial_results_and_cancel_while_reranking(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
+    url = f"{stack.api_url}/v1/collections/shapes/queries"
+    stack.kill("worker-rerank")  # rerank tasks now wait in their queue
+    try:
+        job = http.post(url, json={"text": "partial results please", "top_k": 3}).json()
+        job = _until(http, stack.api_url + job["url"], lambda j: j["status"] == "reranking")
+        assert job["is_partial"]
+        assert job["is_running"]
+        indexed = http.get(f"{stack.api_url}/v1/collections/shapes").json()["documents"]["indexed"]
+        assert len(job["results"]) == indexed  # every recall candidate (k=50), before rerank
+        assert all("p_yes" not in hit for hit in job["results"])
+        other = http.post(url, json={"text": "cancel me while reranking"}).json()
+        _until(http, stack.api_url + other["url"], lambda j: j["status"] == "reranking")
+        cancelled = http.delete(stack.api_url + other["url"])
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+    finally:
+        stack.start_worker("rerank")
+    done = _until(http, stack.api_url + job["url"], lambda j: j["status"] == "done")
+    assert len(done["results"]) == 3
+    assert all(hit["p_yes"] is not None for hit in done["results"])
+    assert http.get(stack.api_url + other["url"]).json()["status"] == "cancelled"
+
+
+def test_query_embeddings_are_cached(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    before = set(client.keys("umarvel:qemb:*"))
+    first = _query(stack, http, {"text": "embed me once", "top_k": 2, "wait": 20})
+    added = set(client.keys("umarvel:qemb:*")) - before
+    assert len(added) == 1
+    # Another top_k is another result, but the same query embedding.
+    second = _query(stack, http, {"text": "embed me once", "top_k": 3, "wait": 20})
+    assert set(client.keys("umarvel:qemb:*")) - before == added
+    assert not second["cached"]
+    assert second["results"][0]["cosine"] == pytest.approx(first["results"][0]["cosine"])

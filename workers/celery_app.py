@@ -14,6 +14,7 @@ from core.settings import Settings
 RECALL_QUEUE = "recall"
 RERANK_QUEUE = "rerank"
 QUEUES = (RECALL_QUEUE, RERANK_QUEUE)
+CLEANUP_SECONDS = 600.0
 
 
 def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
@@ -46,5 +47,8 @@ def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
+        beat_schedule={
+            "cleanup-expired-jobs": {"task": "recall.cleanup", "schedule": CLEANUP_SECONDS}
+        },
     )
     return app

@@ -6,13 +6,17 @@ records the outcome on the job row. A failure is recorded on the job, then re-ra
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+import numpy as np
+from sqlalchemy import delete, func, select, update
 
 from core.cache import ResultCache
 from core.models import Collection, Document, IngestJob, QueryJob, utcnow
@@ -139,6 +143,35 @@ def _query_of(rt: Runtime, job: QueryJob) -> tuple[Query, str]:
     return Query(text=query.text, image=image, instruction=instruction), query.modality
 
 
+def _embedding_key(model: str, request: dict[str, Any], instruction: str | None) -> str:
+    """Query embeddings are cached per model, text, image (by content hash) and instruction."""
+    parts = json.dumps([model, request.get("text"), request.get("image"), instruction])
+    return f"umarvel:qemb:{hashlib.sha256(parts.encode()).hexdigest()}"
+
+
+def _cached_vector(rt: Runtime, key: str) -> np.ndarray | None:
+    if rt.settings.query_embedding_ttl_seconds <= 0:
+        return None
+    raw = rt.redis.get(key)
+    return None if raw is None else np.frombuffer(raw, dtype=np.float32)
+
+
+def _store_vector(rt: Runtime, key: str, vector: np.ndarray) -> None:
+    if rt.settings.query_embedding_ttl_seconds > 0:
+        data = np.asarray(vector, dtype=np.float32).tobytes()
+        rt.redis.set(key, data, ex=rt.settings.query_embedding_ttl_seconds)
+
+
+def cleanup_jobs(rt: Runtime) -> int:
+    """Delete query jobs finished longer ago than their lifetime; returns how many."""
+    cutoff = utcnow() - timedelta(seconds=rt.settings.job_ttl_seconds)
+    with rt.sessions.begin() as session:
+        result = session.execute(
+            delete(QueryJob).where(QueryJob.finished_at.is_not(None), QueryJob.finished_at < cutoff)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def recall_step(rt: Runtime, job_id: str) -> str:
     """Embed the query, search Milvus, store the hits on the job; finish it without rerank."""
     with _recording_failure(rt, job_id):
@@ -155,7 +188,11 @@ def recall_step(rt: Runtime, job_id: str) -> str:
         rerank = request["rerank"]
         k = rerank["k"] if rerank["enabled"] else request["top_k"]
         service = RecallService(rt.embedder(model), rt.index)
-        result = service.search(target, query, k, request.get("expression"))
+        cache_key = _embedding_key(model, request, query.instruction)
+        vector = _cached_vector(rt, cache_key)
+        result = service.search(target, query, k, request.get("expression"), vector=vector)
+        if vector is None:
+            _store_vector(rt, cache_key, result.vector)
         hits = [{"document_id": h.document_id, "cosine": h.score} for h in result.hits]
         with rt.sessions.begin() as session:
             job = session.get_one(QueryJob, job_id)

@@ -27,3 +27,9 @@ def search(job_id: str) -> str:
 @shared_task(name="rerank.score")
 def score(job_id: str) -> str:
     return pipeline.rerank_step(runtime(), str(job_id))
+
+
+@shared_task(name="recall.cleanup")
+def cleanup() -> int:
+    """Periodic (Celery beat): delete query jobs past their lifetime."""
+    return pipeline.cleanup_jobs(runtime())

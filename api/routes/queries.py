@@ -7,6 +7,7 @@ seconds, else 202 with the job's id and URL; ``GET`` returns status and results.
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 from celery import chain
@@ -16,18 +17,20 @@ from sqlalchemy import select
 from api.auth import require
 from api.routes.collections import get_collection
 from api.routes.documents import render_document
-from api.schemas import QueryRequest, decode_base64, json_body
+from api.schemas import QueryRequest, decode_base64, request_parts
 from api.services import Services, services
 from core.cache import result_key
 from core.db import session_scope
-from core.errors import InvalidRequest, NotFound, Unavailable
+from core.errors import InvalidRequest, NotFound, Overloaded, Unavailable
 from core.images import decode_image
 from core.models import Collection, Document, QueryJob, new_id, utcnow
 from recall.filters import compile_filter
+from workers.celery_app import QUEUES
 
 bp = Blueprint("queries", __name__)
 
 POLL_SECONDS = 0.02
+RETRY_AFTER_SECONDS = 2
 RUNNING = ("queued", "recalling", "reranking")
 
 
@@ -58,16 +61,19 @@ def _normalise(
 def submit_query(name: str) -> Any:
     require("search", name)
     svc = services()
-    body = QueryRequest.model_validate(json_body(request))
-    if body.text is None and body.image is None:
+    raw, upload = request_parts(request, svc.settings.max_image_bytes)
+    body = QueryRequest.model_validate(raw)
+    if upload is not None and body.image is not None:
+        raise InvalidRequest("send the image either as a file part or as base64, not both")
+    if body.text is None and body.image is None and upload is None:
         raise InvalidRequest("a query needs text, an image, or both")
     if body.text and len(body.text) > svc.settings.max_text_chars:
         raise InvalidRequest(f"text is longer than {svc.settings.max_text_chars} characters")
     if body.wait > svc.settings.max_wait_seconds:
         raise InvalidRequest(f"wait must be at most {svc.settings.max_wait_seconds} seconds")
     image_key = None
-    if body.image is not None:
-        data = decode_base64(body.image, "image")
+    data = decode_base64(body.image, "image") if body.image is not None else upload
+    if data is not None:
         decode_image(
             data, max_bytes=svc.settings.max_image_bytes, max_pixels=svc.settings.max_image_pixels
         )
@@ -86,6 +92,7 @@ def submit_query(name: str) -> Any:
         cached = svc.cache.get(key)
         if cached is not None:
             return _render_cached(session, collection, cached), 200
+        _check_backpressure(svc)
         job_id = new_id()
         holder = svc.cache.claim(key, job_id, ttl_seconds=svc.settings.task_time_limit * 2)
         if holder == job_id:
@@ -103,10 +110,27 @@ def submit_query(name: str) -> Any:
     return _answer(svc, holder, body.wait)
 
 
+def _check_backpressure(svc: Services) -> None:
+    """429 when the queues hold more than the configured depth: never an unbounded queue."""
+    depth = sum(svc.redis.llen(queue) for queue in QUEUES)
+    if depth >= svc.settings.max_queue_depth:
+        raise Overloaded(
+            f"the search queues hold {depth} tasks (limit {svc.settings.max_queue_depth}); "
+            "retry shortly",
+            {"retry_after": RETRY_AFTER_SECONDS},
+        )
+
+
+def task_ids(job_id: str) -> list[str]:
+    """The Celery task ids of a query job's steps, fixed so that a cancel can revoke them."""
+    return [f"{job_id}.recall", f"{job_id}.rerank"]
+
+
 def _enqueue(svc: Services, job_id: str, rerank: bool) -> None:
-    steps = [svc.celery.signature("recall.search", args=[job_id])]
+    recall_id, rerank_id = task_ids(job_id)
+    steps = [svc.celery.signature("recall.search", args=[job_id]).set(task_id=recall_id)]
     if rerank:
-        steps.append(svc.celery.signature("rerank.score"))
+        steps.append(svc.celery.signature("rerank.score").set(task_id=rerank_id))
     try:
         chain(*steps).apply_async()
     except Exception as exc:
@@ -206,11 +230,38 @@ def _render_cached(session: Any, collection: Collection, cached: dict[str, Any])
     }
 
 
+def _job(session: Any, job_id: str) -> QueryJob:
+    """The job, checked against the caller's key, expired when past its lifetime."""
+    job = session.get(QueryJob, job_id)
+    if job is None:
+        raise NotFound(f"query job {job_id!r} does not exist")
+    require("search", session.get_one(Collection, job.collection_id).name)
+    ttl = timedelta(seconds=services().settings.job_ttl_seconds)
+    if job.finished_at is not None and job.status != "expired" and job.finished_at + ttl < utcnow():
+        job.status, job.results, job.recall_hits = "expired", None, None
+    return job
+
+
 @bp.get("/v1/queries/<job_id>")
 def read_query(job_id: str) -> Any:
     with session_scope(services().sessions) as session:
-        job = session.get(QueryJob, job_id)
-        if job is None:
-            raise NotFound(f"query job {job_id!r} does not exist")
-        require("search", session.get_one(Collection, job.collection_id).name)
-        return render_job(session, job)
+        return render_job(session, _job(session, job_id))
+
+
+@bp.delete("/v1/queries/<job_id>")
+def delete_query(job_id: str) -> Any:
+    """Cancel a running job (its queued steps are revoked), or delete a finished one."""
+    svc = services()
+    with session_scope(svc.sessions) as session:
+        job = _job(session, job_id)
+        if job.status in RUNNING:
+            job.status, job.error, job.finished_at = (
+                "cancelled",
+                "cancelled by the client",
+                utcnow(),
+            )
+            svc.cache.release(job.cache_key)
+            svc.celery.control.revoke(task_ids(job.id))
+            return render_job(session, job), 200
+        session.delete(job)
+    return "", 204
