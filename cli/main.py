@@ -120,11 +120,23 @@ def _session() -> Any:
 @main.command()
 @click.argument("queue", type=click.Choice(["recall", "rerank"]))
 @click.option("--name", default=None, help="Celery node name (default: QUEUE@%h).")
-@click.option("--concurrency", default=1, show_default=True, help="Processes (one per GPU).")
+@click.option(
+    "--concurrency",
+    type=int,
+    default=None,
+    help="Tasks at once (default UMARVEL_WORKER_CONCURRENCY); one worker process per GPU.",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(queue: str, name: str | None, concurrency: int, loglevel: str) -> None:
-    """Start a Celery worker that consumes QUEUE."""
+def worker(queue: str, name: str | None, concurrency: int | None, loglevel: str) -> None:
+    """Start a Celery worker that consumes QUEUE.
+
+    One process holds the model; its task threads hand their model calls to one batching
+    thread, so queries that arrive together share a forward pass.
+    """
+    from core.settings import get_settings
     from workers.app import app
+
+    concurrency = concurrency or get_settings().worker_concurrency
 
     app.worker_main(
         [
@@ -136,7 +148,7 @@ def worker(queue: str, name: str | None, concurrency: int, loglevel: str) -> Non
             "--concurrency",
             str(concurrency),
             "--pool",
-            "prefork",
+            "threads",
             "--loglevel",
             loglevel,
             "--without-gossip",

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
         16384, ge=1, description="Most tokens in one padded reranker batch."
     )
 
+    worker_concurrency: int = Field(
+        8, ge=1, description="Tasks a worker runs at once (threads); their model calls are batched."
+    )
+    batch_wait_ms: float = Field(
+        5.0, ge=0, description="How long a worker waits to gather concurrent queries into a batch."
+    )
+
     # Search defaults and limits
     default_top_k: int = Field(10, ge=1, description="Results returned when a query gives none.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a query may ask for.")

@@ -12,6 +12,7 @@ Usage::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,8 @@ class Embedder:
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.config = config or EmbedderConfig()
+        # One forward at a time: the tokenizer's padding/truncation state is per call.
+        self._lock = threading.Lock()
         self._install_special_tokens()
 
     @classmethod
@@ -139,10 +142,13 @@ class Embedder:
 
     def _encode(self, items: list[_Prepared], *, truncate: bool) -> np.ndarray:
         out = np.zeros((len(items), self.dim), dtype=np.float32)
+        if not items:
+            return out
         costs = [min(item.cost, CANDIDATE_MAX_TOKENS) if truncate else item.cost for item in items]
         # Similar sizes batch together (less padding); rows go back to their input places.
-        for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
-            out[chunk] = self._forward([items[i] for i in chunk], truncate=truncate)
+        with self._lock:
+            for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
+                out[chunk] = self._forward([items[i] for i in chunk], truncate=truncate)
         return out
 
     def _forward(self, items: list[_Prepared], *, truncate: bool) -> np.ndarray:

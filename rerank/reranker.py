@@ -11,6 +11,7 @@ Usage::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,7 @@ class Reranker:
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.config = config or RerankerConfig()
+        self._lock = threading.Lock()  # one forward at a time (shared tokenizer state)
         tokenizer = self.processor.tokenizer
         self.yes_id = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
         self.no_id = tokenizer("No", add_special_tokens=False)["input_ids"][0]
@@ -101,11 +103,11 @@ class Reranker:
             prepared.append(self._prepare(query, query_images[id(query)], candidate))
         scores = [0.0] * len(prepared)
         costs = [pair.cost for pair in prepared]
-        for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
-            for index, value in zip(
-                chunk, self._forward([prepared[i] for i in chunk]), strict=True
-            ):
-                scores[index] = value
+        with self._lock:
+            for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
+                values = self._forward([prepared[i] for i in chunk])
+                for index, value in zip(chunk, values, strict=True):
+                    scores[index] = value
         return scores
 
     def _image(self, value: ImageInput | None) -> Any:

@@ -187,12 +187,17 @@ def recall_step(rt: Runtime, job_id: str) -> str:
             query, _ = _query_of(rt, job)
         rerank = request["rerank"]
         k = rerank["k"] if rerank["enabled"] else request["top_k"]
-        service = RecallService(rt.embedder(model), rt.index)
         cache_key = _embedding_key(model, request, query.instruction)
+        started = time.perf_counter()
         vector = _cached_vector(rt, cache_key)
-        result = service.search(target, query, k, request.get("expression"), vector=vector)
         if vector is None:
-            _store_vector(rt, cache_key, result.vector)
+            batcher = rt.query_batcher(model)
+            vector = batcher.submit([query], timeout=rt.settings.task_time_limit)[0]
+            _store_vector(rt, cache_key, vector)
+        embedded = time.perf_counter() - started
+        service = RecallService(rt.embedder(model), rt.index)
+        result = service.search(target, query, k, request.get("expression"), vector=vector)
+        result.timings["embed"] = embedded
         hits = [{"document_id": h.document_id, "cosine": h.score} for h in result.hits]
         with rt.sessions.begin() as session:
             job = session.get_one(QueryJob, job_id)
@@ -237,7 +242,9 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
             for h in hits
         ]
         rerank_query = RerankQuery(query.text, query.image, query.instruction)
-        p_yes = rt.reranker(rt.settings.rerank_model).score(rerank_query, candidates)
+        pairs = [(rerank_query, candidate) for candidate in candidates]
+        batcher = rt.pair_batcher(rt.settings.rerank_model)
+        p_yes = batcher.submit(pairs, timeout=rt.settings.task_time_limit)
         fused = fuse(
             [h["document_id"] for h in hits],
             [h["cosine"] for h in hits],

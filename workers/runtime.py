@@ -47,6 +47,7 @@ class Runtime:
         self.settings = settings
         self._embedders: dict[str, Lazy[Any]] = {}
         self._rerankers: dict[str, Lazy[Any]] = {}
+        self._batchers: dict[tuple[str, str], Lazy[Any]] = {}
         self._lock = threading.Lock()
 
     @cached_property
@@ -70,6 +71,36 @@ class Runtime:
         from recall.index import MilvusIndex
 
         return MilvusIndex(self.settings.milvus_uri, token=self.settings.milvus_token)
+
+    def query_batcher(self, model: str) -> Any:
+        """Embeds the queries of concurrent tasks together: one forward per batch."""
+        return self._batcher(
+            ("query", model),
+            lambda queries: self.embedder(model).encode_queries(queries),
+            self.settings.embed_batch_size,
+        )
+
+    def pair_batcher(self, model: str) -> Any:
+        """Scores the (query, candidate) pairs of concurrent rerank tasks together."""
+        return self._batcher(
+            ("pairs", model),
+            lambda pairs: self.reranker(model).score_pairs(pairs),
+            self.settings.rerank_batch_size * 8,
+        )
+
+    def _batcher(self, key: tuple[str, str], run: Callable[[list[Any]], Any], size: int) -> Any:
+        from workers.batcher import MicroBatcher
+
+        with self._lock:
+            holder = self._batchers.get(key)
+            if holder is None:
+                wait = self.settings.batch_wait_ms / 1000
+                holder = self._batchers[key] = Lazy(
+                    lambda: MicroBatcher(
+                        run, max_items=size, max_wait=wait, name=f"{key[0]}-batcher"
+                    )
+                )
+        return holder.get()
 
     def _threads(self) -> None:
         if self.settings.torch_threads > 0:

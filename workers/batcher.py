@@ -1,0 +1,87 @@
+"""Micro-batching: requests that arrive together share one model call.
+
+Worker threads (Celery's ``threads`` pool) submit lists of items and block; one batching
+thread per model gathers what arrives within ``max_wait`` seconds (up to ``max_items``
+items), runs the model once on all of it, and hands each request its share. Only the
+batching thread touches the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class MicroBatcher(Generic[T, R]):
+    def __init__(
+        self,
+        run: Callable[[list[T]], Sequence[R]],
+        *,
+        max_items: int,
+        max_wait: float,
+        name: str = "batcher",
+    ) -> None:
+        self._run = run
+        self.max_items = max_items
+        self.max_wait = max_wait
+        self._requests: queue.Queue[tuple[list[T], Future[list[R]]]] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+        self.batch_sizes: list[int] = []  # items per model call, for metrics and tests
+
+    def submit(self, items: Sequence[T], timeout: float | None = None) -> list[R]:
+        """Results for ``items``, in order, computed in a shared batch."""
+        if not items:
+            return []
+        future: Future[list[R]] = Future()
+        self._requests.put((list(items), future))
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"the model did not answer within {timeout} s") from None
+
+    def _gather(self) -> list[tuple[list[T], Future[list[R]]]]:
+        batch = [self._requests.get()]
+        count = len(batch[0][0])
+        deadline = time.monotonic() + self.max_wait
+        while count < self.max_items:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                request = self._requests.get(timeout=remaining)
+            except queue.Empty:
+                break
+            batch.append(request)
+            count += len(request[0])
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._gather()
+            items = [item for request_items, _ in batch for item in request_items]
+            try:
+                results = list(self._run(items))
+                if len(results) != len(items):
+                    raise RuntimeError(f"batch of {len(items)} gave {len(results)} results")
+            except BaseException as exc:  # every waiting request learns why
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            self.batch_sizes.append(len(items))
+            log.debug("batch of %d items from %d requests", len(items), len(batch))
+            start = 0
+            for request_items, future in batch:
+                future.set_result(results[start : start + len(request_items)])
+                start += len(request_items)
