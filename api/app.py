@@ -6,6 +6,7 @@ from flask import Flask
 
 from api.auth import register_auth
 from api.errors import register_error_handlers
+from api.openapi import register_openapi
 from api.services import Services
 from core.settings import Settings, get_settings
 
@@ -18,6 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_extensions(app, settings)
     register_auth(app)
     register_blueprints(app)
+    register_openapi(app)
     register_error_handlers(app)
     return app
 

@@ -16,8 +16,9 @@ def register_auth(app: Flask) -> None:
     @app.before_request
     def _authenticate() -> None:
         g.api_key = None
-        if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
-            return  # unknown routes fall through to the 404 handler
+        endpoint = request.endpoint
+        if endpoint is None or endpoint in PUBLIC_ENDPOINTS or endpoint.startswith("openapi"):
+            return  # health, documentation; unknown routes fall through to the 404 handler
         svc = services()
         if not svc.settings.auth_enabled:
             return

@@ -40,6 +40,12 @@ class DocumentIn(Strict):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class DocumentsRequest(Strict):
+    """Items are validated one by one: an invalid one is reported, the others go on."""
+
+    documents: list[DocumentIn] = Field(min_length=1)
+
+
 class RerankOptions(Strict):
     enabled: bool | None = None
     k: int | None = Field(None, ge=1, le=1000)
@@ -60,6 +66,11 @@ class QueryRequest(Strict):
     @classmethod
     def _text_not_blank(cls, value: str | None) -> str | None:
         return value if value is None or value.strip() else None
+
+
+class PageQuery(Strict):
+    offset: int = Field(0, ge=0)
+    limit: int | None = Field(None, ge=1)
 
 
 def json_body(request: Request) -> Any:

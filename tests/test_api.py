@@ -197,3 +197,29 @@ def test_auth_matrix(client: FlaskClient) -> None:
     with session_scope(app.extensions["umarvel"].sessions) as session:
         revoke(session, search_key[:12])
     assert _error(post(search_key, "/v1/collections/docs/queries", query), 401)
+
+
+def test_openapi_document_comes_from_the_request_models(client: FlaskClient) -> None:
+    anonymous = client.application.test_client()
+    document = anonymous.get("/v1/openapi.json").json
+    assert document["info"]["title"] == "umarvel-search"
+    paths = document["paths"]
+    query = paths["/v1/collections/{name}/queries"]["post"]
+    schema_ref = query["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert schema_ref.rsplit("/", 1)[-1].startswith("QueryRequest")
+    assert {"200", "202", "400", "429"} <= set(query["responses"])
+    assert "delete" in paths["/v1/queries/{job_id}"]
+    schemas = document["components"]["schemas"]
+    request_schema = next(v for k, v in schemas.items() if k.startswith("QueryRequest"))
+    assert {"text", "image", "instruction", "top_k", "rerank", "filter", "wait"} <= set(
+        request_schema["properties"]
+    )
+    page = anonymous.get("/v1/docs/swagger/")
+    assert page.status_code == 200
+    assert "swagger" in page.get_data(as_text=True).lower()
+
+
+def test_paging_parameters_are_validated(client: FlaskClient) -> None:
+    job = client.post("/v1/collections/docs/queries", json={"text": "x"}).json
+    assert "query.offset" in _error(client.get(job["url"] + "?offset=-1"), 400)["message"]
+    assert "query.limit" in _error(client.get(job["url"] + "?limit=abc"), 400)["message"]

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import require, visible
+from api.openapi import documented, responses
 from api.schemas import CollectionCreate, json_body
 from api.services import services
 from core.db import session_scope
@@ -59,6 +60,7 @@ def render(session: Session, collection: Collection) -> dict[str, Any]:
 
 
 @bp.post("")
+@documented(json=CollectionCreate, resp=responses(201, 400, 401, 403, 409), tags=["collections"])
 def create_collection() -> Any:
     require("admin")
     body = CollectionCreate.model_validate(json_body(request))
@@ -86,6 +88,7 @@ def create_collection() -> Any:
 
 
 @bp.get("")
+@documented(resp=responses(200, 401, 403), tags=["collections"])
 def list_collections() -> Any:
     require("search")
     with session_scope(services().sessions) as session:
@@ -94,6 +97,7 @@ def list_collections() -> Any:
 
 
 @bp.get("/<name>")
+@documented(resp=responses(200, 401, 403, 404), tags=["collections"])
 def read_collection(name: str) -> Any:
     require("search", name)
     with session_scope(services().sessions) as session:

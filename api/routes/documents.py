@@ -14,8 +14,9 @@ from sqlalchemy import select
 
 from api.auth import require
 from api.errors import validation_error
+from api.openapi import documented, responses
 from api.routes.collections import get_collection
-from api.schemas import DocumentIn, decode_base64, json_body
+from api.schemas import DocumentIn, DocumentsRequest, decode_base64, json_body
 from api.services import Services, services
 from core.db import session_scope
 from core.errors import InvalidRequest, NotFound, UmarvelError, Unavailable
@@ -50,6 +51,7 @@ def _validate(svc: Services, collection: Collection, raw: Any) -> tuple[Document
 
 
 @bp.post("/v1/collections/<name>/documents")
+@documented(json=DocumentsRequest, resp=responses(202, 400, 401, 403, 404, 413), tags=["documents"])
 def ingest_documents(name: str) -> Any:
     require("admin", name)
     svc = services()
@@ -135,6 +137,7 @@ def render_job(job: IngestJob) -> dict[str, Any]:
 
 
 @bp.get("/v1/ingest-jobs/<job_id>")
+@documented(resp=responses(200, 401, 403, 404), tags=["documents"])
 def read_ingest_job(job_id: str) -> Any:
     with session_scope(services().sessions) as session:
         job = session.get(IngestJob, job_id)
@@ -145,6 +148,7 @@ def read_ingest_job(job_id: str) -> Any:
 
 
 @bp.get("/v1/collections/<name>/documents/<path:document_id>")
+@documented(resp=responses(200, 401, 403, 404), tags=["documents"])
 def read_document(name: str, document_id: str) -> Any:
     require("search", name)
     with session_scope(services().sessions) as session:

@@ -6,9 +6,12 @@ from typing import Any
 
 from flask import Blueprint
 
+from api.openapi import documented, responses
+
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@documented(resp=responses(200), tags=["health"], security={})
 def healthz() -> Any:
     return {"status": "ok"}

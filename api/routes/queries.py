@@ -12,12 +12,15 @@ from typing import Any
 
 from celery import chain
 from flask import Blueprint, request
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from api.auth import require
+from api.errors import validation_error
+from api.openapi import documented, responses
 from api.routes.collections import get_collection
 from api.routes.documents import render_document
-from api.schemas import QueryRequest, decode_base64, request_parts
+from api.schemas import PageQuery, QueryRequest, decode_base64, request_parts
 from api.services import Services, services
 from core.cache import result_key
 from core.db import session_scope
@@ -58,6 +61,9 @@ def _normalise(
 
 
 @bp.post("/v1/collections/<name>/queries")
+@documented(
+    json=QueryRequest, resp=responses(200, 202, 400, 401, 403, 404, 413, 429, 503), tags=["queries"]
+)
 def submit_query(name: str) -> Any:
     require("search", name)
     svc = services()
@@ -181,12 +187,17 @@ def _enrich(
     return enriched
 
 
+def _paging() -> PageQuery:
+    """``offset`` and ``limit`` from the query string, validated."""
+    try:
+        return PageQuery.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise validation_error(exc, prefix="query.") from None
+
+
 def _page(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    offset = request.args.get("offset", "0")
-    limit = request.args.get("limit", str(len(results) or 1))
-    if not offset.isdigit() or not limit.isdigit() or int(limit) < 1:
-        raise InvalidRequest("offset must be >= 0 and limit >= 1 (integers)")
-    start, count = int(offset), int(limit)
+    page = _paging()
+    start, count = page.offset, page.limit or max(1, len(results))
     return results[start : start + count], {"offset": start, "limit": count, "total": len(results)}
 
 
@@ -243,12 +254,15 @@ def _job(session: Any, job_id: str) -> QueryJob:
 
 
 @bp.get("/v1/queries/<job_id>")
+@documented(query=PageQuery, resp=responses(200, 400, 401, 403, 404), tags=["queries"])
 def read_query(job_id: str) -> Any:
+    _paging()  # a bad offset or limit is a 400 whatever the job's state
     with session_scope(services().sessions) as session:
         return render_job(session, _job(session, job_id))
 
 
 @bp.delete("/v1/queries/<job_id>")
+@documented(resp=responses(200, 204, 401, 403, 404), tags=["queries"])
 def delete_query(job_id: str) -> Any:
     """Cancel a running job (its queued steps are revoked), or delete a finished one."""
     svc = services()
