@@ -61,3 +61,12 @@ class ResultCache:
 
 def make_redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def job_channel(job_id: str) -> str:
+    return f"{PREFIX}:job-finished:{job_id}"
+
+
+def notify_finished(client: redis.Redis, job_id: str) -> None:
+    """Wake the requests waiting on ``job_id`` (they re-read its state from SQL)."""
+    client.publish(job_channel(job_id), b"1")

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, select, update
 
-from core.cache import ResultCache
+from core.cache import ResultCache, notify_finished
 from core.models import Collection, Document, IngestJob, QueryJob, utcnow
+from core.results import enrich
 from recall.index import milvus_name
 from recall.instructions import default_instruction
 from recall.prompts import Candidate, Query
@@ -130,6 +131,7 @@ def _recording_failure(rt: Runtime, job_id: str) -> Iterator[None]:
             if job is not None and job.status not in FINISHED:
                 job.status, job.error, job.finished_at = "failed", str(exc), utcnow()
                 ResultCache(rt.redis, rt.settings.result_ttl_seconds).release(job.cache_key)
+        notify_finished(rt.redis, job_id)  # after the commit: waiters re-read the row
         raise
 
 
@@ -205,11 +207,14 @@ def recall_step(rt: Runtime, job_id: str) -> str:
                 return job_id
             job.recall_hits = hits
             job.timings = {**job.timings, **result.timings}
-            if rerank["enabled"] and hits:
-                job.status = "reranking"
-            else:
+            finished = not (rerank["enabled"] and hits)
+            if finished:
                 results = [{**h, "p_yes": None, "score": h["cosine"]} for h in hits]
-                _finish(rt, job, results[: request["top_k"]])
+                _finish(rt, session, job, results[: request["top_k"]])
+            else:
+                job.status = "reranking"
+        if finished:
+            notify_finished(rt.redis, job_id)
     return job_id
 
 
@@ -261,12 +266,19 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
             if job.status in FINISHED:
                 return job_id
             job.timings = {**job.timings, "rerank": seconds}
-            _finish(rt, job, results)
+            _finish(rt, session, job, results)
+        notify_finished(rt.redis, job_id)
     return job_id
 
 
-def _finish(rt: Runtime, job: QueryJob, results: list[dict[str, Any]]) -> None:
+def _finish(rt: Runtime, session: Any, job: QueryJob, results: list[dict[str, Any]]) -> None:
+    """Store the final ranking, cache it enriched with its documents, tell the waiters."""
     job.results, job.status, job.finished_at = results, "done", utcnow()
     cache = ResultCache(rt.redis, rt.settings.result_ttl_seconds)
-    cache.put(job.cache_key, {"job_id": job.id, "results": results, "timings": job.timings})
+    payload = {
+        "job_id": job.id,
+        "results": enrich(session, job.collection_id, results),
+        "timings": job.timings,
+    }
+    cache.put(job.cache_key, payload)
     cache.release(job.cache_key)

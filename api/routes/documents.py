@@ -22,6 +22,7 @@ from core.db import session_scope
 from core.errors import InvalidRequest, NotFound, UmarvelError, Unavailable
 from core.images import decode_image
 from core.models import Collection, Document, IngestJob, utcnow
+from core.results import document_view
 from recall.filters import check_value
 
 bp = Blueprint("documents", __name__)
@@ -160,14 +161,4 @@ def read_document(name: str, document_id: str) -> Any:
         )
         if doc is None:
             raise NotFound(f"document {document_id!r} does not exist in {name!r}")
-        return render_document(doc)
-
-
-def render_document(doc: Document) -> dict[str, Any]:
-    return {
-        "id": doc.external_id,
-        "text": doc.text,
-        "metadata": doc.doc_metadata,
-        "image_url": f"/v1/media/{doc.image_key}" if doc.image_key else None,
-        "status": doc.status,
-    }
+        return document_view(doc)

@@ -13,26 +13,25 @@ from typing import Any
 from celery import chain
 from flask import Blueprint, request
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from api.auth import require
 from api.errors import validation_error
 from api.openapi import documented, responses
 from api.routes.collections import get_collection
-from api.routes.documents import render_document
 from api.schemas import PageQuery, QueryRequest, decode_base64, request_parts
 from api.services import Services, services
-from core.cache import result_key
+from core.cache import job_channel, notify_finished, result_key
 from core.db import session_scope
 from core.errors import InvalidRequest, NotFound, Overloaded, Unavailable
 from core.images import decode_image
-from core.models import Collection, Document, QueryJob, new_id, utcnow
+from core.models import Collection, QueryJob, new_id, utcnow
+from core.results import enrich
 from recall.filters import compile_filter
 from workers.celery_app import QUEUES
 
 bp = Blueprint("queries", __name__)
 
-POLL_SECONDS = 0.02
+POLL_SECONDS = 0.5  # a safety net only: workers publish when a job finishes
 RETRY_AFTER_SECONDS = 2
 RUNNING = ("queued", "recalling", "reranking")
 
@@ -148,43 +147,28 @@ def _enqueue(svc: Services, job_id: str, rerank: bool) -> None:
 
 
 def _answer(svc: Services, job_id: str, wait: float) -> Any:
+    """The job now, or once it finishes within ``wait`` seconds (woken by the workers)."""
     deadline = time.monotonic() + wait
-    while True:
-        with session_scope(svc.sessions) as session:
-            job = session.get(QueryJob, job_id)
-            if job is not None and (job.status not in RUNNING or time.monotonic() >= deadline):
-                payload = render_job(session, job)
-                return payload, (202 if job.status in RUNNING else 200)
-            if job is None and time.monotonic() >= deadline:
-                # Another request holds the job and has not committed it yet.
-                return {"id": job_id, "url": f"/v1/queries/{job_id}", "status": "queued"}, 202
-        time.sleep(POLL_SECONDS)
-
-
-def _documents(session: Any, collection_id: int, ids: list[str]) -> dict[str, Document]:
-    if not ids:
-        return {}
-    rows = session.scalars(
-        select(Document).where(
-            Document.collection_id == collection_id, Document.external_id.in_(ids)
-        )
-    )
-    return {doc.external_id: doc for doc in rows}
-
-
-def _enrich(
-    session: Any, collection_id: int, hits: list[dict[str, Any]], first_rank: int
-) -> list[dict[str, Any]]:
-    """Hits with their documents' text, metadata and image URL."""
-    docs = _documents(session, collection_id, [h["document_id"] for h in hits])
-    enriched = []
-    for rank, hit in enumerate(hits, start=first_rank):
-        doc = docs.get(hit["document_id"])
-        extra = render_document(doc) if doc else {}
-        extra.pop("id", None)
-        extra.pop("status", None)
-        enriched.append({"rank": rank, **hit, **extra})
-    return enriched
+    pubsub = svc.redis.pubsub(ignore_subscribe_messages=True) if wait > 0 else None
+    try:
+        if pubsub is not None:
+            pubsub.subscribe(job_channel(job_id))  # before reading: no wake-up is missed
+        while True:
+            with session_scope(svc.sessions) as session:
+                job = session.get(QueryJob, job_id)
+                remaining = deadline - time.monotonic()
+                if job is not None and (job.status not in RUNNING or remaining <= 0):
+                    payload = render_job(session, job)
+                    return payload, (202 if job.status in RUNNING else 200)
+                if job is None and remaining <= 0:
+                    # Another request holds the job and has not committed it yet.
+                    return {"id": job_id, "url": f"/v1/queries/{job_id}", "status": "queued"}, 202
+            if pubsub is not None:
+                # Wake on the worker's notice, or re-check now and then as a safety net.
+                pubsub.get_message(timeout=min(max(remaining, 0.0), POLL_SECONDS))
+    finally:
+        if pubsub is not None:
+            pubsub.close()
 
 
 def _paging() -> PageQuery:
@@ -219,7 +203,7 @@ def render_job(session: Any, job: QueryJob) -> dict[str, Any]:
     hits = job.results if job.status == "done" else job.recall_hits
     if hits is not None:
         page, paging = _page(hits)
-        payload["results"] = _enrich(session, job.collection_id, page, paging["offset"] + 1)
+        payload["results"] = enrich(session, job.collection_id, page, paging["offset"] + 1)
         payload["paging"] = paging
     return payload
 
@@ -236,7 +220,10 @@ def _render_cached(session: Any, collection: Collection, cached: dict[str, Any])
         "timings": cached.get("timings", {}),
         "error": None,
         "cached": True,
-        "results": _enrich(session, collection.id, page, paging["offset"] + 1),
+        # Cached results are stored enriched (a write changes the key): no SQL here.
+        "results": [
+            {**hit, "rank": rank} for rank, hit in enumerate(page, start=paging["offset"] + 1)
+        ],
         "paging": paging,
     }
 
@@ -268,14 +255,13 @@ def delete_query(job_id: str) -> Any:
     svc = services()
     with session_scope(svc.sessions) as session:
         job = _job(session, job_id)
-        if job.status in RUNNING:
-            job.status, job.error, job.finished_at = (
-                "cancelled",
-                "cancelled by the client",
-                utcnow(),
-            )
-            svc.cache.release(job.cache_key)
-            svc.celery.control.revoke(task_ids(job.id))
-            return render_job(session, job), 200
-        session.delete(job)
-    return "", 204
+        if job.status not in RUNNING:
+            session.delete(job)
+            return "", 204
+        job.status, job.error = "cancelled", "cancelled by the client"
+        job.finished_at = utcnow()
+        svc.cache.release(job.cache_key)
+        svc.celery.control.revoke(task_ids(job.id))
+        payload = render_job(session, job)
+    notify_finished(svc.redis, job_id)  # requests waiting on it answer now
+    return payload, 200

@@ -1,0 +1,202 @@
+"""The query service end to end against its floors, in one run: real Redis, workers, milvus-lite.
+
+    python -m bench.service [--documents 30] [--queries 32] [--rerank-k 10]
+
+(a) cached-hit latency vs a bare Flask route doing one Redis GET (target <= 1.5x);
+(b) cache-miss latency vs recall + rerank called in-process on the same query (<= 1.5x);
+(c) queries/s at concurrency 1, 8 and 32 vs the raw batched forward throughput of the same
+    models (>= 0.7x at 32). Prints p50/p95, the ratios, and each process's peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from bench.common import sample_items
+from cli.samples import b64
+from cli.stack import Stack, free_port, wait_until
+from core.tiny_models import build_all
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def _p(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
+
+
+def _peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _ask(http: requests.Session, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    answer = http.post(url, json={**body, "wait": 30}).json()
+    if answer.get("status") != "done":
+        raise RuntimeError(f"query did not finish: {answer}")
+    return answer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--documents", type=int, default=30)
+    parser.add_argument("--queries", type=int, default=32)
+    parser.add_argument("--rerank-k", type=int, default=10)
+    parser.add_argument("--models", type=Path, default=Path(".umarvel/tiny-models"))
+    args = parser.parse_args()
+    model = str(build_all(args.models)["qwen3_vl"].resolve())
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            "UMARVEL_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+            "UMARVEL_REDIS_URL": REDIS_URL,
+            "UMARVEL_MILVUS_URI": f"http://127.0.0.1:{free_port()}",
+            "UMARVEL_MEDIA_ROOT": f"{tmp}/media",
+            "UMARVEL_RECALL_MODEL": model,
+            "UMARVEL_RERANK_MODEL": model,
+            # torch's default threads, as the in-process baseline has them.
+            "UMARVEL_WORKER_CONCURRENCY": "32",
+        }
+        stack = Stack(Path(tmp), env).start()
+        bare_port = free_port()
+        bare = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.bare_app",
+                "--port",
+                str(bare_port),
+                "--redis",
+                REDIS_URL,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(
+                lambda: bool(requests.post(f"http://127.0.0.1:{bare_port}/get/x").ok),
+                30,
+                "bare app",
+            )
+            _run(stack, bare_port, args, model)
+        finally:
+            bare.terminate()
+            bare.wait()
+            stack.stop()
+
+
+def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> None:
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {stack.create_key(('admin',))}"
+    api = stack.api_url
+    http.post(f"{api}/v1/collections", json={"name": "bench", "rerank": {"k": args.rerank_k}})
+    docs = []
+    for i, (text, image) in enumerate(sample_items(args.documents, "mixed")):
+        doc: dict[str, Any] = {"id": f"d{i}", "text": text}
+        if image is not None:
+            doc["image"] = b64(image)
+        docs.append(doc)
+    job = http.post(f"{api}/v1/collections/bench/documents", json={"documents": docs}).json()
+    wait_until(lambda: http.get(api + job["url"]).json()["state"] == "done", 300, "ingestion")
+    url = f"{api}/v1/collections/bench/queries"
+    print(f"tiny qwen3_vl, {args.documents} documents, rerank k={args.rerank_k}, 2-core CPU\n")
+
+    # (a) cached hits against a bare Redis GET.
+    _ask(http, url, {"text": "a cached question", "top_k": 5})
+    key = redis.Redis.from_url(REDIS_URL).keys("umarvel:result:*")[0].decode()
+    bare, hits = [], []
+    for _ in range(100):
+        t0 = time.perf_counter()
+        requests.post(f"http://127.0.0.1:{bare_port}/get/{key}")
+        t1 = time.perf_counter()
+        assert http.post(url, json={"text": "a cached question", "top_k": 5}).json()["cached"]
+        hits.append(time.perf_counter() - t1)
+        bare.append(t1 - t0)
+    (a50, a95), (b50, b95) = _p(hits), _p(bare)
+    print(
+        f"(a) cached hit p50/p95 {a50:.1f}/{a95:.1f} ms vs bare Redis GET route "
+        f"{b50:.1f}/{b95:.1f} ms: {a50 / b50:.2f}x (target <= 1.5x)"
+    )
+
+    # (b) cache misses against recall + rerank in-process on the same queries.
+    from recall import Embedder, Query
+    from recall.index import MilvusIndex
+    from recall.instructions import default_instruction
+    from rerank import RerankCandidate, Reranker, RerankQuery, fuse
+
+    embedder, reranker = Embedder.from_pretrained(model), Reranker.from_pretrained(model)
+    settings = stack.settings()
+    index = MilvusIndex(settings.milvus_uri)
+    milvus = f"{settings.milvus_prefix}bench_g1"
+    texts = {d["id"]: d["text"] for d in docs}
+    served, direct = [], []
+    for i in range(20):
+        text = f"miss number {i}"
+        t0 = time.perf_counter()
+        _ask(http, url, {"text": text, "top_k": 5})
+        served.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        query = Query(text=text, instruction=default_instruction("text"))
+        hits = index.search(milvus, embedder.encode_queries([query])[0], args.rerank_k)
+        scores = reranker.score(
+            RerankQuery(text, None, query.instruction),
+            [RerankCandidate(texts[h.document_id]) for h in hits],
+        )
+        fuse([h.document_id for h in hits], [h.score for h in hits], scores, 0.1)
+        direct.append(time.perf_counter() - t0)
+    (s50, s95), (d50, d95) = _p(served), _p(direct)
+    print(
+        f"(b) cache miss p50/p95 {s50:.0f}/{s95:.0f} ms vs in-process "
+        f"{d50:.0f}/{d95:.0f} ms: {s50 / d50:.2f}x (target <= 1.5x)"
+    )
+
+    # (c) throughput under concurrency against the raw batched forward.
+    n = args.queries
+    rates = {}
+    for concurrency in (1, 8, 32):
+        bodies = [{"text": f"load {concurrency} query {i}", "top_k": 5} for i in range(n)]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda b: _ask(http, url, b), bodies))
+        rates[concurrency] = n / (time.perf_counter() - t0)
+    queries = [
+        Query(text=f"raw query {i}", instruction=default_instruction("text")) for i in range(n)
+    ]
+    pairs = [
+        (RerankQuery(q.text, None, q.instruction), RerankCandidate(texts[f"d{j % len(docs)}"]))
+        for q in queries
+        for j in range(args.rerank_k)
+    ]
+    t0 = time.perf_counter()
+    embedder.encode_queries(queries)
+    reranker.score_pairs(pairs)
+    raw = n / (time.perf_counter() - t0)
+    for concurrency, value in rates.items():
+        print(
+            f"(c) concurrency {concurrency:>2}: {value:6.1f} queries/s ({value / raw:.2f}x of raw)"
+        )
+    print(
+        f"    raw batched forward (embed {n} + rerank {len(pairs)} pairs): "
+        f"{raw:.1f} queries/s; target >= 0.7x at 32"
+    )
+
+    print("\npeak memory (VmHWM):")
+    for name, proc in stack.processes.items():
+        print(f"  {name:<14} {_peak_mb(proc.pid):7.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
