@@ -223,3 +223,15 @@ def test_query_embeddings_are_cached(
     assert set(client.keys("umarvel:qemb:*")) - before == added
     assert not second["cached"]
     assert second["results"][0]["cosine"] == pytest.approx(first["results"][0]["cosine"])
+
+
+def test_identical_queries_in_flight_share_one_job(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
+    url = f"{stack.api_url}/v1/collections/shapes/queries"
+    body = {"text": "asked twice at once", "top_k": 2}
+    first = http.post(url, json=body).json()
+    second = http.post(url, json=body).json()  # in flight, or already cached: the same job
+    assert second["id"] == first["id"]
+    done = _until(http, stack.api_url + first["url"], lambda j: j["status"] == "done")
+    assert len(done["results"]) == 2
