@@ -6,6 +6,7 @@ from flask import Flask
 
 from api.auth import register_auth
 from api.errors import register_error_handlers
+from api.metrics import register_metrics
 from api.openapi import register_openapi
 from api.services import Services
 from core.settings import Settings, get_settings
@@ -17,6 +18,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     init_extensions(app, settings)
+    register_metrics(app)
     register_auth(app)
     register_blueprints(app)
     register_openapi(app)

@@ -9,7 +9,7 @@ from core.auth import authenticate, authorize
 from core.db import session_scope
 from core.models import ApiKey
 
-PUBLIC_ENDPOINTS = frozenset({"health.healthz"})
+PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "metrics"})
 
 
 def register_auth(app: Flask) -> None:

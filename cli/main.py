@@ -137,6 +137,7 @@ def worker(queue: str, name: str | None, concurrency: int | None, loglevel: str)
     from workers.app import app
 
     concurrency = concurrency or get_settings().worker_concurrency
+    os.environ["UMARVEL_WORKER_QUEUE"] = queue  # warm-up and heartbeat for this queue
 
     app.worker_main(
         [

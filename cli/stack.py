@@ -64,6 +64,7 @@ class Stack:
     log_dir: Path | None = None
     api_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # each worker's /metrics
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     @property
@@ -81,14 +82,16 @@ class Stack:
     def _env(self) -> dict[str, str]:
         return {**os.environ, **self.env}
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log_dir = self.log_dir or self.workdir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
         proc = subprocess.Popen(
             args,
-            env=self._env(),
+            env={**self._env(), **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() ends its children too
@@ -170,7 +173,8 @@ class Stack:
     def _spawn_worker(self, queue: str) -> None:
         name = f"{queue}{self.worker_suffix}@%h"
         args = [sys.executable, "-m", "cli.main", "worker", queue, "--name", name]
-        self._spawn(f"worker-{queue}", args)
+        port = self.metrics_ports.setdefault(queue, free_port())
+        self._spawn(f"worker-{queue}", args, {"UMARVEL_WORKER_METRICS_PORT": str(port)})
 
     def _wait_for_workers(self, queues: tuple[str, ...], timeout: float) -> None:
         from workers.celery_app import make_celery

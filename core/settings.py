@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         5.0, ge=0, description="How long a worker waits to gather concurrent queries into a batch."
     )
 
+    worker_metrics_port: int = Field(
+        0, ge=0, description="Port of a worker's Prometheus /metrics (0: not served)."
+    )
+    heartbeat_seconds: float = Field(
+        5.0, gt=0, description="How often a worker reports its warm model to Redis (/readyz)."
+    )
+
     # Search defaults and limits
     default_top_k: int = Field(10, ge=1, description="Results returned when a query gives none.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a query may ask for.")

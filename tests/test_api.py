@@ -223,3 +223,62 @@ def test_paging_parameters_are_validated(client: FlaskClient) -> None:
     job = client.post("/v1/collections/docs/queries", json={"text": "x"}).json
     assert "query.offset" in _error(client.get(job["url"] + "?offset=-1"), 400)["message"]
     assert "query.limit" in _error(client.get(job["url"] + "?limit=abc"), 400)["message"]
+
+
+def test_readyz_reads_the_workers_heartbeats(client: FlaskClient, redis_url: str) -> None:
+    import json
+
+    import redis as redis_client
+
+    anonymous = client.application.test_client()
+    body = anonymous.get("/readyz")
+    assert body.status_code == 503
+    checks = body.json["checks"]
+    assert checks["database"]["ok"]
+    assert checks["redis"]["ok"]
+    assert not checks["queue:recall"]["ok"]
+    beats = redis_client.Redis.from_url(redis_url)
+    for queue in ("recall", "rerank"):
+        state = {"queue": queue, "warm": queue == "recall", "error": None}
+        beats.set(f"umarvel:heartbeat:{queue}:host", json.dumps(state), ex=30)
+    body = anonymous.get("/readyz")
+    assert body.status_code == 503  # the rerank worker is up but not warm yet
+    assert body.json["checks"]["queue:recall"]["ok"]
+    assert body.json["checks"]["queue:rerank"] == {
+        "ok": False,
+        "workers": 1,
+        "warm": 0,
+        "errors": [],
+    }
+    beats.set("umarvel:heartbeat:rerank:host", json.dumps({"warm": True}), ex=30)
+    assert anonymous.get("/readyz").json == {
+        "status": "ready",
+        "checks": {
+            "database": {"ok": True},
+            "redis": {"ok": True},
+            "queue:recall": {"ok": True, "workers": 1, "warm": 1, "errors": []},
+            "queue:rerank": {"ok": True, "workers": 1, "warm": 1, "errors": []},
+        },
+    }
+
+
+def test_readyz_without_redis(migrated_url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=migrated_url, redis_url="redis://127.0.0.1:1/0", media_root=tmp_path
+    )
+    response = create_app(settings).test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json["checks"]["redis"] == {"ok": False, "error": "ConnectionError"}
+
+
+def test_metrics_count_requests_and_cache_lookups(client: FlaskClient) -> None:
+    client.post("/v1/collections/docs/queries", json={"text": "counted"})
+    client.post("/v1/collections/docs/queries", json={"text": "counted"})  # in flight: a miss
+    text = client.application.test_client().get("/metrics").get_data(as_text=True)
+    assert (
+        'umarvel_http_requests_total{method="POST",route="/v1/collections/<name>/queries",'
+        'status="202"}' in text
+    )
+    assert 'umarvel_cache_requests_total{result="miss"}' in text
+    assert 'umarvel_queue_depth{queue="recall"} 1.0' in text
+    assert "umarvel_http_request_seconds_bucket" in text

@@ -14,7 +14,7 @@ import requests
 from sqlalchemy import create_engine, func, select
 
 from cli.samples import b64, sample_documents, shape_image
-from cli.stack import Stack, free_port
+from cli.stack import Stack, free_port, wait_until
 from core.models import Collection, Document, QueryJob
 from recall.index import MilvusIndex
 from tests.conftest import REDIS_URL, fresh_postgres_database
@@ -39,6 +39,7 @@ def stack(
             "UMARVEL_RECALL_MODEL": str(tiny_models["qwen3_vl"]),
             "UMARVEL_RERANK_MODEL": str(tiny_models["qwen2_vl"]),
             "UMARVEL_TORCH_THREADS": "1",
+            "UMARVEL_HEARTBEAT_SECONDS": "0.5",
         }
         with Stack(workdir, env, worker_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
             yield running
@@ -235,3 +236,43 @@ def test_identical_queries_in_flight_share_one_job(
     assert second["id"] == first["id"]
     done = _until(http, stack.api_url + first["url"], lambda j: j["status"] == "done")
     assert len(done["results"]) == 2
+
+
+def test_readiness_follows_the_workers(stack: Stack, ingested: dict[str, Any]) -> None:
+    ready = f"{stack.api_url}/readyz"
+    wait_until(lambda: requests.get(ready).status_code == 200, 60, "readiness")
+    stack.kill("worker-recall")
+    try:
+        wait_until(lambda: requests.get(ready).status_code == 503, 30, "not ready")
+        checks = requests.get(ready).json()["checks"]
+        assert not checks["queue:recall"]["ok"]
+        assert checks["queue:rerank"]["ok"]
+    finally:
+        stack.start_worker("recall")
+    wait_until(lambda: requests.get(ready).status_code == 200, 60, "ready again")
+
+
+def test_workers_and_api_expose_metrics(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
+    job = http.post(
+        f"{stack.api_url}/v1/collections/shapes/documents",
+        json={"documents": [{"id": "measured", "text": "a measured document"}]},
+    ).json()
+    _until(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
+    _query(stack, http, {"text": "measure me", "top_k": 2, "wait": 20})
+    recall = requests.get(f"http://127.0.0.1:{stack.metrics_ports['recall']}/metrics").text
+    rerank = requests.get(f"http://127.0.0.1:{stack.metrics_ports['rerank']}/metrics").text
+    api = requests.get(f"{stack.api_url}/metrics").text
+
+    def value(text: str, series: str) -> float:
+        line = next(x for x in text.splitlines() if x.startswith(series + " "))
+        return float(line.split()[-1])
+
+    assert value(recall, 'umarvel_stage_seconds_count{stage="embed"}') >= 1
+    assert value(recall, 'umarvel_stage_seconds_count{stage="search"}') >= 1
+    assert value(recall, 'umarvel_ingest_documents_total{result="indexed"}') >= 1
+    assert value(recall, 'umarvel_batch_size_count{call="query"}') >= 1
+    assert value(rerank, 'umarvel_stage_seconds_count{stage="rerank"}') >= 1
+    assert value(rerank, 'umarvel_batch_size_count{call="pairs"}') >= 1
+    assert value(api, 'umarvel_cache_requests_total{result="miss"}') >= 1

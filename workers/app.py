@@ -1,6 +1,26 @@
 """Entry point for ``celery -A workers.app worker``: the app with the tasks registered."""
 
+import os
+from typing import Any
+
+from celery.signals import worker_ready
+
 from core.settings import get_settings
 from workers.celery_app import make_celery
 
 app = make_celery(get_settings(), include_tasks=True)
+
+
+@worker_ready.connect
+def _warm_up_and_beat(sender: Any = None, **_: Any) -> None:
+    """Load the model in the background and report readiness (see workers.heartbeat)."""
+    from workers import heartbeat
+
+    settings = get_settings()
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr="0.0.0.0")
+    queue = os.environ.get(heartbeat.QUEUE_ENV)
+    if queue:
+        heartbeat.start(queue, getattr(sender, "hostname", None))

@@ -31,6 +31,7 @@ class MicroBatcher(Generic[T, R]):
         max_items: int,
         max_wait: float,
         name: str = "batcher",
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._run = run
         self.max_items = max_items
@@ -38,7 +39,8 @@ class MicroBatcher(Generic[T, R]):
         self._requests: queue.Queue[tuple[list[T], Future[list[R]]]] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
-        self.batch_sizes: list[int] = []  # items per model call, for metrics and tests
+        self.batch_sizes: list[int] = []  # items per model call, for tests
+        self._on_batch = on_batch
 
     def submit(self, items: Sequence[T], timeout: float | None = None) -> list[R]:
         """Results for ``items``, in order, computed in a shared batch."""
@@ -80,6 +82,8 @@ class MicroBatcher(Generic[T, R]):
                     future.set_exception(exc)
                 continue
             self.batch_sizes.append(len(items))
+            if self._on_batch is not None:
+                self._on_batch(len(items))
             log.debug("batch of %d items from %d requests", len(items), len(batch))
             start = 0
             for request_items, future in batch:

@@ -19,6 +19,7 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 
 from core.cache import ResultCache, notify_finished
+from core.metrics import INGEST_DOCUMENTS, STAGE_SECONDS
 from core.models import Collection, Document, IngestJob, QueryJob, utcnow
 from core.results import enrich
 from recall.index import milvus_name
@@ -85,6 +86,9 @@ def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str,
             .values(version=Collection.version + 1)
         )
         _refresh_ingest_progress(session, job_id)
+    INGEST_DOCUMENTS.labels("indexed").inc(len(items))
+    for stage, seconds in timings.items():
+        STAGE_SECONDS.labels(f"ingest_{stage}").observe(seconds)
     log.info("ingest job=%s collection=%s documents=%d", job_id, collection.name, len(items))
     return {"job_id": job_id, "indexed": len(items), "timings": timings}
 
@@ -101,6 +105,7 @@ def _record_chunk_failure(rt: Runtime, job_id: str, items: list[Any], exc: Excep
         job = session.get_one(IngestJob, job_id, with_for_update=True)
         job.errors = [*job.errors, *({"id": item[1], "message": message} for item in items)]
         _refresh_ingest_progress(session, job_id)
+    INGEST_DOCUMENTS.labels("failed").inc(len(items))
     log.error("ingest job=%s failed for %d documents: %s", job_id, len(items), message)
 
 
@@ -200,6 +205,8 @@ def recall_step(rt: Runtime, job_id: str) -> str:
         service = RecallService(rt.embedder(model), rt.index)
         result = service.search(target, query, k, request.get("expression"), vector=vector)
         result.timings["embed"] = embedded
+        for stage, seconds in result.timings.items():
+            STAGE_SECONDS.labels(stage).observe(seconds)
         hits = [{"document_id": h.document_id, "cosine": h.score} for h in result.hits]
         with rt.sessions.begin() as session:
             job = session.get_one(QueryJob, job_id)
@@ -257,6 +264,7 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
             request["rerank"]["weight"],
         )
         seconds = time.perf_counter() - started
+        STAGE_SECONDS.labels("rerank").observe(seconds)
         results = [
             {"document_id": f.document_id, "cosine": f.cosine, "p_yes": f.p_yes, "score": f.score}
             for f in fused[: request["top_k"]]

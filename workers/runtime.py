@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from core.cache import ResultCache, make_redis
 from core.db import make_engine, make_session_factory
 from core.media import LocalMediaStore
+from core.metrics import BATCH_SIZE
 from core.settings import Settings, get_settings
 
 T = TypeVar("T")
@@ -95,9 +96,14 @@ class Runtime:
             holder = self._batchers.get(key)
             if holder is None:
                 wait = self.settings.batch_wait_ms / 1000
+                observe = BATCH_SIZE.labels(key[0]).observe
                 holder = self._batchers[key] = Lazy(
                     lambda: MicroBatcher(
-                        run, max_items=size, max_wait=wait, name=f"{key[0]}-batcher"
+                        run,
+                        max_items=size,
+                        max_wait=wait,
+                        name=f"{key[0]}-batcher",
+                        on_batch=observe,
                     )
                 )
         return holder.get()

@@ -21,6 +21,7 @@ from api.services import Services, services
 from core.db import session_scope
 from core.errors import InvalidRequest, NotFound, UmarvelError, Unavailable
 from core.images import decode_image
+from core.metrics import INGEST_DOCUMENTS
 from core.models import Collection, Document, IngestJob, utcnow
 from core.results import document_view
 from recall.filters import check_value
@@ -100,6 +101,7 @@ def ingest_documents(name: str) -> Any:
             session.add(row)
             rows.append(row)
         job.rejected = job.failed = len(errors)
+        INGEST_DOCUMENTS.labels("rejected").inc(len(errors))
         job.errors = errors
         if not rows:
             job.state, job.finished_at = "done", utcnow()

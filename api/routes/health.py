@@ -5,8 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
+from sqlalchemy import text
 
 from api.openapi import documented, responses
+from api.services import services
+from core.db import session_scope
+from workers.celery_app import QUEUES
+from workers.heartbeat import read_heartbeats
 
 bp = Blueprint("health", __name__)
 
@@ -15,3 +20,33 @@ bp = Blueprint("health", __name__)
 @documented(resp=responses(200), tags=["health"], security={})
 def healthz() -> Any:
     return {"status": "ok"}
+
+
+@bp.get("/readyz")
+@documented(resp=responses(200, 503), tags=["health"], security={})
+def readyz() -> Any:
+    """Ready when SQL and Redis answer and every queue has a worker with a warm model."""
+    svc = services()
+    checks: dict[str, Any] = {}
+    try:
+        with session_scope(svc.sessions) as session:
+            session.execute(text("SELECT 1"))
+        checks["database"] = {"ok": True}
+    except Exception as exc:
+        checks["database"] = {"ok": False, "error": type(exc).__name__}
+    try:
+        svc.redis.ping()
+        checks["redis"] = {"ok": True}
+        for queue in QUEUES:
+            beats = read_heartbeats(svc.redis, queue)
+            warm = [b for b in beats if b.get("warm")]
+            checks[f"queue:{queue}"] = {
+                "ok": bool(warm),
+                "workers": len(beats),
+                "warm": len(warm),
+                "errors": [b["error"] for b in beats if b.get("error")],
+            }
+    except Exception as exc:
+        checks["redis"] = {"ok": False, "error": type(exc).__name__}
+    ready = all(check["ok"] for check in checks.values()) and len(checks) == 2 + len(QUEUES)
+    return {"status": "ready" if ready else "not_ready", "checks": checks}, (200 if ready else 503)

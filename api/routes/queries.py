@@ -24,6 +24,7 @@ from core.cache import job_channel, notify_finished, result_key
 from core.db import session_scope
 from core.errors import InvalidRequest, NotFound, Overloaded, Unavailable
 from core.images import decode_image
+from core.metrics import CACHE_REQUESTS
 from core.models import Collection, QueryJob, new_id, utcnow
 from core.results import enrich
 from recall.filters import compile_filter
@@ -95,6 +96,7 @@ def submit_query(name: str) -> Any:
             normalised,
         )
         cached = svc.cache.get(key)
+        CACHE_REQUESTS.labels("hit" if cached is not None else "miss").inc()
         if cached is not None:
             return _render_cached(session, collection, cached), 200
         _check_backpressure(svc)

@@ -1,0 +1,38 @@
+"""Request metrics and the ``/metrics`` endpoint of the API."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from api.services import services
+from core.metrics import QUEUE_DEPTH, REQUEST_SECONDS, REQUESTS, render
+from workers.celery_app import QUEUES
+
+
+def register_metrics(app: Flask) -> None:
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        # The route's pattern, not the URL: ids must not explode the label space.
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            elapsed = time.perf_counter() - g.started
+            REQUEST_SECONDS.labels(route, request.method).observe(elapsed)
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        client = services().redis
+        for queue in QUEUES:
+            with contextlib.suppress(Exception):  # Redis away: the gauge keeps its last value
+                QUEUE_DEPTH.labels(queue).set(client.llen(queue))
+        body, content_type = render()
+        return Response(body, content_type=content_type)

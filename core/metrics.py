@@ -1,0 +1,57 @@
+"""Prometheus metrics of the API and the workers.
+
+Each process exposes its own: the API at ``/metrics``, a worker on
+``UMARVEL_WORKER_METRICS_PORT``. Under gunicorn with several processes, set
+``PROMETHEUS_MULTIPROC_DIR`` and the API aggregates every process's samples.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+REQUESTS = Counter(
+    "umarvel_http_requests_total",
+    "HTTP requests by route and status",
+    ["route", "method", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "umarvel_http_request_seconds", "HTTP request latency by route", ["route", "method"]
+)
+QUEUE_DEPTH = Gauge(
+    "umarvel_queue_depth", "Tasks waiting in each queue", ["queue"], multiprocess_mode="max"
+)
+CACHE_REQUESTS = Counter("umarvel_cache_requests_total", "Result cache lookups", ["result"])
+STAGE_SECONDS = Histogram(
+    "umarvel_stage_seconds",
+    "Seconds per stage of a query",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BATCH_SIZE = Histogram(
+    "umarvel_batch_size",
+    "Items per model call",
+    ["call"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+INGEST_DOCUMENTS = Counter(
+    "umarvel_ingest_documents_total", "Ingested documents by outcome", ["result"]
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of this process, or of every process in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
