@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -11,6 +12,8 @@ from flask import Flask, Response, g, request
 from api.services import services
 from core.metrics import QUEUE_DEPTH, REQUEST_SECONDS, REQUESTS, render
 from workers.celery_app import QUEUES
+
+log = logging.getLogger("api")
 
 
 def register_metrics(app: Flask) -> None:
@@ -23,9 +26,20 @@ def register_metrics(app: Flask) -> None:
         # The route's pattern, not the URL: ids must not explode the label space.
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        if "started" in g:
-            elapsed = time.perf_counter() - g.started
-            REQUEST_SECONDS.labels(route, request.method).observe(elapsed)
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        REQUEST_SECONDS.labels(route, request.method).observe(elapsed)
+        log.info(
+            "request",
+            extra={
+                "event": "request",
+                "method": request.method,
+                "route": route,
+                "status": response.status_code,
+                "ms": round(elapsed * 1000, 1),
+                "job_id": g.get("job_id"),
+                "collection": g.get("collection"),
+            },
+        )
         return response
 
     @app.get("/metrics")

@@ -133,9 +133,11 @@ def worker(queue: str, name: str | None, concurrency: int | None, loglevel: str)
     One process holds the model; its task threads hand their model calls to one batching
     thread, so queries that arrive together share a forward pass.
     """
+    from core.logs import configure_logging
     from core.settings import get_settings
     from workers.app import app
 
+    configure_logging(loglevel)
     concurrency = concurrency or get_settings().worker_concurrency
     os.environ["UMARVEL_WORKER_QUEUE"] = queue  # warm-up and heartbeat for this queue
 
@@ -190,7 +192,9 @@ def api(host: str, port: int) -> None:
     from werkzeug.serving import run_simple
 
     from api.app import create_app
+    from core.logs import configure_logging
 
+    configure_logging()
     run_simple(host, port, create_app(), threaded=True, use_reloader=False)
 
 

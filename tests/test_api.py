@@ -282,3 +282,19 @@ def test_metrics_count_requests_and_cache_lookups(client: FlaskClient) -> None:
     assert 'umarvel_cache_requests_total{result="miss"}' in text
     assert 'umarvel_queue_depth{queue="recall"} 1.0' in text
     assert "umarvel_http_request_seconds_bucket" in text
+
+
+def test_one_log_line_per_request_with_job_and_collection(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="api"):
+        job = client.post("/v1/collections/docs/queries", json={"text": "logged"}).json
+    records = [r for r in caplog.records if getattr(r, "event", None) == "request"]
+    assert len(records) == 1
+    record = records[0]
+    assert (record.route, record.status, record.method) == (
+        "/v1/collections/<name>/queries",
+        202,
+        "POST",
+    )
+    assert (record.job_id, record.collection) == (job["id"], "docs")

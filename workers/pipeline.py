@@ -89,7 +89,16 @@ def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str,
     INGEST_DOCUMENTS.labels("indexed").inc(len(items))
     for stage, seconds in timings.items():
         STAGE_SECONDS.labels(f"ingest_{stage}").observe(seconds)
-    log.info("ingest job=%s collection=%s documents=%d", job_id, collection.name, len(items))
+    log.info(
+        "chunk indexed",
+        extra={
+            "task": "recall.ingest",
+            "job_id": job_id,
+            "collection": collection.name,
+            "documents": len(items),
+            "ms": round(sum(timings.values()) * 1000, 1),
+        },
+    )
     return {"job_id": job_id, "indexed": len(items), "timings": timings}
 
 
@@ -106,7 +115,15 @@ def _record_chunk_failure(rt: Runtime, job_id: str, items: list[Any], exc: Excep
         job.errors = [*job.errors, *({"id": item[1], "message": message} for item in items)]
         _refresh_ingest_progress(session, job_id)
     INGEST_DOCUMENTS.labels("failed").inc(len(items))
-    log.error("ingest job=%s failed for %d documents: %s", job_id, len(items), message)
+    log.error(
+        "chunk failed",
+        extra={
+            "task": "recall.ingest",
+            "job_id": job_id,
+            "documents": len(items),
+            "error": message,
+        },
+    )
 
 
 def _refresh_ingest_progress(session: Any, job_id: str) -> None:
@@ -190,6 +207,7 @@ def recall_step(rt: Runtime, job_id: str) -> str:
             collection = session.get_one(Collection, job.collection_id)
             target = _milvus_collection(rt, collection)
             model = collection.recall_model
+            collection_name = collection.name
             request = dict(job.request)
             query, _ = _query_of(rt, job)
         rerank = request["rerank"]
@@ -222,6 +240,7 @@ def recall_step(rt: Runtime, job_id: str) -> str:
                 job.status = "reranking"
         if finished:
             notify_finished(rt.redis, job_id)
+    _log_step("recall.search", job_id, collection_name, result.timings)
     return job_id
 
 
@@ -233,6 +252,7 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
             if job is None or job.status != "reranking":
                 return job_id
             request = dict(job.request)
+            collection_name = session.get_one(Collection, job.collection_id).name
             hits = list(job.recall_hits or [])
             docs = {
                 doc.external_id: doc
@@ -276,7 +296,21 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
             job.timings = {**job.timings, "rerank": seconds}
             _finish(rt, session, job, results)
         notify_finished(rt.redis, job_id)
+    _log_step("rerank.score", job_id, collection_name, {"rerank": seconds})
     return job_id
+
+
+def _log_step(task: str, job_id: str, collection: str, timings: dict[str, float]) -> None:
+    fields = {"task": task, "job_id": job_id, "collection": collection}
+    log.info("step done %s", _timings_text(timings), extra={**fields, "ms": _ms(timings)})
+
+
+def _ms(timings: dict[str, float]) -> float:
+    return round(sum(timings.values()) * 1000, 1)
+
+
+def _timings_text(timings: dict[str, float]) -> str:
+    return " ".join(f"{stage}={seconds * 1000:.1f}ms" for stage, seconds in timings.items())
 
 
 def _finish(rt: Runtime, session: Any, job: QueryJob, results: list[dict[str, Any]]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, g, request
 from pydantic import ValidationError
 from sqlalchemy import select
 
@@ -55,6 +55,7 @@ def _validate(svc: Services, collection: Collection, raw: Any) -> tuple[Document
 @bp.post("/v1/collections/<name>/documents")
 @documented(json=DocumentsRequest, resp=responses(202, 400, 401, 403, 404, 413), tags=["documents"])
 def ingest_documents(name: str) -> Any:
+    g.collection = name
     require("admin", name)
     svc = services()
     body = json_body(request)
@@ -106,6 +107,7 @@ def ingest_documents(name: str) -> Any:
         if not rows:
             job.state, job.finished_at = "done", utcnow()
         session.flush()
+        g.job_id = job.id
         row_ids = [row.id for row in rows]
         payload = render_job(job)
     _enqueue(svc, job.id, row_ids)

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import chain
-from flask import Blueprint, request
+from flask import Blueprint, g, request
 from pydantic import ValidationError
 
 from api.auth import require
@@ -65,6 +65,7 @@ def _normalise(
     json=QueryRequest, resp=responses(200, 202, 400, 401, 403, 404, 413, 429, 503), tags=["queries"]
 )
 def submit_query(name: str) -> Any:
+    g.collection = name
     require("search", name)
     svc = services()
     raw, upload = request_parts(request, svc.settings.max_image_bytes)
@@ -112,6 +113,7 @@ def submit_query(name: str) -> Any:
                     cache_key=key,
                 )
             )
+    g.job_id = holder
     if holder == job_id:
         _enqueue(svc, job_id, normalised["rerank"]["enabled"])
     return _answer(svc, holder, body.wait)
@@ -235,7 +237,8 @@ def _job(session: Any, job_id: str) -> QueryJob:
     job = session.get(QueryJob, job_id)
     if job is None:
         raise NotFound(f"query job {job_id!r} does not exist")
-    require("search", session.get_one(Collection, job.collection_id).name)
+    g.job_id, g.collection = job.id, session.get_one(Collection, job.collection_id).name
+    require("search", g.collection)
     ttl = timedelta(seconds=services().settings.job_ttl_seconds)
     if job.finished_at is not None and job.status != "expired" and job.finished_at + ttl < utcnow():
         job.status, job.results, job.recall_hits = "expired", None, None

@@ -1,0 +1,92 @@
+"""The compose file and .env.example agree with the CLI and the settings (no Docker here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cli.main import main as cli
+from core.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_every_service_is_there(compose: dict[str, Any]) -> None:
+    wanted = {
+        "api",
+        "recall-worker",
+        "rerank-worker",
+        "beat",
+        "flower",
+        "migrate",
+        "redis",
+        "postgres",
+        "etcd",
+        "minio",
+        "milvus",
+    }
+    assert wanted <= set(compose["services"])
+
+
+def _umarvel_commands(compose: dict[str, Any]) -> dict[str, list[str]]:
+    return {
+        name: service["command"]
+        for name, service in compose["services"].items()
+        if service.get("command", [None])[0] == "umarvel"
+    }
+
+
+def test_commands_exist_in_the_cli(compose: dict[str, Any]) -> None:
+    commands = _umarvel_commands(compose)
+    assert set(commands) >= {"migrate", "recall-worker", "rerank-worker", "beat"}
+    for name, argv in commands.items():
+        group: Any = cli
+        for word in argv[1:]:
+            if not hasattr(group, "commands") or word.startswith("-"):
+                break
+            assert word in group.commands, f"{name}: 'umarvel {word}' is not a CLI command"
+            group = group.commands[word]
+    assert commands["recall-worker"][2] == "recall"
+    assert commands["rerank-worker"][2] == "rerank"
+
+
+def test_environment_names_real_settings(compose: dict[str, Any]) -> None:
+    fields = {f"UMARVEL_{name.upper()}" for name in Settings.model_fields}
+    for name, service in compose["services"].items():
+        for variable in service.get("environment", {}):
+            if variable.startswith("UMARVEL_"):
+                assert variable in fields, f"{name}: unknown setting {variable}"
+
+
+def test_env_example_documents_every_setting() -> None:
+    text = (ROOT / ".env.example").read_text()
+    named = set(re.findall(r"UMARVEL_[A-Z_]+", text))
+    assert named == {f"UMARVEL_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_workers_reserve_gpus_and_serve_metrics(compose: dict[str, Any]) -> None:
+    for name in ("recall-worker", "rerank-worker"):
+        service = compose["services"][name]
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+        assert service["ports"][0].endswith(":9100")
+        assert service["environment"]["UMARVEL_WORKER_METRICS_PORT"] == "9100"
+
+
+def test_api_serves_the_wsgi_app_and_checks_readiness(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    assert api["command"][0] == "gunicorn"
+    assert "api.wsgi:app" in api["command"]
+    assert "0.0.0.0:8000" in api["command"]
+    assert api["ports"] == ["8000:8000"]
+    assert "/readyz" in " ".join(api["healthcheck"]["test"])
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
