@@ -1,6 +1,16 @@
-# One image for the API and both workers. The CUDA build of torch is pinned in pyproject.toml.
-FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# One image for the API, the workers, beat and the migration. A CUDA base so that the
+# workers' torch (the CUDA build pinned in pyproject.toml) finds the driver's libraries.
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+
+ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends software-properties-common curl \
+    && add-apt-repository -y ppa:deadsnakes/ppa \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3.11 -m venv $VIRTUAL_ENV
+
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY core core
@@ -10,6 +20,9 @@ COPY recall recall
 COPY rerank rerank
 COPY cli cli
 COPY migrations migrations
-RUN pip install --quiet . && useradd --create-home umarvel
+RUN pip install --quiet . \
+    && useradd --create-home umarvel \
+    && mkdir -p /data/media /models /tmp/prometheus \
+    && chown umarvel /data/media /models /tmp/prometheus
 USER umarvel
 CMD ["umarvel", "--help"]

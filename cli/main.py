@@ -169,6 +169,27 @@ def beat(loglevel: str) -> None:
     app.start(["beat", "--loglevel", loglevel])
 
 
+@main.command()
+@click.argument("queue", type=click.Choice(["recall", "rerank"]))
+def ready(queue: str) -> None:
+    """Exit 0 when a worker of QUEUE on this host reports a warm model (health checks)."""
+    import socket
+
+    from core.cache import make_redis
+    from core.settings import get_settings
+    from workers.heartbeat import read_heartbeats
+
+    host = socket.gethostname()
+    beats = read_heartbeats(make_redis(get_settings().redis_url), queue)
+    mine = [b for b in beats if str(b.get("hostname", "")).endswith(f"@{host}")]
+    if not any(b.get("warm") for b in mine):
+        errors = [b["error"] for b in mine if b.get("error")]
+        raise click.ClickException(
+            f"no warm {queue} worker on {host}" + (f": {errors}" if errors else "")
+        )
+    click.echo(f"{queue} worker on {host} is warm")
+
+
 @main.group()
 def jobs() -> None:
     """Query and ingestion jobs."""

@@ -90,3 +90,20 @@ def test_api_serves_the_wsgi_app_and_checks_readiness(compose: dict[str, Any]) -
     assert api["ports"] == ["8000:8000"]
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
     assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_workers_are_healthy_only_when_warm(compose: dict[str, Any]) -> None:
+    for queue in ("recall", "rerank"):
+        test = compose["services"][f"{queue}-worker"]["healthcheck"]["test"]
+        assert test == ["CMD", "umarvel", "ready", queue]
+    assert "ready" in cli.commands
+
+
+def test_dockerfile_builds_the_package_on_a_cuda_base() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.splitlines()[2].startswith("FROM nvidia/cuda:")
+    assert "python3.11" in text
+    assert "pip install --quiet ." in text
+    assert "USER umarvel" in text
+    for package in ("core", "api", "workers", "recall", "rerank", "cli", "migrations"):
+        assert f"COPY {package} {package}" in text

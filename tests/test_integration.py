@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -250,6 +253,16 @@ def test_readiness_follows_the_workers(stack: Stack, ingested: dict[str, Any]) -
     finally:
         stack.start_worker("recall")
     wait_until(lambda: requests.get(ready).status_code == 200, 60, "ready again")
+    # The container health check of a worker: its warm heartbeat, from this host.
+    for queue in ("recall", "rerank"):
+        check = subprocess.run(
+            [sys.executable, "-m", "cli.main", "ready", queue],
+            env={**os.environ, "UMARVEL_REDIS_URL": REDIS_URL},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert check.returncode == 0, check.stderr
 
 
 def test_workers_and_api_expose_metrics(
