@@ -43,6 +43,7 @@ def stack(
             "UMARVEL_RERANK_MODEL": str(tiny_models["qwen2_vl"]),
             "UMARVEL_TORCH_THREADS": "1",
             "UMARVEL_HEARTBEAT_SECONDS": "0.5",
+            "UMARVEL_MAX_QUEUE_DEPTH": "12",
         }
         with Stack(workdir, env, worker_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
             yield running
@@ -289,3 +290,54 @@ def test_workers_and_api_expose_metrics(
     assert value(rerank, 'umarvel_stage_seconds_count{stage="rerank"}') >= 1
     assert value(rerank, 'umarvel_batch_size_count{call="pairs"}') >= 1
     assert value(api, 'umarvel_cache_requests_total{result="miss"}') >= 1
+
+
+def test_a_flooded_queue_answers_429_then_drains(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
+    url = f"{stack.api_url}/v1/collections/shapes/queries"
+    stack.kill("worker-rerank")  # rerank tasks pile up behind a working recall worker
+    statuses = []
+    try:
+        for i in range(30):
+            response = http.post(url, json={"text": f"flood {i}"})
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert response.headers["Retry-After"] == "2"
+                assert response.json()["error"]["code"] == "overloaded"
+                break
+            time.sleep(0.05)
+    finally:
+        stack.start_worker("rerank")
+    assert statuses[-1] == 429
+    assert 12 <= len(statuses) - 1 <= 29  # accepted up to the configured depth
+    wait_until(
+        lambda: http.post(url, json={"text": "after the flood"}).status_code != 429, 120, "drain"
+    )
+
+
+def test_auth_through_the_running_stack(stack: Stack, ingested: dict[str, Any]) -> None:
+    url = f"{stack.api_url}/v1/collections/shapes/queries"
+    body = {"text": "who may ask", "rerank": {"enabled": False}}
+    search = stack.create_key(("search",))
+    other = stack.create_key(("search",), ("other",))
+
+    def post(key: str | None, path: str = url, json: dict | None = None) -> requests.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return requests.post(path, json=json or body, headers=headers)
+
+    assert post(None).status_code == 401
+    assert post("umk_not-a-key").status_code == 401
+    assert post(search).status_code in (200, 202)
+    assert post(other).status_code == 403
+    create = post(search, f"{stack.api_url}/v1/collections", {"name": "nope"})
+    assert create.status_code == 403
+    revoked = subprocess.run(
+        [sys.executable, "-m", "cli.main", "keys", "revoke", search[:12]],
+        env={**os.environ, "UMARVEL_DATABASE_URL": stack.settings().database_url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    assert post(search).status_code == 401
