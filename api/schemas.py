@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from flask import Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.errors import InvalidRequest, PayloadTooLarge
 
@@ -37,7 +37,20 @@ class DocumentIn(Strict):
     id: str = Field(min_length=1, max_length=256)
     text: str | None = None
     image: str | None = Field(None, description="Base64-encoded image file.")
+    image_path: str | None = Field(
+        None, description="A file on the server, inside UMARVEL_INGEST_ROOTS."
+    )
+    image_file: str | None = Field(
+        None, description="The name of a file part of a multipart request."
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_image_source(self) -> DocumentIn:
+        sources = [s for s in (self.image, self.image_path, self.image_file) if s is not None]
+        if len(sources) > 1:
+            raise ValueError("give at most one of image, image_path and image_file")
+        return self
 
 
 class DocumentsRequest(Strict):
@@ -50,6 +63,13 @@ class RerankOptions(Strict):
     enabled: bool | None = None
     k: int | None = Field(None, ge=1, le=1000)
     weight: float | None = Field(None, ge=-100, le=100)
+
+
+class CollectionUpdate(Strict):
+    """What may change on a live collection (the model and fields need a reindex)."""
+
+    description: str | None = Field(None, max_length=2000)
+    rerank: RerankOptions | None = None
 
 
 class QueryRequest(Strict):

@@ -170,6 +170,37 @@ def beat(loglevel: str) -> None:
 
 
 @main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--collection", required=True, help="Target collection (it must exist).")
+@click.option("--api", default="http://127.0.0.1:8000", show_default=True, envvar="UMARVEL_API")
+@click.option("--key", required=True, envvar="UMARVEL_API_KEY", help="An admin API key.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Progress file for resuming (default: SOURCE.ingest-state.json).",
+)
+@click.option("--no-wait", is_flag=True, help="Return once every batch is queued.")
+def ingest(
+    source: Path,
+    collection: str,
+    api: str,
+    key: str,
+    batch_size: int,
+    state_path: Path | None,
+    no_wait: bool,
+) -> None:
+    """Ingest a folder of images (captions in <stem>.txt) or a JSONL manifest, resumably."""
+    from cli.ingest import run_ingest
+
+    state = state_path or source.with_name(source.name + ".ingest-state.json")
+    sums = run_ingest(source, collection, api, key, batch_size, state, wait=not no_wait)
+    click.echo(f"{sums['done']} indexed, {sums['failed']} failed of {sums['total']}")
+
+
+@main.command()
 @click.argument("queue", type=click.Choice(["recall", "rerank"]))
 def ready(queue: str) -> None:
     """Exit 0 when a worker of QUEUE on this host reports a warm model (health checks)."""

@@ -87,7 +87,7 @@ class Stack:
     ) -> subprocess.Popen[bytes]:
         log_dir = self.log_dir or self.workdir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop(); restarts append
         self._logs.append(log)
         proc = subprocess.Popen(
             args,

@@ -23,7 +23,10 @@ def document_view(doc: Document) -> dict[str, Any]:
 def enrich(
     session: Session, collection_id: int, hits: list[dict[str, Any]], first_rank: int = 1
 ) -> list[dict[str, Any]]:
-    """Hits, ranked, with their documents' text, metadata and image URL."""
+    """Hits, ranked, with their documents' text, metadata and image URL.
+
+    A hit whose document was deleted since it was found is left out.
+    """
     ids = [h["document_id"] for h in hits]
     docs = {}
     if ids:
@@ -33,11 +36,13 @@ def enrich(
             )
         )
         docs = {doc.external_id: doc for doc in rows}
-    enriched = []
-    for rank, hit in enumerate(hits, start=first_rank):
+    enriched: list[dict[str, Any]] = []
+    for hit in hits:
         doc = docs.get(hit["document_id"])
-        extra = document_view(doc) if doc else {}
+        if doc is None:
+            continue
+        extra = document_view(doc)
         extra.pop("id", None)
         extra.pop("status", None)
-        enriched.append({"rank": rank, **hit, **extra})
+        enriched.append({"rank": first_rank + len(enriched), **hit, **extra})
     return enriched

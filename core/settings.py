@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         "umarvel_", description="Prefix of every Milvus collection this deployment owns."
     )
     media_root: Path = Field(Path(".umarvel/media"), description="Folder of the media store.")
+    ingest_roots: list[Path] = Field(
+        default_factory=list,
+        description="Server folders documents may name by image_path (JSON list).",
+    )
 
     # Models
     recall_model: str = Field(

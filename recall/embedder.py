@@ -60,8 +60,9 @@ class Embedder:
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.config = config or EmbedderConfig()
-        # One forward at a time: the tokenizer's padding/truncation state is per call.
-        self._lock = threading.Lock()
+        # One caller at a time: the fast tokenizer keeps padding/truncation state between
+        # calls, so even the token counting of _prepare must not interleave with a batch.
+        self._lock = threading.RLock()
         self._install_special_tokens()
 
     @classmethod
@@ -104,17 +105,18 @@ class Embedder:
 
     # -- public API --------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[Query]) -> np.ndarray:
-        prepared = [self._prepare(prompts.query_text(q), q.image) for q in queries]
-        return self._encode(prepared, truncate=False)
+        with self._lock:
+            prepared = [self._prepare(prompts.query_text(q), q.image) for q in queries]
+            return self._encode(prepared, truncate=False)
 
     def encode_candidates(self, candidates: Sequence[Candidate]) -> np.ndarray:
-        prepared = [
-            self._prepare(
-                prompts.candidate_text(c, image_only_suffix=self.config.image_only_suffix), c.image
-            )
-            for c in candidates
-        ]
-        return self._encode(prepared, truncate=True)
+        suffix = self.config.image_only_suffix
+        with self._lock:
+            prepared = [
+                self._prepare(prompts.candidate_text(c, image_only_suffix=suffix), c.image)
+                for c in candidates
+            ]
+            return self._encode(prepared, truncate=True)
 
     # -- stages ------------------------------------------------------------------------------
     def _prepare(self, text: str, image: Any) -> _Prepared:
@@ -146,9 +148,8 @@ class Embedder:
             return out
         costs = [min(item.cost, CANDIDATE_MAX_TOKENS) if truncate else item.cost for item in items]
         # Similar sizes batch together (less padding); rows go back to their input places.
-        with self._lock:
-            for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
-                out[chunk] = self._forward([items[i] for i in chunk], truncate=truncate)
+        for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
+            out[chunk] = self._forward([items[i] for i in chunk], truncate=truncate)
         return out
 
     def _forward(self, items: list[_Prepared], *, truncate: bool) -> np.ndarray:

@@ -65,7 +65,8 @@ class Reranker:
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.config = config or RerankerConfig()
-        self._lock = threading.Lock()  # one forward at a time (shared tokenizer state)
+        # One caller at a time: the fast tokenizer keeps padding/truncation state.
+        self._lock = threading.RLock()
         tokenizer = self.processor.tokenizer
         self.yes_id = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
         self.no_id = tokenizer("No", add_special_tokens=False)["input_ids"][0]
@@ -95,6 +96,10 @@ class Reranker:
 
     def score_pairs(self, pairs: Sequence[tuple[RerankQuery, RerankCandidate]]) -> list[float]:
         """P(Yes) for each pair; pairs of different queries may share a batch."""
+        with self._lock:
+            return self._score_pairs(pairs)
+
+    def _score_pairs(self, pairs: Sequence[tuple[RerankQuery, RerankCandidate]]) -> list[float]:
         query_images: dict[int, Any] = {}
         prepared = []
         for query, candidate in pairs:
@@ -103,11 +108,10 @@ class Reranker:
             prepared.append(self._prepare(query, query_images[id(query)], candidate))
         scores = [0.0] * len(prepared)
         costs = [pair.cost for pair in prepared]
-        with self._lock:
-            for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
-                values = self._forward([prepared[i] for i in chunk])
-                for index, value in zip(chunk, values, strict=True):
-                    scores[index] = value
+        for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
+            values = self._forward([prepared[i] for i in chunk])
+            for index, value in zip(chunk, values, strict=True):
+                scores[index] = value
         return scores
 
     def _image(self, value: ImageInput | None) -> Any:

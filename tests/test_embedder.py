@@ -183,3 +183,16 @@ def test_candidates_are_truncated_at_1024_tokens(embedder: Embedder) -> None:
 def test_an_empty_item_is_rejected() -> None:
     with pytest.raises(ValueError, match="needs text, an image"):
         _ = Query(text="  ").modality
+
+
+def test_concurrent_callers_get_the_same_vectors(embedder: Embedder) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    groups = [
+        [Candidate(text="short"), Candidate(text="a much longer text " * (i + 2))] for i in range(6)
+    ]
+    expected = [embedder.encode_candidates(group) for group in groups]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(embedder.encode_candidates, groups * 3))
+    for index, vectors in enumerate(got):
+        np.testing.assert_allclose(vectors, expected[index % len(groups)], atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -341,3 +342,82 @@ def test_auth_through_the_running_stack(stack: Stack, ingested: dict[str, Any]) 
     )
     assert revoked.returncode == 0, revoked.stderr
     assert post(search).status_code == 401
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_cli_ingest_streams_a_folder_and_resumes(
+    stack: Stack, http: requests.Session, tmp_path: Path
+) -> None:
+    assert http.post(f"{stack.api_url}/v1/collections", json={"name": "cli"}).status_code == 201
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for colour in ("red", "green", "blue"):
+        (folder / f"{colour}.png").write_bytes(shape_image(colour, "circle"))
+        (folder / f"{colour}.txt").write_text(f"a {colour} circle")
+    key = stack.create_key(("admin",))
+    state = tmp_path / "state.json"
+    common = ["--collection", "cli", "--api", stack.api_url, "--key", key, "--state", str(state)]
+    # As if an earlier run was interrupted after accepting the first two documents.
+    state.write_text(json.dumps({"sent": 2, "jobs": []}))
+    resumed = _cli("ingest", str(folder), *common, "--batch-size", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after 2 documents" in resumed.stdout
+    assert "1 indexed, 0 failed of 1" in resumed.stdout
+    state.unlink()
+    full = _cli("ingest", str(folder), *common, "--batch-size", "2")
+    assert full.returncode == 0, full.stderr
+    assert "3 indexed, 0 failed of 3" in full.stdout
+    collection = http.get(f"{stack.api_url}/v1/collections/cli").json()
+    assert collection["documents"] == {"total": 3, "indexed": 3, "pending": 0, "failed": 0}
+    doc = http.get(f"{stack.api_url}/v1/collections/cli/documents/red.png").json()
+    assert doc["text"] == "a red circle"
+    bad = _cli(
+        "ingest",
+        str(folder),
+        "--collection",
+        "missing",
+        "--api",
+        stack.api_url,
+        "--key",
+        key,
+        "--state",
+        str(tmp_path / "other.json"),
+    )
+    assert bad.returncode == 1
+    assert "does not exist" in bad.stderr
+
+
+def test_deletes_disappear_from_search_and_cache(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
+    base = f"{stack.api_url}/v1/collections"
+    assert http.post(base, json={"name": "gone"}).status_code == 201
+    docs = [{"id": f"g{i}", "text": f"a gone document {i}"} for i in range(4)]
+    job = http.post(f"{base}/gone/documents", json={"documents": docs}).json()
+    _until(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
+    body = {"text": "a gone document", "top_k": 10, "rerank": {"enabled": False}, "wait": 20}
+    before = http.post(f"{base}/gone/queries", json=body).json()
+    assert {r["document_id"] for r in before["results"]} == {"g0", "g1", "g2", "g3"}
+    assert http.delete(f"{base}/gone/documents/g1").status_code == 204
+    after = http.post(f"{base}/gone/queries", json=body).json()
+    assert not after["cached"]
+    assert {r["document_id"] for r in after["results"]} == {"g0", "g2", "g3"}
+    assert http.get(f"{base}/gone/documents/g1").status_code == 404
+    settings = stack.settings()
+    index = MilvusIndex(settings.milvus_uri)
+    name = f"{settings.milvus_prefix}gone_g1"
+    wait_until(lambda: index.count(name) == 3, 30, "vector deleted")
+    patched = http.patch(f"{base}/gone", json={"description": "x", "rerank": {"k": 7}}).json()
+    assert (patched["description"], patched["rerank"]["k"]) == ("x", 7)
+    assert http.delete(f"{base}/gone").status_code == 204
+    assert http.get(f"{base}/gone").status_code == 404
+    wait_until(lambda: not index.exists(name), 30, "Milvus collection dropped")

@@ -102,6 +102,24 @@ def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str,
     return {"job_id": job_id, "indexed": len(items), "timings": timings}
 
 
+def delete_vectors(rt: Runtime, collection: str, generation: int, ids: list[str]) -> int:
+    name = milvus_name(rt.settings.milvus_prefix, collection, generation)
+    if rt.index.exists(name):
+        rt.index.delete(name, ids)
+        rt.index.flush(name)
+    return len(ids)
+
+
+def drop_collections(rt: Runtime, collection: str, generations: list[int]) -> int:
+    dropped = 0
+    for generation in generations:
+        name = milvus_name(rt.settings.milvus_prefix, collection, generation)
+        if rt.index.exists(name):
+            rt.index.drop(name)
+            dropped += 1
+    return dropped
+
+
 def _record_chunk_failure(rt: Runtime, job_id: str, items: list[Any], exc: Exception) -> None:
     """Mark the chunk's documents failed, with the reason, and count them on the job."""
     message = f"{type(exc).__name__}: {exc}"

@@ -33,3 +33,15 @@ def score(job_id: str) -> str:
 def cleanup() -> int:
     """Periodic (Celery beat): delete query jobs past their lifetime."""
     return pipeline.cleanup_jobs(runtime())
+
+
+@shared_task(name="recall.delete")
+def delete(collection: str, generation: int, document_ids: list[str]) -> int:
+    """Remove deleted documents' vectors (their SQL rows are already gone)."""
+    return pipeline.delete_vectors(runtime(), str(collection), int(generation), list(document_ids))
+
+
+@shared_task(name="recall.drop")
+def drop(collection: str, generations: list[int]) -> int:
+    """Drop a deleted collection's Milvus collections."""
+    return pipeline.drop_collections(runtime(), str(collection), [int(g) for g in generations])

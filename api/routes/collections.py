@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import require, visible
 from api.openapi import documented, responses
-from api.schemas import CollectionCreate, json_body
+from api.schemas import CollectionCreate, CollectionUpdate, json_body
 from api.services import services
 from core.db import session_scope
 from core.errors import Conflict, NotFound
@@ -102,3 +102,39 @@ def read_collection(name: str) -> Any:
     require("search", name)
     with session_scope(services().sessions) as session:
         return render(session, get_collection(session, name))
+
+
+@bp.patch("/<name>")
+@documented(json=CollectionUpdate, resp=responses(200, 400, 401, 403, 404), tags=["collections"])
+def update_collection(name: str) -> Any:
+    require("admin", name)
+    body = CollectionUpdate.model_validate(json_body(request))
+    with session_scope(services().sessions) as session:
+        collection = get_collection(session, name)
+        if body.description is not None:
+            collection.description = body.description
+        if body.rerank is not None:
+            rerank = body.rerank
+            if rerank.enabled is not None:
+                collection.rerank_enabled = rerank.enabled
+            if rerank.k is not None:
+                collection.rerank_k = rerank.k
+            if rerank.weight is not None:
+                collection.rerank_weight = rerank.weight
+        collection.version += 1  # defaults change answers: cached ones must not be served
+        session.flush()
+        return render(session, collection)
+
+
+@bp.delete("/<name>")
+@documented(resp=responses(204, 401, 403, 404), tags=["collections"])
+def delete_collection(name: str) -> Any:
+    """Delete the collection's rows at once; a recall worker drops its Milvus collections."""
+    require("admin", name)
+    svc = services()
+    with session_scope(svc.sessions) as session:
+        collection = get_collection(session, name)
+        generations = list(range(1, collection.generation + 1))
+        session.delete(collection)
+    svc.celery.send_task("recall.drop", args=[name, generations])
+    return "", 204

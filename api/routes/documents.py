@@ -6,6 +6,9 @@ and do not block the valid ones.
 
 from __future__ import annotations
 
+import io
+import json
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, g, request
@@ -19,7 +22,7 @@ from api.routes.collections import get_collection
 from api.schemas import DocumentIn, DocumentsRequest, decode_base64, json_body
 from api.services import Services, services
 from core.db import session_scope
-from core.errors import InvalidRequest, NotFound, UmarvelError, Unavailable
+from core.errors import InvalidRequest, NotFound, PayloadTooLarge, UmarvelError, Unavailable
 from core.images import decode_image
 from core.metrics import INGEST_DOCUMENTS
 from core.models import Collection, Document, IngestJob, utcnow
@@ -29,14 +32,17 @@ from recall.filters import check_value
 bp = Blueprint("documents", __name__)
 
 
-def _validate(svc: Services, collection: Collection, raw: Any) -> tuple[DocumentIn, str | None]:
+def _validate(
+    svc: Services, collection: Collection, raw: Any, files: dict[str, Any]
+) -> tuple[DocumentIn, str | None]:
     """A valid document and the media key of its stored image; raises on any problem."""
     try:
         doc = DocumentIn.model_validate(raw)
     except ValidationError as exc:
         raise validation_error(exc) from None
     settings = svc.settings
-    if not (doc.text and doc.text.strip()) and doc.image is None:
+    data = _image_bytes(svc, doc, files)
+    if not (doc.text and doc.text.strip()) and data is None:
         raise InvalidRequest("a document needs text, an image, or both")
     if doc.text and len(doc.text) > settings.max_text_chars:
         raise InvalidRequest(f"text is longer than {settings.max_text_chars} characters")
@@ -44,12 +50,99 @@ def _validate(svc: Services, collection: Collection, raw: Any) -> tuple[Document
     for name, value in doc.metadata.items():
         if name in fields and value is not None:
             check_value(name, fields[name], value)
-    image_key = None
+    if data is None:
+        return doc, None
+    decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return doc, svc.media.put(data)
+
+
+def _image_bytes(svc: Services, doc: DocumentIn, files: dict[str, Any]) -> bytes | None:
+    limit = svc.settings.max_image_bytes
     if doc.image is not None:
-        data = decode_base64(doc.image, "image")
-        decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-        image_key = svc.media.put(data)
-    return doc, image_key
+        return decode_base64(doc.image, "image")
+    if doc.image_file is not None:
+        upload = files.get(doc.image_file)
+        if upload is None:
+            raise InvalidRequest(f"no file part named {doc.image_file!r} in this request")
+        upload.stream.seek(0)
+        data = bytes(upload.stream.read(limit + 1))
+    elif doc.image_path is not None:
+        data = _read_server_file(doc.image_path, svc.settings.ingest_roots, limit)
+    else:
+        return None
+    if len(data) > limit:
+        raise PayloadTooLarge(f"image is larger than {limit} bytes")
+    return data
+
+
+def _read_server_file(path: str, roots: list[Path], limit: int) -> bytes:
+    """A file's bytes if it lies inside an allowed root (links resolved first)."""
+    resolved = Path(path).resolve()
+    allowed = [root.resolve() for root in roots]
+    if not any(resolved.is_relative_to(root) for root in allowed):
+        raise InvalidRequest(f"image_path {path!r} is outside the allowed ingestion folders")
+    try:
+        with open(resolved, "rb") as handle:
+            return handle.read(limit + 1)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read image_path {path!r}: {exc.strerror}") from None
+
+
+def _documents_input(svc: Services) -> tuple[list[Any], dict[str, Any]]:
+    """Raw items and file parts from JSON, JSONL (``application/x-ndjson``) or multipart.
+
+    Multipart: a ``documents`` field holding JSON or JSONL, plus file parts that items
+    name in ``image_file``. A JSONL line that is not JSON becomes a per-item error.
+    """
+    limit = svc.settings.max_documents_per_request
+    if request.mimetype == "application/x-ndjson":
+        return _jsonl_items(request.stream, limit), {}
+    if request.mimetype == "multipart/form-data":
+        text = request.form.get("documents")
+        if text is None:
+            raise InvalidRequest("a multipart request needs a 'documents' field (JSON or JSONL)")
+        stripped = text.lstrip()
+        if stripped.startswith("{") and '"documents"' in stripped[:200]:
+            items = _items_of(_parse_json(text))
+        else:
+            items = _jsonl_items(io.BytesIO(text.encode()), limit)
+        return items, dict(request.files)
+    return _items_of(json_body(request)), {}
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise InvalidRequest("the 'documents' field is not valid JSON") from None
+
+
+def _items_of(body: Any) -> list[Any]:
+    items = body.get("documents") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise InvalidRequest('send {"documents": [...]} with at least one document')
+    return items
+
+
+class _BadLine:
+    """A JSONL line that did not parse: reported as that item's error."""
+
+    def __init__(self, number: int, message: str) -> None:
+        self.number, self.message = number, message
+
+
+def _jsonl_items(stream: Any, limit: int) -> list[Any]:
+    items: list[Any] = []
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        if len(items) >= limit:
+            raise InvalidRequest(f"at most {limit} documents per request")
+        try:
+            items.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            items.append(_BadLine(number, f"line {number} is not valid JSON"))
+    return items
 
 
 @bp.post("/v1/collections/<name>/documents")
@@ -58,9 +151,8 @@ def ingest_documents(name: str) -> Any:
     g.collection = name
     require("admin", name)
     svc = services()
-    body = json_body(request)
-    items = body.get("documents") if isinstance(body, dict) else None
-    if not isinstance(items, list) or not items:
+    items, files = _documents_input(svc)
+    if not items:
         raise InvalidRequest('send {"documents": [...]} with at least one document')
     if len(items) > svc.settings.max_documents_per_request:
         raise InvalidRequest(
@@ -77,7 +169,9 @@ def ingest_documents(name: str) -> Any:
         for position, raw in enumerate(items):
             item_id = raw.get("id") if isinstance(raw, dict) else None
             try:
-                doc, image_key = _validate(svc, collection, raw)
+                if isinstance(raw, _BadLine):
+                    raise InvalidRequest(raw.message)
+                doc, image_key = _validate(svc, collection, raw, files)
                 if doc.id in seen:
                     raise InvalidRequest(f"document id {doc.id!r} appears twice in this request")
             except UmarvelError as exc:
@@ -128,6 +222,12 @@ def _enqueue(svc: Services, job_id: str, row_ids: list[int]) -> None:
 
 
 def render_job(job: IngestJob) -> dict[str, Any]:
+    rate = eta = None
+    if job.started_at is not None and job.done:
+        elapsed = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
+        rate = job.done / max(elapsed, 1e-3)
+        remaining = job.total - job.done - job.failed
+        eta = remaining / rate if job.state in ("queued", "running") else 0.0
     return {
         "id": job.id,
         "url": f"/v1/ingest-jobs/{job.id}",
@@ -135,6 +235,8 @@ def render_job(job: IngestJob) -> dict[str, Any]:
         "total": job.total,
         "done": job.done,
         "failed": job.failed,
+        "rate": None if rate is None else round(rate, 2),  # documents indexed per second
+        "eta_seconds": None if eta is None else round(eta, 1),
         "errors": job.errors,
         "created_at": job.created_at.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
@@ -166,3 +268,26 @@ def read_document(name: str, document_id: str) -> Any:
         if doc is None:
             raise NotFound(f"document {document_id!r} does not exist in {name!r}")
         return document_view(doc)
+
+
+@bp.delete("/v1/collections/<name>/documents/<path:document_id>")
+@documented(resp=responses(204, 401, 403, 404), tags=["documents"])
+def delete_document(name: str, document_id: str) -> Any:
+    """Gone from SQL (hence from every answer) at once; a worker removes its vector."""
+    g.collection = name
+    require("admin", name)
+    svc = services()
+    with session_scope(svc.sessions) as session:
+        collection = get_collection(session, name)
+        doc = session.scalar(
+            select(Document).where(
+                Document.collection_id == collection.id, Document.external_id == document_id
+            )
+        )
+        if doc is None:
+            raise NotFound(f"document {document_id!r} does not exist in {name!r}")
+        session.delete(doc)
+        collection.version += 1  # cached answers that held it are never served again
+        target = (collection.name, collection.generation)
+    svc.celery.send_task("recall.delete", args=[target[0], target[1], [document_id]])
+    return "", 204

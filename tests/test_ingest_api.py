@@ -1,0 +1,102 @@
+"""Document input forms at the API: JSONL, multipart files, server-side paths (no workers)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from api.app import create_app
+from cli.samples import b64, shape_image
+from core.settings import Settings
+from tests.helpers import error, make_key
+
+URL = "/v1/collections/docs/documents"
+
+
+@pytest.fixture
+def allowed(tmp_path: Path) -> Path:
+    folder = tmp_path / "allowed"
+    folder.mkdir()
+    (folder / "red.png").write_bytes(shape_image("red", "circle"))
+    (tmp_path / "outside.png").write_bytes(shape_image("blue", "circle"))
+    (folder / "sneaky.png").symlink_to(tmp_path / "outside.png")
+    return folder
+
+
+@pytest.fixture
+def client(migrated_url: str, redis_url: str, tmp_path: Path, allowed: Path) -> FlaskClient:
+    settings = Settings(
+        database_url=migrated_url,
+        redis_url=redis_url,
+        media_root=tmp_path / "media",
+        ingest_roots=[allowed],
+    )
+    client = create_app(settings).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + make_key(client.application, ["admin"])
+    assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201
+    return client
+
+
+def _messages(job: dict) -> dict[int, str]:
+    return {e["index"]: e["message"] for e in job["errors"]}
+
+
+def test_jsonl_reports_bad_lines_per_item(client: FlaskClient) -> None:
+    lines = [
+        json.dumps({"id": "a", "text": "first"}),
+        "{not json",
+        "",
+        json.dumps({"id": "b", "image": b64(shape_image("red", "square"))}),
+    ]
+    response = client.post(URL, data="\n".join(lines) + "\n", content_type="application/x-ndjson")
+    assert response.status_code == 202, response.json
+    job = response.json
+    assert (job["total"], job["failed"]) == (3, 1)
+    assert _messages(job) == {1: "line 2 is not valid JSON"}
+    assert (job["rate"], job["eta_seconds"]) == (None, None)  # nothing indexed yet
+
+
+def test_multipart_files_are_named_by_items(client: FlaskClient) -> None:
+    documents = "\n".join(
+        json.dumps(d)
+        for d in (
+            {"id": "with-file", "text": "a red circle", "image_file": "red"},
+            {"id": "missing-file", "image_file": "nope"},
+        )
+    )
+    response = client.post(
+        URL,
+        data={"documents": documents, "red": (io.BytesIO(shape_image("red", "circle")), "r.png")},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202, response.json
+    assert _messages(response.json) == {1: "no file part named 'nope' in this request"}
+    doc = client.get("/v1/collections/docs/documents/with-file").json
+    assert doc["image_url"].startswith("/v1/media/")
+    missing = client.post(URL, data={"x": "y"}, content_type="multipart/form-data")
+    assert "'documents' field" in error(missing, 400)["message"]
+
+
+def test_server_paths_stay_inside_the_allowed_roots(
+    client: FlaskClient, allowed: Path, tmp_path: Path
+) -> None:
+    documents = [
+        {"id": "inside", "image_path": str(allowed / "red.png")},
+        {"id": "outside", "image_path": str(tmp_path / "outside.png")},
+        {"id": "dotdot", "image_path": str(allowed / ".." / "outside.png")},
+        {"id": "link", "image_path": str(allowed / "sneaky.png")},
+        {"id": "absent", "image_path": str(allowed / "absent.png")},
+        {"id": "two", "image": "aGk=", "image_path": str(allowed / "red.png")},
+    ]
+    job = client.post(URL, json={"documents": documents}).json
+    messages = _messages(job)
+    assert set(messages) == {1, 2, 3, 4, 5}
+    for index in (1, 2, 3):
+        assert "outside the allowed ingestion folders" in messages[index]
+    assert "cannot read image_path" in messages[4]
+    assert "at most one of image, image_path and image_file" in messages[5]
+    assert client.get("/v1/collections/docs/documents/inside").json["image_url"]
