@@ -1,0 +1,107 @@
+"""Ingestion throughput through the whole path against raw batched encoding, in one run.
+
+    python -m bench.ingest [--documents 1000]
+
+Writes a JSONL manifest of generated documents (a third text, a third image, a third
+image+text), ingests it with ``umarvel ingest`` (CLI -> API -> queue -> embed -> Milvus ->
+SQL) and encodes the same documents in-process. Prints documents/s of both, their ratio
+(target >= 0.7) and the peak memory of the CLI, the API and the workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from bench.common import sample_items
+from bench.service import _peak_mb
+from cli.samples import b64
+from cli.stack import Stack, free_port
+from core.tiny_models import build_all
+from recall import Candidate, Embedder
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--documents", type=int, default=1000)
+    parser.add_argument("--models", type=Path, default=Path(".umarvel/tiny-models"))
+    args = parser.parse_args()
+    model = str(build_all(args.models)["qwen3_vl"].resolve())
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "manifest.jsonl"
+        items = sample_items(args.documents, "mixed")
+        with open(manifest, "w") as handle:
+            for i, (text, image) in enumerate(items):
+                doc = {"id": f"d{i}", "text": text}
+                if image is not None:
+                    doc["image"] = b64(image)
+                handle.write(json.dumps(doc) + "\n")
+        env = {
+            "UMARVEL_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+            "UMARVEL_REDIS_URL": REDIS_URL,
+            "UMARVEL_MILVUS_URI": f"http://127.0.0.1:{free_port()}",
+            "UMARVEL_MEDIA_ROOT": f"{tmp}/media",
+            "UMARVEL_RECALL_MODEL": model,
+            "UMARVEL_RERANK_MODEL": model,
+        }
+        with Stack(Path(tmp), env) as stack:
+            key = stack.create_key(("admin",))
+            import requests
+
+            http = requests.Session()
+            http.headers["Authorization"] = f"Bearer {key}"
+            http.post(f"{stack.api_url}/v1/collections", json={"name": "bench"})
+            started = time.perf_counter()
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cli.main",
+                    "ingest",
+                    str(manifest),
+                    "--collection",
+                    "bench",
+                    "--api",
+                    stack.api_url,
+                    "--key",
+                    key,
+                    "--batch-size",
+                    "500",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            served = args.documents / (time.perf_counter() - started)
+            cli_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            print(result.stdout.strip().splitlines()[-1])
+            peaks = {name: _peak_mb(proc.pid) for name, proc in stack.processes.items()}
+        embedder = Embedder.from_pretrained(model)
+        candidates = [Candidate(text, image) for text, image in items]
+        started = time.perf_counter()
+        embedder.encode_candidates(candidates)
+        raw = args.documents / (time.perf_counter() - started)
+    print(f"{args.documents} documents (mixed), tiny qwen3_vl, 2-core CPU")
+    print(
+        f"whole path {served:.1f} docs/s vs raw batched encoding {raw:.1f} docs/s: "
+        f"{served / raw:.2f}x (target >= 0.7)"
+    )
+    print(
+        f"peak memory: CLI {cli_peak:.0f} MiB, "
+        + ", ".join(f"{name} {mb:.0f} MiB" for name, mb in peaks.items())
+    )
+
+
+if __name__ == "__main__":
+    main()
