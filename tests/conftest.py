@@ -94,3 +94,23 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         yield {"uri": f"http://127.0.0.1:{port}", "stack": stack, "port": port}
     finally:
         stack.stop()
+
+
+def stack_env(
+    database_url: str, workdir: Path, models: dict[str, Path], **overrides: str
+) -> dict[str, str]:
+    """The UMARVEL_* environment of a test stack: PostgreSQL, test Redis, tiny models."""
+    from cli.stack import free_port
+
+    env = {
+        "UMARVEL_DATABASE_URL": database_url,
+        "UMARVEL_REDIS_URL": REDIS_URL,
+        "UMARVEL_MILVUS_URI": f"http://127.0.0.1:{free_port()}",
+        "UMARVEL_MILVUS_PREFIX": f"t{uuid.uuid4().hex[:6]}_",
+        "UMARVEL_MEDIA_ROOT": str(workdir / "media"),
+        "UMARVEL_RECALL_MODEL": str(models["qwen3_vl"]),
+        "UMARVEL_RERANK_MODEL": str(models["qwen2_vl"]),
+        "UMARVEL_TORCH_THREADS": "1",
+    }
+    env.update({f"UMARVEL_{key.upper()}": value for key, value in overrides.items()})
+    return env

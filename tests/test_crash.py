@@ -18,10 +18,10 @@ import redis
 import requests
 from sqlalchemy import create_engine, func, select
 
-from cli.stack import Stack, free_port
+from cli.stack import Stack
 from core.models import Document
 from recall.index import MilvusIndex
-from tests.conftest import REDIS_URL, fresh_postgres_database
+from tests.conftest import REDIS_URL, fresh_postgres_database, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -35,19 +35,15 @@ def stack(
     redis.Redis.from_url(REDIS_URL).flushdb()
     workdir = tmp_path_factory.mktemp("crash")
     with fresh_postgres_database() as database_url:
-        env = {
-            "UMARVEL_DATABASE_URL": database_url,
-            "UMARVEL_REDIS_URL": REDIS_URL,
-            "UMARVEL_MILVUS_URI": f"http://127.0.0.1:{free_port()}",
-            "UMARVEL_MEDIA_ROOT": str(workdir / "media"),
-            "UMARVEL_RECALL_MODEL": str(tiny_models["qwen3_vl"]),
-            "UMARVEL_RERANK_MODEL": str(tiny_models["qwen3_vl"]),
-            "UMARVEL_TORCH_THREADS": "1",
-            "UMARVEL_INGEST_CHUNK_SIZE": "8",
+        env = stack_env(
+            database_url,
+            workdir,
+            tiny_models,
+            ingest_chunk_size="8",
             # Re-deliver a killed worker's tasks after 8 s instead of an hour.
-            "UMARVEL_TASK_TIME_LIMIT": "6",
-            "UMARVEL_VISIBILITY_TIMEOUT": "8",
-        }
+            task_time_limit="6",
+            visibility_timeout="8",
+        )
         with Stack(workdir, env, worker_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
             yield running
 

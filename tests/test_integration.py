@@ -18,10 +18,10 @@ import requests
 from sqlalchemy import create_engine, func, select
 
 from cli.samples import b64, sample_documents, shape_image
-from cli.stack import Stack, free_port, wait_until
+from cli.stack import Stack, wait_until
 from core.models import Collection, Document, QueryJob
 from recall.index import MilvusIndex
-from tests.conftest import REDIS_URL, fresh_postgres_database
+from tests.conftest import REDIS_URL, fresh_postgres_database, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -33,19 +33,10 @@ def stack(
     redis.Redis.from_url(REDIS_URL).flushdb()
     workdir = tmp_path_factory.mktemp("stack")
     with fresh_postgres_database() as database_url:
-        env = {
-            "UMARVEL_DATABASE_URL": database_url,
-            "UMARVEL_REDIS_URL": REDIS_URL,
-            "UMARVEL_MILVUS_URI": f"http://127.0.0.1:{free_port()}",
-            "UMARVEL_MILVUS_PREFIX": f"it{uuid.uuid4().hex[:6]}_",
-            "UMARVEL_MEDIA_ROOT": str(workdir / "media"),
-            # Both architectures: Qwen3-VL recalls, Qwen2-VL reranks.
-            "UMARVEL_RECALL_MODEL": str(tiny_models["qwen3_vl"]),
-            "UMARVEL_RERANK_MODEL": str(tiny_models["qwen2_vl"]),
-            "UMARVEL_TORCH_THREADS": "1",
-            "UMARVEL_HEARTBEAT_SECONDS": "0.5",
-            "UMARVEL_MAX_QUEUE_DEPTH": "12",
-        }
+        # Qwen3-VL recalls, Qwen2-VL reranks: both architectures run end to end.
+        env = stack_env(
+            database_url, workdir, tiny_models, heartbeat_seconds="0.5", max_queue_depth="12"
+        )
         with Stack(workdir, env, worker_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
             yield running
 

@@ -24,7 +24,13 @@ def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
         backend=settings.redis_url,
         include=["workers.tasks"] if include_tasks else [],
     )
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        # Tasks of a killed worker come back once their visibility timeout has passed; sweep
+        # for them every few seconds (kombu's default sweep runs only every ~100 s).
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+        "unacked_restore_throttle": 1,
+    }
     app.conf.update(
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue=RECALL_QUEUE,

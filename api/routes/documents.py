@@ -254,20 +254,23 @@ def read_ingest_job(job_id: str) -> Any:
         return render_job(job)
 
 
+def _document(session: Any, collection: Collection, document_id: str) -> Document:
+    doc = session.scalar(
+        select(Document).where(
+            Document.collection_id == collection.id, Document.external_id == document_id
+        )
+    )
+    if doc is None:
+        raise NotFound(f"document {document_id!r} does not exist in {collection.name!r}")
+    return doc
+
+
 @bp.get("/v1/collections/<name>/documents/<path:document_id>")
 @documented(resp=responses(200, 401, 403, 404), tags=["documents"])
 def read_document(name: str, document_id: str) -> Any:
     require("search", name)
     with session_scope(services().sessions) as session:
-        collection = get_collection(session, name)
-        doc = session.scalar(
-            select(Document).where(
-                Document.collection_id == collection.id, Document.external_id == document_id
-            )
-        )
-        if doc is None:
-            raise NotFound(f"document {document_id!r} does not exist in {name!r}")
-        return document_view(doc)
+        return document_view(_document(session, get_collection(session, name), document_id))
 
 
 @bp.delete("/v1/collections/<name>/documents/<path:document_id>")
@@ -279,14 +282,7 @@ def delete_document(name: str, document_id: str) -> Any:
     svc = services()
     with session_scope(svc.sessions) as session:
         collection = get_collection(session, name)
-        doc = session.scalar(
-            select(Document).where(
-                Document.collection_id == collection.id, Document.external_id == document_id
-            )
-        )
-        if doc is None:
-            raise NotFound(f"document {document_id!r} does not exist in {name!r}")
-        session.delete(doc)
+        session.delete(_document(session, collection, document_id))
         collection.version += 1  # cached answers that held it are never served again
         target = (collection.name, collection.generation)
     svc.celery.send_task("recall.delete", args=[target[0], target[1], [document_id]])
