@@ -69,10 +69,6 @@ def authorize(key: ApiKey, scope: str, collection: str | None = None) -> None:
         raise Forbidden(f"this API key may not use collection {collection!r}")
 
 
-def may_see(key: ApiKey, collection: str) -> bool:
-    return key.collections is None or collection in key.collections
-
-
 def revoke(session: Session, ident: str) -> ApiKey:
     """Revoke the key with this id or prefix."""
     match = ApiKey.prefix == ident

@@ -7,7 +7,6 @@ process that forks later.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,9 +133,3 @@ def load_image(value: ImageInput, *, max_bytes: int, max_pixels: int) -> Image.I
     except OSError as exc:
         raise InvalidRequest(f"cannot read image {str(path)!r}: {exc.strerror}") from None
     return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
-
-
-def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
