@@ -98,3 +98,31 @@ def _clause(field: str, kind: str, op: str, value: Any) -> str:
     if op in ("gt", "gte", "lt", "lte") and kind not in ("int", "float"):
         raise InvalidRequest(f"filter {field!r}: range operators need an int or float field")
     return f"{field} {_OPERATORS[op]} {_literal(kind, check_value(field, kind, value))}"
+
+
+_COMPARE = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+}
+
+
+def matches(spec: dict[str, Any], fields: dict[str, str], metadata: dict[str, Any]) -> bool:
+    """Whether a document's metadata satisfies ``spec``, as the compiled Milvus expression
+    would decide (call ``compile_filter`` first: it validates the spec)."""
+    for field, condition in spec.items():
+        if not isinstance(condition, dict):
+            condition = {"eq": condition}
+        value = metadata.get(field)
+        for op, expected in condition.items():
+            if value is None:
+                return False  # a missing (null) field satisfies no comparison
+            if op == "in":
+                if value not in expected:
+                    return False
+            elif not _COMPARE[op](value, expected):
+                return False
+    return True

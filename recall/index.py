@@ -8,13 +8,16 @@ on them are free, unlike filters on a JSON field).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from core.errors import Unavailable
+
+T = TypeVar("T")
+NOT_LOADED = 101  # Milvus' error code for a search on an unloaded collection
 
 PK_FIELD = "id"
 VECTOR_FIELD = "vector"
@@ -35,17 +38,50 @@ def milvus_name(prefix: str, collection: str, generation: int) -> str:
 
 class MilvusIndex:
     def __init__(self, uri: str, token: str = "", timeout: float = 30.0) -> None:
-        from pymilvus import MilvusClient
-
         self.uri = uri
-        try:
-            self.client = MilvusClient(uri=uri, token=token, timeout=timeout)
-        except Exception as exc:
-            raise Unavailable(f"Milvus at {uri} is not reachable: {exc}") from exc
+        self._token = token
+        self._timeout = timeout
+        self.client = self._connect()
         self._loaded: set[str] = set()
 
+    def _connect(self) -> Any:
+        from pymilvus import MilvusClient
+
+        # No keepalive pings while idle: milvus-lite's gRPC server answers a client that
+        # pings every 10 s (pymilvus' default) with GOAWAY "too many pings".
+        options = {"grpc.keepalive_permit_without_calls": False}
+        last: Exception | None = None
+        for _ in range(2):
+            try:
+                return MilvusClient(
+                    uri=self.uri, token=self._token, timeout=self._timeout, grpc_options=options
+                )
+            except Exception as exc:  # a stale shared channel: try once more
+                last = exc
+        raise Unavailable(f"Milvus at {self.uri} is not reachable: {last}") from last
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        """Run ``call``; after a connection failure, reconnect once and run it again.
+
+        A long-lived client can lose its channel (a server restart, or a GOAWAY such as
+        gRPC's "too many pings" after long idle periods): that is transient, the rest is not.
+        """
+        from pymilvus import MilvusException
+
+        try:
+            return call()
+        except MilvusException as exc:
+            if exc.code not in (1, 2) and "UNAVAILABLE" not in str(exc).upper():
+                raise
+        except Exception as exc:
+            if "UNAVAILABLE" not in str(exc).upper():
+                raise
+        self.client = self._connect()
+        self._loaded.clear()
+        return call()
+
     def exists(self, name: str) -> bool:
-        return bool(self.client.has_collection(name))
+        return bool(self._retry(lambda: self.client.has_collection(name)))
 
     def create(self, name: str, dim: int, fields: dict[str, str] | None = None) -> None:
         """Create ``name`` (COSINE, HNSW) unless it exists; typed scalar ``fields``."""
@@ -82,24 +118,24 @@ class MilvusIndex:
             return
         from pymilvus.client.types import LoadState
 
-        if self.client.get_load_state(name).get("state") != LoadState.Loaded:
+        if self._retry(lambda: self.client.get_load_state(name)).get("state") != LoadState.Loaded:
             self.client.load_collection(name)
         self._loaded.add(name)
 
     def upsert(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            self.client.upsert(name, data=list(rows))
+            self._retry(lambda: self.client.upsert(name, data=list(rows)))
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if ids:
-            self.client.delete(name, ids=list(ids))
+            self._retry(lambda: self.client.delete(name, ids=list(ids)))
 
     def flush(self, name: str) -> None:
-        self.client.flush(name)
+        self._retry(lambda: self.client.flush(name))
 
     def count(self, name: str) -> int:
         self.ensure_loaded(name)
-        result = self.client.query(name, filter="", output_fields=["count(*)"])
+        result = self._retry(lambda: self.client.query(name, filter="", output_fields=["count(*)"]))
         return int(result[0]["count(*)"])
 
     def search(
@@ -111,22 +147,36 @@ class MilvusIndex:
         ef: int | None = None,
     ) -> list[IndexHit]:
         """The ``top_k`` nearest documents by cosine, best first."""
+        from pymilvus import MilvusException
+
         if not self.exists(name):
             return []
         self.ensure_loaded(name)
         params = {"metric_type": "COSINE", "params": {"ef": max(ef or 0, top_k, 64)}}
-        result = self.client.search(
-            name,
-            data=[np.asarray(vector, dtype=np.float32).tolist()],
-            limit=top_k,
-            filter=expression or "",
-            search_params=params,
-            output_fields=[PK_FIELD],
-        )
+        data = [np.asarray(vector, dtype=np.float32).tolist()]
+
+        def search() -> Any:
+            return self.client.search(
+                name,
+                data=data,
+                limit=top_k,
+                filter=expression or "",
+                search_params=params,
+                output_fields=[PK_FIELD],
+            )
+
+        try:
+            result = self._retry(search)
+        except MilvusException as exc:
+            if exc.code != NOT_LOADED:
+                raise
+            self._loaded.discard(name)  # the server restarted: load again
+            self.ensure_loaded(name)
+            result = search()
         return [IndexHit(str(hit["id"]), float(hit["distance"])) for hit in result[0]]
 
     def drop(self, name: str) -> None:
-        self.client.drop_collection(name)
+        self._retry(lambda: self.client.drop_collection(name))
         self._loaded.discard(name)
 
     def close(self) -> None:

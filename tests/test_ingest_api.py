@@ -100,3 +100,42 @@ def test_server_paths_stay_inside_the_allowed_roots(
     assert "cannot read image_path" in messages[4]
     assert "at most one of image, image_path and image_file" in messages[5]
     assert client.get("/v1/collections/docs/documents/inside").json["image_url"]
+
+
+def test_delete_by_filter(migrated_url: str, redis_url: str, tmp_path: Path) -> None:
+    settings = Settings(database_url=migrated_url, redis_url=redis_url, media_root=tmp_path)
+    client = create_app(settings).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + make_key(client.application, ["admin"])
+    fields = {"year": "int", "tag": "str"}
+    assert (
+        client.post("/v1/collections", json={"name": "f", "metadata_fields": fields}).status_code
+        == 201
+    )
+    docs = [
+        {"id": f"d{i}", "text": f"doc {i}", "metadata": {"year": 2000 + i, "tag": "ab"[i % 2]}}
+        for i in range(6)
+    ] + [{"id": "untagged", "text": "no metadata"}]
+    assert client.post("/v1/collections/f/documents", json={"documents": docs}).status_code == 202
+    version = client.get("/v1/collections/f").json["version"]
+    spec = json.dumps({"year": {"gte": 2002}, "tag": "a"})
+    response = client.delete(f"/v1/collections/f/documents?filter={spec}")
+    assert response.json == {"deleted": 2}  # d2 and d4
+    remaining = {f"d{i}" for i in (0, 1, 3, 5)} | {"untagged"}
+    for doc_id in remaining:
+        assert client.get(f"/v1/collections/f/documents/{doc_id}").status_code == 200
+    for doc_id in ("d2", "d4"):
+        assert client.get(f"/v1/collections/f/documents/{doc_id}").status_code == 404
+    assert client.get("/v1/collections/f").json["version"] == version + 1
+    assert (
+        "needs DELETE of the collection"
+        in error(client.delete("/v1/collections/f/documents"), 400)["message"]
+    )
+    assert (
+        "is empty" in error(client.delete("/v1/collections/f/documents?filter={}"), 400)["message"]
+    )
+    assert (
+        "not valid JSON"
+        in error(client.delete("/v1/collections/f/documents?filter={x"), 400)["message"]
+    )
+    bad = client.delete('/v1/collections/f/documents?filter={"year": "2000 or 1==1"}')
+    assert "declared int" in error(bad, 400)["message"]

@@ -30,6 +30,9 @@ def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
         # for them every few seconds (kombu's default sweep runs only every ~100 s).
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
         "unacked_restore_throttle": 1,
+        # The sweep holds a Redis mutex; one held by a killed worker blocks every sweep
+        # until it expires (5 minutes by default).
+        "unacked_mutex_expire": 15,
     }
     app.conf.update(
         task_queues=[Queue(name) for name in QUEUES],

@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, g, request
 from pydantic import ValidationError
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
 
 from api.auth import require
@@ -27,7 +28,7 @@ from core.images import decode_image
 from core.metrics import INGEST_DOCUMENTS
 from core.models import Collection, Document, IngestJob, utcnow
 from core.results import document_view
-from recall.filters import check_value
+from recall.filters import check_value, compile_filter, matches
 
 bp = Blueprint("documents", __name__)
 
@@ -287,3 +288,47 @@ def delete_document(name: str, document_id: str) -> Any:
         target = (collection.name, collection.generation)
     svc.celery.send_task("recall.delete", args=[target[0], target[1], [document_id]])
     return "", 204
+
+
+@bp.delete("/v1/collections/<name>/documents")
+@documented(resp=responses(200, 400, 401, 403, 404), tags=["documents"])
+def delete_documents(name: str) -> Any:
+    """Delete every document whose metadata matches ``?filter=<JSON>`` (the filter language).
+
+    SQL is the source of truth: matching rows go at once, then a worker removes the vectors.
+    """
+    g.collection = name
+    require("admin", name)
+    raw = request.args.get("filter")
+    if not raw:
+        raise InvalidRequest(
+            "give ?filter=<JSON>; deleting every document needs DELETE of the collection"
+        )
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError:
+        raise InvalidRequest("filter is not valid JSON") from None
+    svc = services()
+    with session_scope(svc.sessions) as session:
+        collection = get_collection(session, name)
+        fields = dict(collection.metadata_fields)
+        if compile_filter(spec, fields) is None:
+            raise InvalidRequest(
+                "the filter is empty; deleting every document needs DELETE of the collection"
+            )
+        rows = session.execute(
+            select(Document.id, Document.external_id, Document.doc_metadata).where(
+                Document.collection_id == collection.id
+            )
+        ).yield_per(1000)
+        doomed = [(row_id, ext) for row_id, ext, meta in rows if matches(spec, fields, meta or {})]
+        for start in range(0, len(doomed), 1000):
+            ids = [row_id for row_id, _ in doomed[start : start + 1000]]
+            session.execute(sa_delete(Document).where(Document.id.in_(ids)))
+        if doomed:
+            collection.version += 1
+        target = (collection.name, collection.generation)
+    external = [ext for _, ext in doomed]
+    for start in range(0, len(external), 1000):
+        svc.celery.send_task("recall.delete", args=[*target, external[start : start + 1000]])
+    return {"deleted": len(external)}
