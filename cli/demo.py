@@ -20,10 +20,14 @@ TINY_WARNING = (
     "               --rerank-model Qwen/Qwen3-VL-4B-Instruct"
 )
 
-QUERIES: list[tuple[str, dict[str, Any]]] = [
-    ("text", {"text": "a red circle"}),
-    ("image", {"image": b64(shape_image("blue", "square"))}),
-    ("image+text", {"image": b64(shape_image("green", "triangle")), "text": "the same in red"}),
+QUERIES: list[tuple[str, dict[str, Any], str]] = [
+    ("text", {"text": "a red circle"}, "red-circle"),
+    ("image", {"image": b64(shape_image("blue", "square"))}, "blue-square"),
+    (
+        "image+text",
+        {"image": b64(shape_image("green", "triangle")), "text": "the same in red"},
+        "red-triangle",
+    ),
 ]
 
 
@@ -53,7 +57,9 @@ def run_demo(workdir: Path, models: Path, recall_model: str | None, rerank: str 
         click.echo(f"error: {exc}", err=True)
         return 2
     try:
-        _run(stack.api_url, stack.create_key(("admin",)), tiny)
+        key = stack.create_key(("admin",))
+        _run(stack.api_url, key, tiny)
+        _evaluate(stack.api_url, key, workdir / "eval")
     finally:
         click.echo("stopping the stack ...")
         stack.stop()
@@ -74,7 +80,7 @@ def _run(url: str, key: str, tiny: bool) -> None:
     click.echo(f"ingestion {job['state']}: {job['done']} indexed, {job['failed']} failed")
     if tiny:
         click.echo("\n" + TINY_WARNING)
-    for label, query in QUERIES:
+    for label, query, _ in QUERIES:
         started = time.perf_counter()
         response = http.post(
             f"{url}/v1/collections/demo/queries", json={**query, "top_k": 5, "wait": 30}
@@ -96,3 +102,17 @@ def _run(url: str, key: str, tiny: bool) -> None:
                 f"{hit['p_yes'] if hit['p_yes'] is None else format(hit['p_yes'], '.4f'):>7} "
                 f"{hit['score']:>8.4f}"
             )
+
+
+def _evaluate(url: str, key: str, out: Path) -> None:
+    """The three queries again, labelled, through ``umarvel eval collection``'s code."""
+    from cli.evaluate import write_outputs
+    from evaluation import collection
+
+    labelled = [
+        collection.Labelled(n, query, {relevant: 1.0})
+        for n, (_, query, relevant) in enumerate(QUERIES, start=1)
+    ]
+    click.echo("\nquality of the three queries, labelled (umarvel eval collection):")
+    summary = collection.evaluate(collection.Client(url, key), "demo", labelled)
+    write_outputs(out, summary, collection.table(summary), collection.chart)

@@ -19,6 +19,8 @@ from typing import Any
 import click
 import requests
 
+from core.jsonl import read_jsonl
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
 
@@ -39,21 +41,14 @@ def folder_items(folder: Path) -> Iterator[dict[str, Any]]:
 
 def manifest_items(manifest: Path) -> Iterator[dict[str, Any]]:
     """Lines of a JSONL manifest; a relative ``image_path`` is read beside the manifest."""
-    with open(manifest, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError:
-                raise click.ClickException(f"{manifest}:{number}: not valid JSON") from None
-            path = doc.get("image_path") if isinstance(doc, dict) else None
-            if path is not None and not Path(path).is_absolute():
-                image = manifest.parent / path
-                if image.exists():  # read here: the server may not see this disk
-                    doc["image"] = base64.b64encode(image.read_bytes()).decode()
-                    del doc["image_path"]
-            yield doc
+    for _, doc in read_jsonl(manifest):
+        path = doc.get("image_path") if isinstance(doc, dict) else None
+        if path is not None and not Path(path).is_absolute():
+            image = manifest.parent / path
+            if image.exists():  # read here: the server may not see this disk
+                doc["image"] = base64.b64encode(image.read_bytes()).decode()
+                del doc["image_path"]
+        yield doc
 
 
 @dataclass

@@ -412,3 +412,50 @@ def test_deletes_disappear_from_search_and_cache(
     assert http.delete(f"{base}/gone").status_code == 204
     assert http.get(f"{base}/gone").status_code == 404
     wait_until(lambda: not index.exists(name), 30, "Milvus collection dropped")
+
+
+def test_eval_collection_measures_labelled_queries_through_the_api(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any], tmp_path: Path
+) -> None:
+    from evaluation import metrics
+
+    (tmp_path / "q.png").write_bytes(shape_image("blue", "square"))
+    lines = [
+        {"query": "a red circle", "relevant": ["red-circle"]},
+        {"query": {"image_path": "q.png"}, "relevant": {"blue-square": 2, "blue-circle": 1}},
+        {"query": "nothing is relevant here", "relevant": []},
+    ]
+    queries = tmp_path / "labelled.jsonl"
+    queries.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    key = stack.create_key(("search",))
+    out = tmp_path / "eval"
+    common = ["--queries", str(queries), "--api", stack.api_url, "--output", str(out)]
+    result = _cli("eval", "collection", "shapes", *common, "--key", key)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "results.json").read_text())
+    assert (summary["queries"], summary["skipped_no_relevant"]) == (2, 1)
+    grades = [{"red-circle": 1.0}, {"blue-square": 2.0, "blue-circle": 1.0}]
+    for mode in ("recall", "rerank"):
+        rankings = [record[mode]["top"] for record in summary["records"]]
+        scores = summary["modes"][mode]
+        for k in (1, 5, 10):
+            expected = [metrics.recall_at_k(r, g, k) for r, g in zip(rankings, grades, strict=True)]
+            assert scores["recall"][str(k)] == pytest.approx(sum(expected) / 2)
+        mrr = [metrics.reciprocal_rank(r, g) for r, g in zip(rankings, grades, strict=True)]
+        assert scores["mrr"] == pytest.approx(sum(mrr) / 2)
+        ndcg = [metrics.ndcg_at_k(r, g, 10) for r, g in zip(rankings, grades, strict=True)]
+        assert scores["ndcg@10"] == pytest.approx(sum(ndcg) / 2)
+        assert scores["latency_ms"]["p50"] > 0
+    assert "rerank" in summary["modes"]["rerank"]["stage_ms"]
+    assert "rerank" not in summary["modes"]["recall"]["stage_ms"]
+    # The recall-only ranking is exactly what a client gets from the same request.
+    direct = _query(
+        stack, http, {"text": "a red circle", "top_k": 10, "rerank": {"enabled": False}}
+    )
+    assert summary["records"][0]["recall"]["top"] == [r["document_id"] for r in direct["results"]]
+    assert "R@1" in (out / "results.txt").read_text()
+    assert (out / "results.png").stat().st_size
+    refused = _cli("eval", "collection", "shapes", *common, "--key", "not-a-key")
+    assert refused.returncode == 1
+    assert "the API answered 401" in refused.stderr
+    assert "Traceback" not in refused.stderr
