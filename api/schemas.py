@@ -72,6 +72,12 @@ class CollectionUpdate(Strict):
     rerank: RerankOptions | None = None
 
 
+class ReindexRequest(Strict):
+    """Re-embed every document into a new generation, optionally with another model."""
+
+    recall_model: str | None = Field(None, min_length=1, max_length=512)
+
+
 class QueryRequest(Strict):
     text: str | None = None
     image: str | None = Field(None, description="Base64-encoded image file.")

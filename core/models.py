@@ -77,6 +77,10 @@ class Collection(Base):
     metadata_fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # The Milvus collection currently served is <prefix><name>_g<generation>.
     generation: Mapped[int] = mapped_column(Integer, default=1)
+    # While a reindex builds the next generation (with this model) beside the served one.
+    building_generation: Mapped[int | None] = mapped_column(Integer)
+    building_model: Mapped[str | None] = mapped_column(String(512))
+    reindex_job_id: Mapped[str | None] = mapped_column(String(32))
     # Bumped by every change that becomes visible to search; part of every cache key.
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -85,6 +89,14 @@ class Collection(Base):
     documents: Mapped[list[Document]] = relationship(
         back_populates="collection", cascade="all, delete-orphan", passive_deletes=True
     )
+
+    def write_targets(self) -> list[tuple[int, str]]:
+        """(generation, model) pairs that new writes go to: the served one, and the one
+        being built, if any."""
+        targets = [(self.generation, self.recall_model)]
+        if self.building_generation is not None and self.building_model is not None:
+            targets.append((self.building_generation, self.building_model))
+        return targets
 
 
 class Document(Base):
@@ -101,6 +113,8 @@ class Document(Base):
     doc_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     # The ingestion job that last wrote this document; its progress counts these rows.
     ingest_job_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    # The newest generation whose Milvus collection holds this document's current content.
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # "pending" until its vector is visible to search, then "indexed"; "failed" keeps `error`.
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
@@ -117,6 +131,10 @@ class IngestJob(Base):
     collection_id: Mapped[int] = mapped_column(
         ForeignKey("collections.id", ondelete="CASCADE"), index=True
     )
+    # "ingest" (documents sent by a client) or "reindex" (a new generation of every document).
+    kind: Mapped[str] = mapped_column(String(16), default="ingest", server_default="ingest")
+    # The generation a reindex job builds (never reused, even after a failed attempt).
+    generation: Mapped[int | None] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), default="queued")
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         86400, ge=0, description="Lifetime of cached query embeddings (0: no cache)."
     )
     ingest_chunk_size: int = Field(64, ge=1, description="Documents per ingestion task.")
+    reindex_drop_delay_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="After a reindex switches, the old generation is dropped this much later "
+        "(queries already searching it finish first).",
+    )
     max_documents_per_request: int = Field(1000, ge=1, description="Documents in one request.")
     max_text_chars: int = Field(8192, ge=1, description="Longest document or query text.")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest image file.")

@@ -53,23 +53,26 @@ class RecallService:
 
     def index_documents(
         self,
-        collection: str,
+        collection: str | Sequence[str],
         documents: Sequence[IndexDocument],
         metadata_fields: dict[str, str] | None = None,
     ) -> dict[str, float]:
-        """Embed and upsert ``documents`` into ``collection`` (created if missing), then flush."""
+        """Embed ``documents`` once and upsert them into each collection (created if
+        missing), then flush."""
+        targets = [collection] if isinstance(collection, str) else list(collection)
         fields = metadata_fields or {}
         started = time.perf_counter()
         vectors = self.embedder.encode_candidates([d.candidate for d in documents])
         embedded = time.perf_counter()
-        self.index.create(collection, self.embedder.dim, fields)
         rows = []
         for document, vector in zip(documents, vectors, strict=True):
             row: dict[str, Any] = {PK_FIELD: document.document_id, VECTOR_FIELD: vector.tolist()}
             for name in fields:
                 row[name] = document.metadata.get(name)
             rows.append(row)
-        self.index.upsert(collection, rows)
-        # Unflushed rows search ~10x slower on milvus-lite; flushing makes them durable too.
-        self.index.flush(collection)
+        for target in targets:
+            self.index.create(target, self.embedder.dim, fields)
+            self.index.upsert(target, rows)
+            # Unflushed rows search ~10x slower on milvus-lite; flushing makes them durable.
+            self.index.flush(target)
         return {"embed": embedded - started, "upsert": time.perf_counter() - embedded}

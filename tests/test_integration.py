@@ -35,7 +35,12 @@ def stack(
     with fresh_postgres_database() as database_url:
         # Qwen3-VL recalls, Qwen2-VL reranks: both architectures run end to end.
         env = stack_env(
-            database_url, workdir, tiny_models, heartbeat_seconds="0.5", max_queue_depth="12"
+            database_url,
+            workdir,
+            tiny_models,
+            heartbeat_seconds="0.5",
+            max_queue_depth="12",
+            reindex_drop_delay_seconds="1",
         )
         with Stack(workdir, env, worker_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
             yield running
@@ -71,6 +76,17 @@ def _until(http: requests.Session, url: str, done: Any, timeout: float = 120.0) 
             return body
         time.sleep(0.1)
     raise AssertionError(f"{url} did not finish: {body}")
+
+
+def _text_collection(
+    stack: Stack, http: requests.Session, name: str, texts: list[str], prefix: str
+) -> None:
+    """A new collection of text documents ``<prefix><n>``, ingested and indexed."""
+    base = f"{stack.api_url}/v1/collections"
+    assert http.post(base, json={"name": name}).status_code == 201
+    docs = [{"id": f"{prefix}{i}", "text": text} for i, text in enumerate(texts)]
+    job = http.post(f"{base}/{name}/documents", json={"documents": docs}).json()
+    _until(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
 
 
 def _query(stack: Stack, http: requests.Session, body: dict[str, Any]) -> dict[str, Any]:
@@ -391,10 +407,7 @@ def test_deletes_disappear_from_search_and_cache(
     stack: Stack, http: requests.Session, ingested: dict[str, Any]
 ) -> None:
     base = f"{stack.api_url}/v1/collections"
-    assert http.post(base, json={"name": "gone"}).status_code == 201
-    docs = [{"id": f"g{i}", "text": f"a gone document {i}"} for i in range(4)]
-    job = http.post(f"{base}/gone/documents", json={"documents": docs}).json()
-    _until(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
+    _text_collection(stack, http, "gone", [f"a gone document {i}" for i in range(4)], "g")
     body = {"text": "a gone document", "top_k": 10, "rerank": {"enabled": False}, "wait": 20}
     before = http.post(f"{base}/gone/queries", json=body).json()
     assert {r["document_id"] for r in before["results"]} == {"g0", "g1", "g2", "g3"}
@@ -459,3 +472,50 @@ def test_eval_collection_measures_labelled_queries_through_the_api(
     assert refused.returncode == 1
     assert "the API answered 401" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_reindex_swaps_generations_while_search_answers(
+    stack: Stack, http: requests.Session, tiny_models: dict[str, Path]
+) -> None:
+    import threading
+
+    base = f"{stack.api_url}/v1/collections"
+    _text_collection(stack, http, "swap", [f"swap document number {i}" for i in range(24)], "s")
+    body = {"text": "swap document", "top_k": 24, "rerank": {"enabled": False}, "wait": 20}
+    answers: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def search() -> None:
+        session = requests.Session()
+        session.headers.update(http.headers)
+        while not stop.is_set():
+            response = session.post(f"{base}/swap/queries", json=body)
+            answer = response.json()
+            answers.append((response.status_code, len(answer.get("results") or [])))
+            body["text"] = f"swap document {len(answers)}"  # past the result cache
+
+    searcher = threading.Thread(target=search)
+    searcher.start()
+    try:
+        time.sleep(0.5)
+        new_model = str(tiny_models["qwen2_vl"])
+        job = http.post(f"{base}/swap/reindex", json={"recall_model": new_model}).json()
+        done = _until(
+            http,
+            stack.api_url + job["url"],
+            lambda j: j["state"] != "running" and j["state"] != "queued",
+        )
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        searcher.join()
+    assert (done["state"], done["done"], done["total"]) == ("done", 24, 24)
+    collection = http.get(f"{base}/swap").json()
+    assert (collection["generation"], collection["recall_model"]) == (2, new_model)
+    # Search answered before, during and after the switch, always with every document.
+    assert len(answers) >= 3
+    assert set(answers) == {(200, 24)}
+    index = MilvusIndex(stack.env["UMARVEL_MILVUS_URI"])
+    prefix = stack.env["UMARVEL_MILVUS_PREFIX"]
+    assert index.count(f"{prefix}swap_g2") == 24
+    wait_until(lambda: not index.exists(f"{prefix}swap_g1"), 30, "the old generation dropped")

@@ -16,11 +16,12 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 
 from core.cache import ResultCache, notify_finished
 from core.metrics import INGEST_DOCUMENTS, STAGE_SECONDS
 from core.models import Collection, Document, IngestJob, QueryJob, utcnow
+from core.reindex import live_documents
 from core.results import enrich
 from recall.index import milvus_name
 from recall.instructions import default_instruction
@@ -52,32 +53,27 @@ def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str,
         docs = session.scalars(
             select(Document).where(Document.id.in_(document_ids), Document.ingest_job_id == job_id)
         ).all()
-        target = _milvus_collection(rt, collection)
+        # While a reindex builds the next generation, writes go to both (SPEC: no lost update).
+        targets = collection.write_targets()
+        reindex_job = collection.reindex_job_id
+        name = collection.name
         fields = dict(collection.metadata_fields)
-        model = collection.recall_model
         items = [
             (doc.id, doc.external_id, doc.text, doc.image_key, dict(doc.doc_metadata))
             for doc in docs
         ]
     try:
-        service = RecallService(rt.embedder(model), rt.index)
-        documents = [
-            IndexDocument(
-                external_id,
-                Candidate(text=text, image=rt.media.get(image_key) if image_key else None),
-                metadata,
-            )
-            for _, external_id, text, image_key, metadata in items
-        ]
-        timings = service.index_documents(target, documents, fields) if documents else {}
+        documents = [_index_document(rt, *item[1:]) for item in items]
+        timings = _write(rt, name, targets, documents, fields) if documents else {}
     except Exception as exc:
         _record_chunk_failure(rt, job_id, items, exc)
         raise
+    written = max(generation for generation, _ in targets)
     with rt.sessions.begin() as session:
         session.execute(
             update(Document)
-            .where(Document.id.in_([item[0] for item in items]))
-            .values(status="indexed", error=None)
+            .where(Document.id.in_([item[0] for item in items]), Document.ingest_job_id == job_id)
+            .values(status="indexed", error=None, generation=_at_least(written))
         )
         # The writes are flushed and searchable: make the change visible to the cache.
         session.execute(
@@ -99,7 +95,196 @@ def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str,
             "ms": round(sum(timings.values()) * 1000, 1),
         },
     )
-    return {"job_id": job_id, "indexed": len(items), "timings": timings}
+    outcome: dict[str, Any] = {"job_id": job_id, "indexed": len(items), "timings": timings}
+    if reindex_job is not None:  # these documents may have been the build's last ones
+        outcome["drop"] = maybe_switch(rt, reindex_job)
+    return outcome
+
+
+def _index_document(
+    rt: Runtime, external_id: str, text: str | None, image_key: str | None, metadata: Any
+) -> IndexDocument:
+    image = rt.media.get(image_key) if image_key else None
+    return IndexDocument(external_id, Candidate(text=text, image=image), metadata)
+
+
+def _write(
+    rt: Runtime,
+    collection: str,
+    targets: list[tuple[int, str]],
+    documents: list[IndexDocument],
+    fields: dict[str, str],
+) -> dict[str, float]:
+    """Embed once per model and upsert into each target generation."""
+    by_model: dict[str, list[str]] = {}
+    for generation, model in targets:
+        by_model.setdefault(model, []).append(
+            milvus_name(rt.settings.milvus_prefix, collection, generation)
+        )
+    timings: dict[str, float] = {}
+    for model, names in by_model.items():
+        step = RecallService(rt.embedder(model), rt.index).index_documents(names, documents, fields)
+        for stage, seconds in step.items():
+            timings[stage] = timings.get(stage, 0.0) + seconds
+    return timings
+
+
+def _at_least(generation: int) -> Any:
+    """SQL for "the document's generation, raised to ``generation``" (never lowered)."""
+    return case((Document.generation < generation, generation), else_=Document.generation)
+
+
+# -- reindex ---------------------------------------------------------------------------------
+# A Milvus generation no longer served: {"collection": name, "generations": [...]}.
+Drop = dict[str, Any]
+
+
+def _content(doc: Document) -> tuple[Any, ...]:
+    return (doc.external_id, doc.text, doc.image_key, dict(doc.doc_metadata))
+
+
+def plan_reindex(rt: Runtime, job_id: str) -> list[list[int]]:
+    """Start a reindex job: the chunks of document row ids its new generation still lacks."""
+    with rt.sessions.begin() as session:
+        job = session.get(IngestJob, job_id)
+        if job is None or job.state not in ("queued", "running"):
+            return []
+        collection = session.get_one(Collection, job.collection_id)
+        if collection.reindex_job_id != job_id:
+            return []
+        if job.state == "queued":
+            job.state, job.started_at = "running", utcnow()
+        ids = session.scalars(
+            select(Document.id)
+            .where(
+                Document.collection_id == collection.id,
+                Document.status != "failed",
+                Document.generation < job.generation,
+            )
+            .order_by(Document.id)
+        ).all()
+    size = rt.settings.ingest_chunk_size
+    return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
+
+
+def reindex_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str, Any]:
+    """Embed documents into the generation being built, then check whether it is complete.
+
+    A document whose content changed (or that was deleted and created again) while it was
+    being embedded is embedded again, so a slow chunk never leaves stale content behind
+    the write of a newer ingestion. A document deleted meanwhile loses its new vector.
+    """
+    pending, forced, indexed = list(document_ids), False, 0
+    for _ in range(5):
+        with rt.sessions.begin() as session:
+            job = session.get(IngestJob, job_id)
+            if job is None or job.state != "running":
+                return {"job_id": job_id, "indexed": indexed, "drop": None}
+            collection = session.get_one(Collection, job.collection_id)
+            if collection.reindex_job_id != job_id or collection.building_model is None:
+                return {"job_id": job_id, "indexed": indexed, "drop": None}
+            generation, model = int(job.generation or 0), collection.building_model
+            target = milvus_name(rt.settings.milvus_prefix, collection.name, generation)
+            fields = dict(collection.metadata_fields)
+            query = select(Document).where(Document.id.in_(pending), Document.status != "failed")
+            if not forced:
+                query = query.where(Document.generation < generation)
+            snapshot = {doc.id: _content(doc) for doc in session.scalars(query)}
+            collection_id = collection.id
+        if not snapshot:
+            break
+        try:
+            documents = [_index_document(rt, *content) for content in snapshot.values()]
+            RecallService(rt.embedder(model), rt.index).index_documents(target, documents, fields)
+        except Exception as exc:
+            return {"job_id": job_id, "indexed": indexed, "drop": _abort_reindex(rt, job_id, exc)}
+        with rt.sessions.begin() as session:
+            current = {
+                doc.id: doc
+                for doc in session.scalars(select(Document).where(Document.id.in_(snapshot)))
+            }
+            same = [i for i, doc in current.items() if _content(doc) == snapshot[i]]
+            changed = [i for i in current if i not in same]
+            gone = {snapshot[i][0] for i in snapshot if i not in current}
+            # Deleted, then created again under the same id: embed the new row too.
+            recreated = session.scalars(
+                select(Document).where(
+                    Document.collection_id == collection_id, Document.external_id.in_(gone)
+                )
+            ).all()
+            changed += [doc.id for doc in recreated]
+            gone -= {doc.external_id for doc in recreated}
+            session.execute(
+                update(Document)
+                .where(Document.id.in_(same))
+                .values(generation=_at_least(generation))
+            )
+        indexed += len(same)
+        if gone:
+            rt.index.delete(target, sorted(gone))
+            rt.index.flush(target)
+        pending, forced = changed, True
+        if not pending:
+            break
+    return {"job_id": job_id, "indexed": indexed, "drop": maybe_switch(rt, job_id)}
+
+
+def switch_if_built(rt: Runtime, ingest_job_id: str) -> Drop | None:
+    """After an ingestion chunk failed: its documents may have been the build's last ones."""
+    with rt.sessions.begin() as session:
+        job = session.get(IngestJob, ingest_job_id)
+        collection = session.get(Collection, job.collection_id) if job is not None else None
+        reindex_job = collection.reindex_job_id if collection is not None else None
+    return maybe_switch(rt, reindex_job) if reindex_job is not None else None
+
+
+def maybe_switch(rt: Runtime, job_id: str) -> Drop | None:
+    """Refresh a reindex job's progress; when every live document is in the new
+    generation, serve it (one transaction). Returns the generation to drop."""
+    with rt.sessions.begin() as session:
+        job = session.get(IngestJob, job_id, with_for_update=True)
+        if job is None or job.state != "running" or job.generation is None:
+            return None
+        collection = session.get_one(Collection, job.collection_id, with_for_update=True)
+        if collection.reindex_job_id != job_id or collection.building_model is None:
+            return None
+        job.total = live_documents(session, collection.id)
+        job.done = live_documents(session, collection.id, at_least=job.generation)
+        if job.done < job.total:
+            return None
+        old = collection.generation
+        collection.generation, collection.recall_model = job.generation, collection.building_model
+        collection.building_generation = collection.building_model = None
+        collection.reindex_job_id = None
+        collection.version += 1  # answers from the old generation are never served again
+        job.state, job.finished_at = "done", utcnow()
+        name = collection.name
+    log.info(
+        "reindex switched",
+        extra={"task": "recall.reindex", "job_id": job_id, "collection": name, "generation": old},
+    )
+    return {"collection": name, "generations": [old]}
+
+
+def _abort_reindex(rt: Runtime, job_id: str, exc: Exception) -> Drop | None:
+    """Give up a build: search stays on the served generation; the new one is dropped."""
+    message = f"{type(exc).__name__}: {exc}"
+    with rt.sessions.begin() as session:
+        job = session.get(IngestJob, job_id, with_for_update=True)
+        if job is None or job.state != "running":
+            return None
+        job.state, job.finished_at = "failed", utcnow()
+        job.errors = [*job.errors, {"index": None, "id": None, "message": message}]
+        collection = session.get_one(Collection, job.collection_id, with_for_update=True)
+        if collection.reindex_job_id == job_id:
+            collection.building_generation = collection.building_model = None
+            collection.reindex_job_id = None
+        name, generation = collection.name, int(job.generation or 0)
+    log.error(
+        "reindex failed",
+        extra={"task": "recall.reindex", "job_id": job_id, "collection": name, "error": message},
+    )
+    return {"collection": name, "generations": [generation]}
 
 
 def delete_vectors(rt: Runtime, collection: str, generation: int, ids: list[str]) -> int:

@@ -16,7 +16,41 @@ from workers.runtime import runtime
 
 @shared_task(name="recall.ingest")
 def ingest(job_id: str, document_ids: list[int]) -> dict[str, Any]:
-    return pipeline.ingest_chunk(runtime(), str(job_id), [int(i) for i in document_ids])
+    try:
+        outcome = pipeline.ingest_chunk(runtime(), str(job_id), [int(i) for i in document_ids])
+    except Exception:
+        _drop_later({"drop": pipeline.switch_if_built(runtime(), str(job_id))})
+        raise
+    _drop_later(outcome)
+    return outcome
+
+
+@shared_task(name="recall.reindex")
+def reindex(job_id: str) -> int:
+    """Fan a reindex job out into chunks on the recall queue (a replay only re-sends
+    chunks, which skip what is already done)."""
+    chunks = pipeline.plan_reindex(runtime(), str(job_id))
+    for chunk in chunks:
+        reindex_chunk.delay(str(job_id), chunk)
+    if not chunks:  # nothing to embed: an empty collection switches at once
+        _drop_later({"drop": pipeline.maybe_switch(runtime(), str(job_id))})
+    return len(chunks)
+
+
+@shared_task(name="recall.reindex_chunk")
+def reindex_chunk(job_id: str, document_ids: list[int]) -> dict[str, Any]:
+    outcome = pipeline.reindex_chunk(runtime(), str(job_id), [int(i) for i in document_ids])
+    _drop_later(outcome)
+    return outcome
+
+
+def _drop_later(outcome: dict[str, Any]) -> None:
+    """After a reindex switch (or failure): drop the generation no longer served, once the
+    queries that already chose it have had time to finish."""
+    target = outcome.get("drop")
+    if target:
+        delay = runtime().settings.reindex_drop_delay_seconds
+        drop.apply_async(args=[target["collection"], target["generations"]], countdown=delay)
 
 
 @shared_task(name="recall.search")
@@ -43,5 +77,5 @@ def delete(collection: str, generation: int, document_ids: list[str]) -> int:
 
 @shared_task(name="recall.drop")
 def drop(collection: str, generations: list[int]) -> int:
-    """Drop a deleted collection's Milvus collections."""
+    """Drop Milvus collections: a deleted collection's, or a generation no longer served."""
     return pipeline.drop_collections(runtime(), str(collection), [int(g) for g in generations])

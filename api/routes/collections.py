@@ -1,21 +1,22 @@
-"""Collections: create, list, read."""
+"""Collections: create, list, read, update, delete, reindex."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, g, request
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.auth import require, visible
 from api.openapi import documented, responses
-from api.schemas import CollectionCreate, CollectionUpdate, json_body
+from api.schemas import CollectionCreate, CollectionUpdate, ReindexRequest, json_body
 from api.services import services
 from core.db import session_scope
-from core.errors import Conflict, NotFound
-from core.models import Collection, Document
+from core.errors import Conflict, NotFound, Unavailable
+from core.models import Collection, Document, IngestJob, utcnow
+from core.reindex import start_reindex
 from recall.filters import validate_fields
 
 bp = Blueprint("collections", __name__, url_prefix="/v1/collections")
@@ -49,6 +50,14 @@ def render(session: Session, collection: Collection) -> dict[str, Any]:
         "metadata_fields": collection.metadata_fields,
         "version": collection.version,
         "generation": collection.generation,
+        "reindex": None
+        if collection.reindex_job_id is None
+        else {
+            "job_id": collection.reindex_job_id,
+            "url": f"/v1/ingest-jobs/{collection.reindex_job_id}",
+            "generation": collection.building_generation,
+            "recall_model": collection.building_model,
+        },
         "documents": {
             "total": sum(counts.values()),
             "indexed": counts.get("indexed", 0),
@@ -134,7 +143,41 @@ def delete_collection(name: str) -> Any:
     svc = services()
     with session_scope(svc.sessions) as session:
         collection = get_collection(session, name)
-        generations = list(range(1, collection.generation + 1))
+        attempted = session.scalar(
+            select(func.max(IngestJob.generation)).where(IngestJob.collection_id == collection.id)
+        )
+        generations = list(range(1, max(collection.generation, attempted or 0) + 1))
         session.delete(collection)
     svc.celery.send_task("recall.drop", args=[name, generations])
     return "", 204
+
+
+@bp.post("/<name>/reindex")
+@documented(json=ReindexRequest, resp=responses(202, 400, 401, 403, 404, 409), tags=["collections"])
+def reindex_collection(name: str) -> Any:
+    """Build the next generation (optionally with a new recall model) beside the served
+    one; search keeps answering from the old one until the new one is complete."""
+    from api.routes.documents import render_job
+
+    g.collection = name
+    require("admin", name)
+    body = ReindexRequest.model_validate(json_body(request) if request.content_length else {})
+    svc = services()
+    with session_scope(svc.sessions) as session:
+        found = get_collection(session, name)
+        collection = session.get_one(Collection, found.id, with_for_update=True)
+        job = start_reindex(session, collection, body.recall_model or collection.recall_model)
+        g.job_id = job.id
+        payload = render_job(job)
+    try:
+        svc.celery.send_task("recall.reindex", args=[job.id])
+    except Exception as exc:
+        with session_scope(svc.sessions) as session:
+            collection = session.get_one(Collection, found.id, with_for_update=True)
+            failed = session.get_one(IngestJob, payload["id"])
+            failed.state, failed.finished_at = "failed", utcnow()
+            failed.errors = [{"index": None, "id": None, "message": "queue unavailable"}]
+            collection.building_generation = collection.building_model = None
+            collection.reindex_job_id = None
+        raise Unavailable(f"the task queue is unavailable: {exc}") from None
+    return payload, 202, {"Location": payload["url"]}

@@ -232,6 +232,7 @@ def render_job(job: IngestJob) -> dict[str, Any]:
     return {
         "id": job.id,
         "url": f"/v1/ingest-jobs/{job.id}",
+        "kind": job.kind,
         "state": job.state,
         "total": job.total,
         "done": job.done,
@@ -285,8 +286,9 @@ def delete_document(name: str, document_id: str) -> Any:
         collection = get_collection(session, name)
         session.delete(_document(session, collection, document_id))
         collection.version += 1  # cached answers that held it are never served again
-        target = (collection.name, collection.generation)
-    svc.celery.send_task("recall.delete", args=[target[0], target[1], [document_id]])
+        generations = [generation for generation, _ in collection.write_targets()]
+    for generation in generations:
+        svc.celery.send_task("recall.delete", args=[name, generation, [document_id]])
     return "", 204
 
 
@@ -327,8 +329,10 @@ def delete_documents(name: str) -> Any:
             session.execute(sa_delete(Document).where(Document.id.in_(ids)))
         if doomed:
             collection.version += 1
-        target = (collection.name, collection.generation)
+        generations = [generation for generation, _ in collection.write_targets()]
     external = [ext for _, ext in doomed]
-    for start in range(0, len(external), 1000):
-        svc.celery.send_task("recall.delete", args=[*target, external[start : start + 1000]])
+    for generation in generations:
+        for start in range(0, len(external), 1000):
+            batch = external[start : start + 1000]
+            svc.celery.send_task("recall.delete", args=[name, generation, batch])
     return {"deleted": len(external)}
