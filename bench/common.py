@@ -19,8 +19,8 @@ def sample_items(n: int, modality: str) -> list[tuple[str | None, bytes | None]]
         colour, shape = pairs[i % len(pairs)]
         kind = modality if modality != "mixed" else ("text", "image", "image,text")[i % 3]
         text = f"a {colour} {shape} number {i} on a plain white background"
-        image = shape_image(colour, shape, size=96 + 8 * (i % 5))
-        items.append((text if kind != "image" else None, image if kind != "text" else None))
+        image = shape_image(colour, shape, size=96 + 8 * (i % 5)) if kind != "text" else None
+        items.append((text if kind != "image" else None, image))
     return items
 
 

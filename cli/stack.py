@@ -129,6 +129,14 @@ class Stack:
         )
         self._wait_for_workers(QUEUES, timeout)
 
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until ``/readyz`` answers 200: every queue has a worker with a warm model."""
+        wait_until(
+            lambda: requests.get(f"{self.api_url}/readyz", timeout=2).status_code == 200,
+            timeout,
+            "warm workers (/readyz)",
+        )
+
     def create_key(self, scopes: tuple[str, ...], collections: tuple[str, ...] = ()) -> str:
         """A new API key in the stack's database; returns its secret."""
         from core.auth import create_key

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         86400, ge=0, description="Lifetime of cached query embeddings (0: no cache)."
     )
     ingest_chunk_size: int = Field(64, ge=1, description="Documents per ingestion task.")
+    redrive_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How often a recall worker re-queues ingestion work the broker lost to a "
+        "worker killed mid-delivery (0: never).",
+    )
     reindex_drop_delay_seconds: float = Field(
         30.0,
         ge=0,

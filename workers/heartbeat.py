@@ -88,10 +88,24 @@ def _run(queue: str, hostname: str, rt: Any) -> None:
         log.exception("queue=%s warm-up failed", queue)
     interval = settings.heartbeat_seconds
     key = heartbeat_key(queue, hostname)
+    next_sweep = time.monotonic() + settings.redrive_seconds
     while True:
         try:
             state["at"] = time.time()
             rt.redis.set(key, json.dumps(state), ex=max(1, int(interval * 3)))
         except Exception:  # Redis away: keep trying, /readyz reports not ready meanwhile
             log.warning("heartbeat to Redis failed", exc_info=True)
+        if queue == "recall" and settings.redrive_seconds > 0 and time.monotonic() > next_sweep:
+            next_sweep = time.monotonic() + settings.redrive_seconds
+            _redrive(rt)
         time.sleep(interval)
+
+
+def _redrive(rt: Any) -> None:
+    """Queue again what the broker lost (see workers.redrive); never raises."""
+    from workers import redrive
+
+    try:
+        redrive.requeue(redrive.sweep(rt, rt.settings.redrive_seconds))
+    except Exception:
+        log.warning("redrive sweep failed", exc_info=True)
