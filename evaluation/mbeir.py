@@ -22,6 +22,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,12 +178,16 @@ class Pool:
         modalities: Counter[str] = Counter()
         with open(path, "rb") as handle:
             position = 0
-            for line in handle:
+            for number, line in enumerate(handle, start=1):
                 digest.update(line)
                 if line.strip():
-                    row = json.loads(line)
+                    try:
+                        row = json.loads(line)
+                        did = str(row["did"])
+                    except (ValueError, KeyError, TypeError):
+                        raise InvalidRequest(f"{path}:{number}: not a candidate row") from None
                     offsets.append(position)
-                    dids.append(str(row["did"]))
+                    dids.append(did)
                     modalities[row.get("modality", "")] += 1
                 position += len(line)
         if len(set(dids)) != len(dids):
@@ -194,6 +199,10 @@ class Pool:
 
     def __len__(self) -> int:
         return len(self.dids)
+
+    @cached_property
+    def ids(self) -> frozenset[str]:
+        return frozenset(self.dids)
 
     def rows(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         with open(self.path, "rb") as handle:
@@ -332,7 +341,6 @@ def evaluate_task(
 ) -> TaskResult:
     """Embed the task's queries, search, score; one line per query goes to ``record``."""
     relevant = read_qrels(layout.qrels(task))
-    pool_ids = set(pool.dids)
     result = TaskResult(task, pool=pool.path.name)
     depth = max(task.k, options.rerank_top if reranker is not None else 0)
     tmp = record.with_name(record.name + ".tmp")
@@ -364,7 +372,7 @@ def evaluate_task(
                 wanted = relevant[qid]
                 ranking = [pool.dids[i] for i in indices if i >= 0]
                 result.queries += 1
-                if not wanted & pool_ids:
+                if not wanted & pool.ids:
                     result.no_relevant_in_pool += 1
                 hit = metrics.hit_at_k(ranking, wanted, task.k)
                 result.hits.append(hit)
@@ -428,13 +436,16 @@ def _instruction(
     dataset_id = qid.split(":", 1)[0]
     modality = row.get("query_modality") or _modality(row)
     seeded = options.instruction_seed is not None
-    return table.pick(
-        dataset_id,
-        modality,
-        task.candidate_modality,
-        query_id=qid if seeded else None,
-        seed=options.instruction_seed or 0,
-    )
+    try:
+        return table.pick(
+            dataset_id,
+            modality,
+            task.candidate_modality,
+            query_id=qid if seeded else None,
+            seed=options.instruction_seed or 0,
+        )
+    except KeyError as exc:
+        raise InvalidRequest(f"query_instructions.tsv: {exc.args[0]} (query {qid})") from None
 
 
 def _modality(row: dict[str, Any]) -> str:

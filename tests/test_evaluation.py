@@ -301,11 +301,26 @@ def test_cli_writes_table_json_and_chart(
         assert record["instruction"] == table.choices("9", "image,text", "image")[0]
 
 
-def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path) -> None:
+def test_cli_reports_bad_input_without_a_traceback(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
     result = CliRunner().invoke(main, ["eval", "mbeir", str(tmp_path), "--task", "nope"])
     assert result.exit_code != 0
     assert "unknown M-BEIR set(s) nope" in result.output
     assert "Traceback" not in result.output
+    # A dataset whose instruction table lacks the set's row, and a broken pool line.
+    root = synthetic.build(tmp_path / "mbeir", ["webqa_task1"])
+    tsv = root / "instructions" / "query_instructions.tsv"
+    tsv.write_text(tsv.read_text().splitlines()[0] + "\n")
+    args = ["eval", "mbeir", str(root), "--task", "webqa_task1", "--device", "cpu"]
+    args += ["--model", str(tiny_models["qwen3_vl"]), "--output", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "no instruction for dataset 3, text -> text" in result.output
+    pool = root / "cand_pool" / "local" / "mbeir_webqa_task1_cand_pool.jsonl"
+    pool.write_text(pool.read_text() + "{not json\n")
+    result = CliRunner().invoke(main, args)
+    assert "mbeir_webqa_task1_cand_pool.jsonl:10: not a candidate row" in result.output
 
 
 def test_published_numbers_appear_for_u_marvel_checkpoints() -> None:
