@@ -108,7 +108,9 @@ class Settings(BaseSettings):
     query_embedding_ttl_seconds: int = Field(
         86400, ge=0, description="Lifetime of cached query embeddings (0: no cache)."
     )
-    ingest_chunk_size: int = Field(64, ge=1, description="Documents per ingestion task.")
+    ingest_chunk_size: int = Field(
+        256, ge=1, description="Documents per ingestion (and reindex) task."
+    )
     redrive_seconds: float = Field(
         30.0,
         ge=0,
