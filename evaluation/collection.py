@@ -69,7 +69,8 @@ def _grades(row: dict[str, Any], path: Path, number: int) -> dict[str, float]:
     if isinstance(relevant, list) and all(isinstance(r, str) for r in relevant):
         return dict.fromkeys(relevant, 1.0)
     if isinstance(relevant, dict) and all(isinstance(g, (int, float)) for g in relevant.values()):
-        return {str(doc): float(grade) for doc, grade in relevant.items()}
+        # A grade of 0 is a judged non-relevant document: it counts for no metric.
+        return {str(doc): float(grade) for doc, grade in relevant.items() if grade > 0}
     raise InvalidRequest(f"{path}:{number}: 'relevant' must be a list of ids or an id->grade map")
 
 
@@ -84,26 +85,36 @@ class Client:
 
     def query(self, collection: str, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.api}/v1/collections/{collection}/queries"
-        answer = self._json(self.http.post(url, json={**body, "wait": 10}, timeout=30))
+        answer = self._call("POST", url, json={**body, "wait": 10})
         deadline = time.monotonic() + self.timeout
-        while answer["is_running"]:
+        while answer.get("is_running"):
             if time.monotonic() > deadline:
-                raise UmarvelError(f"query job {answer['id']} did not finish in {self.timeout}s")
+                raise UmarvelError(
+                    f"query job {answer.get('id')} did not finish in {self.timeout}s"
+                )
             time.sleep(0.05)
-            answer = self._json(self.http.get(self.api + answer["url"], timeout=30))
-        if answer["status"] != "done":
-            raise UmarvelError(f"query job {answer['id']} ended {answer['status']}: {answer}")
+            answer = self._call("GET", self.api + answer["url"])
+        if answer.get("status") != "done":
+            raise UmarvelError(
+                f"query job {answer.get('id')} ended {answer.get('status')}: {answer}"
+            )
         return answer
 
-    @staticmethod
-    def _json(response: requests.Response) -> dict[str, Any]:
+    def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self.http.request(method, url, timeout=30, **kwargs)
+        except requests.RequestException as exc:
+            raise UmarvelError(f"cannot reach the API at {self.api}: {exc}") from None
         if response.status_code not in (200, 202):
             try:
                 message = response.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = response.text[:200]
             raise UmarvelError(f"the API answered {response.status_code}: {message}")
-        body: dict[str, Any] = response.json()
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError:
+            raise UmarvelError(f"the API at {self.api} did not answer JSON") from None
         return body
 
 

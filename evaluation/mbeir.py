@@ -162,7 +162,13 @@ def read_qrels(path: Path) -> dict[str, set[str]]:
             if len(parts) < 4:
                 raise InvalidRequest(f"{path}:{number}: expected 'qid Q0 did rel task_id'")
             qid, _, did, rel = parts[:4]
-            if float(rel) > 0:
+            try:
+                grade = float(rel)
+            except ValueError:
+                raise InvalidRequest(
+                    f"{path}:{number}: relevance {rel!r} is not a number"
+                ) from None
+            if grade > 0:
                 relevant.setdefault(qid, set()).add(did)
     return relevant
 
@@ -274,7 +280,8 @@ class RunOptions:
     rerank_top: int = 50
     fusion_weights: tuple[float, ...] = ()
     instruction_seed: int | None = 0  # None: always the first instruction of the table
-    query_batch: int = 64
+    query_batch: int = 64  # queries embedded at once
+    query_block: int = 8192  # queries searched at once (one pass over the pool)
 
 
 class Searcher:
@@ -345,16 +352,16 @@ def evaluate_task(
     depth = max(task.k, options.rerank_top if reranker is not None else 0)
     tmp = record.with_name(record.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as out:
-        for batch in _batches(read_jsonl(layout.queries(task)), options.query_batch):
+        # Queries are embedded a batch at a time but searched a block at a time: each
+        # search streams the whole pool once.
+        for block in _batches(read_jsonl(layout.queries(task)), options.query_block):
             labelled = []
-            for row in batch:
-                qid = str(row["qid"])
+            for row in block:
+                qid = _qid(row, task)
                 if qid not in relevant:
                     result.skipped_no_qrels += 1
                     continue
                 labelled.append((row, _instruction(row, task, instructions, options)))
-            if not labelled:
-                continue
             queries = [
                 Query(
                     text=row.get("query_txt") or None,
@@ -363,7 +370,16 @@ def evaluate_task(
                 )
                 for row, instruction in labelled
             ]
-            vectors = embedder.encode_queries(queries)
+            parts = []
+            for start in range(0, len(queries), options.query_batch):
+                parts.append(embedder.encode_queries(queries[start : start + options.query_batch]))
+                if progress is not None:
+                    progress(len(parts[-1]))
+            if progress is not None:
+                progress(len(block) - len(queries))  # the skipped ones
+            if not queries:
+                continue
+            vectors = np.concatenate(parts)
             top_scores, top_indices = searcher.search(vectors, min(depth, len(pool)))
             for (row, instruction), query, scores, indices in zip(
                 labelled, queries, top_scores, top_indices, strict=True
@@ -389,10 +405,18 @@ def evaluate_task(
                     for weight, reranked_hit in line["rerank"].items():
                         result.rerank_hits.setdefault(weight, []).append(reranked_hit)
                 out.write(json.dumps(line) + "\n")
-            if progress is not None:
-                progress(len(batch))
     os.replace(tmp, record)
+    if not result.queries:
+        raise InvalidRequest(
+            f"no query of {task.name} has a line in its qrels: are the files from one release?"
+        )
     return result
+
+
+def _qid(row: dict[str, Any], task: Task) -> str:
+    if "qid" not in row:
+        raise InvalidRequest(f"a query of {task.name} has no qid: {str(row)[:120]}")
+    return str(row["qid"])
 
 
 def _rerank(
@@ -495,7 +519,10 @@ def run(
     ``progress(label, total)`` returns a callable advanced by the items done.
     """
     layout = Layout(config.root, config.image_root)
-    instructions = InstructionTable.load(layout.instructions())
+    try:
+        instructions = InstructionTable.load(layout.instructions())
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
     config.output.mkdir(parents=True, exist_ok=True)
     fingerprint = model_fingerprint(config.model)
     pools: dict[Path, tuple[Pool, EmbeddingStore]] = {}
@@ -553,7 +580,8 @@ def summarise(config: RunConfig, results: Sequence[TaskResult]) -> dict[str, Any
         str(w): metrics.mean([v for r in results if (v := r.rerank_recall(w)) is not None])
         for w in weights
     }
-    published = published_for(config.model)
+    # The published averages are local-pool numbers: beside a global-pool run they mislead.
+    published = published_for(config.model) if config.pool == "local" else None
     return {
         "model": config.model,
         "rerank_model": config.rerank_model,

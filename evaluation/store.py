@@ -81,7 +81,9 @@ def exact_top_k(
     """Exact top-``n`` by inner product, streamed chunk by chunk (memory stays flat).
 
     Returns (scores, pool indices), each ``len(queries) x n``, best first; equal scores
-    keep the lower pool index first.
+    keep the lower pool index first. Each chunk is first cut to its best ``2n`` columns
+    (``argpartition``), so the order can only differ from a full sort when more than
+    ``n`` candidates of one chunk share one score exactly at the cut.
     """
     queries = np.asarray(queries, dtype=np.float32)
     rows = len(queries)
@@ -91,6 +93,11 @@ def exact_top_k(
         start, stop = store.bounds(chunk, size)
         scores = queries @ np.asarray(store.read(chunk)).T
         indices = np.broadcast_to(np.arange(start, stop, dtype=np.int64), scores.shape)
+        keep = 2 * n
+        if scores.shape[1] > keep:
+            cut = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+            scores = np.take_along_axis(scores, cut, axis=1)
+            indices = np.take_along_axis(indices, cut, axis=1)
         all_scores = np.concatenate([best_scores, scores], axis=1)
         all_indices = np.concatenate([best_indices, indices], axis=1)
         order = np.lexsort((all_indices, -all_scores), axis=-1)[:, :n]

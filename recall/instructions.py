@@ -57,6 +57,8 @@ class InstructionTable:
                     raise ValueError(f"{path}:{number}: expected at least 5 tab-separated columns")
                 query_modality, cand_modality, _dataset, dataset_id = parts[:4]
                 instructions = [p for p in parts[4:] if p]
+                if not instructions:
+                    raise ValueError(f"{path}:{number}: a row without any instruction")
                 entries[(dataset_id, query_modality, cand_modality)] = instructions
         return cls(entries)
 

@@ -59,20 +59,32 @@ class RecallService:
     ) -> dict[str, float]:
         """Embed ``documents`` once and upsert them into each collection (created if
         missing), then flush."""
-        targets = [collection] if isinstance(collection, str) else list(collection)
-        fields = metadata_fields or {}
         started = time.perf_counter()
-        vectors = self.embedder.encode_candidates([d.candidate for d in documents])
+        vectors = self.embed(documents)
         embedded = time.perf_counter()
+        for target in [collection] if isinstance(collection, str) else collection:
+            self.upsert(target, documents, vectors, metadata_fields)
+        return {"embed": embedded - started, "upsert": time.perf_counter() - embedded}
+
+    def embed(self, documents: Sequence[IndexDocument]) -> np.ndarray:
+        return self.embedder.encode_candidates([d.candidate for d in documents])
+
+    def upsert(
+        self,
+        collection: str,
+        documents: Sequence[IndexDocument],
+        vectors: np.ndarray,
+        metadata_fields: dict[str, str] | None = None,
+    ) -> None:
+        """Upsert embedded documents into ``collection`` (created if missing), then flush."""
+        fields = metadata_fields or {}
         rows = []
         for document, vector in zip(documents, vectors, strict=True):
             row: dict[str, Any] = {PK_FIELD: document.document_id, VECTOR_FIELD: vector.tolist()}
             for name in fields:
                 row[name] = document.metadata.get(name)
             rows.append(row)
-        for target in targets:
-            self.index.create(target, self.embedder.dim, fields)
-            self.index.upsert(target, rows)
-            # Unflushed rows search ~10x slower on milvus-lite; flushing makes them durable.
-            self.index.flush(target)
-        return {"embed": embedded - started, "upsert": time.perf_counter() - embedded}
+        self.index.create(collection, self.embedder.dim, fields)
+        self.index.upsert(collection, rows)
+        # Unflushed rows search ~10x slower on milvus-lite; flushing makes them durable too.
+        self.index.flush(collection)

@@ -348,3 +348,54 @@ def test_similarity_prints_the_cosine_matrix(
     missing = CliRunner().invoke(main, ["similarity", "--candidates", "x"])
     assert missing.exit_code != 0
     assert "give --query-text" in missing.output
+
+
+def test_published_averages_only_beside_local_pool_runs(tmp_path: Path) -> None:
+    config = mbeir.RunConfig(
+        root=tmp_path,
+        tasks=[],
+        model="TencentBAC/U-MARVEL-Qwen3VL-4B-Instruct",
+        output=tmp_path,
+        cache_dir=tmp_path,
+    )
+    assert mbeir.summarise(config, [])["published"]["recall"] == 58.8
+    config.pool = "global"
+    assert mbeir.summarise(config, [])["published"] is None
+
+
+def test_labelled_queries_file_errors_and_zero_grades(tmp_path: Path) -> None:
+    from evaluation import collection
+
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"query": "x", "relevant": {"a": 2, "b": 0}}) + "\n")
+    (item,) = collection.read_queries(path)
+    assert item.relevant == {"a": 2.0}  # a grade of 0 is judged non-relevant
+    path.write_text('{"query": "x"}\n')
+    with pytest.raises(InvalidRequest, match=r"q.jsonl:1: needs 'query' and 'relevant'"):
+        list(collection.read_queries(path))
+    path.write_text('{"query": {"image_path": "missing.png"}, "relevant": ["a"]}\n')
+    with pytest.raises(InvalidRequest, match="cannot read"):
+        list(collection.read_queries(path))
+    path.write_text(json.dumps({"query": "x", "relevant": ["a"]}) + "\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "collection",
+            "c",
+            "--queries",
+            str(path),
+            "--key",
+            "k",
+            "--api",
+            "http://127.0.0.1:9",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "cannot reach the API at http://127.0.0.1:9" in result.output
+    qrels = tmp_path / "qrels.txt"
+    qrels.write_text("1:1 0 1:2 yes 0\n")
+    with pytest.raises(InvalidRequest, match="relevance 'yes' is not a number"):
+        mbeir.read_qrels(qrels)

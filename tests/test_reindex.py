@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import redis
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from api.app import create_app
 from core.models import Document
@@ -22,7 +22,7 @@ from core.settings import Settings
 from recall.index import milvus_name
 from recall.prompts import Candidate
 from tests.helpers import error, make_key
-from workers import pipeline
+from workers import pipeline, redrive
 from workers.runtime import Runtime
 
 
@@ -161,44 +161,87 @@ def test_a_slow_chunk_never_overwrites_a_newer_write(
     _ingest(client, rt, [{"id": "a", "text": "old text"}, {"id": "b", "text": "b"}])
     job = client.post("/v1/collections/docs/reindex", json={"recall_model": str(qwen2)}).json
     (chunk,) = pipeline.plan_reindex(rt, job["id"])
+    a_id, b_id = sorted(chunk)
+    assert pipeline.reindex_chunk(rt, job["id"], [b_id])["drop"] is None  # b is built
     original = pipeline.RecallService.index_documents
     calls: list[int] = []
 
     def index_documents(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not calls:  # the chunk has read "old text"; a client updates it and its
-            # ingestion writes both generations before the chunk's own upsert lands
-            monkeypatch.setattr(pipeline.RecallService, "index_documents", original)
+        if not calls:  # the chunk has read "old text"; a client updates it, and its
+            # ingestion writes both generations and completes the build (the switch)
+            # before the chunk's own upsert of the old text lands
             _ingest(client, rt, [{"id": "a", "text": "new text"}])
-            monkeypatch.setattr(pipeline.RecallService, "index_documents", index_documents)
+            assert client.get("/v1/collections/docs").json["generation"] == 2
         calls.append(1)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(pipeline.RecallService, "index_documents", index_documents)
-    outcome = pipeline.reindex_chunk(rt, job["id"], chunk)
-    assert len(calls) == 2  # the changed document was embedded again
-    assert outcome["drop"] == {"collection": "docs", "generations": [1]}
+    pipeline.reindex_chunk(rt, job["id"], [a_id])
+    assert len(calls) == 2  # the changed document was embedded again, after the switch
     np.testing.assert_allclose(_vectors(rt, 2)["a"], _embedding(rt, qwen2, "new text"), atol=1e-5)
+
+
+def _reindex_with_a_missing_model(
+    client: FlaskClient, rt: Runtime, tmp_path: Path
+) -> dict[str, Any]:
+    _ingest(client, rt, [{"id": "a", "text": "a"}])
+    missing = str(tmp_path / "no-such-model")
+    return dict(client.post("/v1/collections/docs/reindex", json={"recall_model": missing}).json)
 
 
 def test_a_failed_reindex_keeps_serving_and_never_reuses_its_generation(
     env: tuple[FlaskClient, Runtime], tmp_path: Path
 ) -> None:
     client, rt = env
-    _ingest(client, rt, [{"id": "a", "text": "a"}])
-    missing = str(tmp_path / "no-such-model")
-    job = client.post("/v1/collections/docs/reindex", json={"recall_model": missing}).json
+    job = _reindex_with_a_missing_model(client, rt, tmp_path)
     (chunk,) = pipeline.plan_reindex(rt, job["id"])
+    for _ in range(pipeline.REINDEX_MAX_FAILURES - 1):  # raised: the sweep queues it again
+        with pytest.raises(OSError, match="no-such-model"):
+            pipeline.reindex_chunk(rt, job["id"], chunk)
+        assert client.get(job["url"]).json["state"] == "running"
     outcome = pipeline.reindex_chunk(rt, job["id"], chunk)
     assert outcome["drop"] == {"collection": "docs", "generations": [2]}
     failed = client.get(job["url"]).json
     assert failed["state"] == "failed"
-    assert failed["errors"][0]["message"]
+    assert len(failed["errors"]) == pipeline.REINDEX_MAX_FAILURES + 1
+    assert "no-such-model" in failed["errors"][-1]["message"]
     collection = client.get("/v1/collections/docs").json
     assert (collection["generation"], collection["reindex"]) == (1, None)
     again = client.post("/v1/collections/docs/reindex").json
     assert client.get("/v1/collections/docs").json["reindex"]["generation"] == 3
     (chunk,) = pipeline.plan_reindex(rt, again["id"])
     assert pipeline.reindex_chunk(rt, again["id"], chunk)["drop"]["generations"] == [1]
+    assert client.get("/v1/collections/docs").json["generation"] == 3
+
+
+def test_a_failing_new_generation_never_fails_ingestion(
+    env: tuple[FlaskClient, Runtime], tmp_path: Path
+) -> None:
+    client, rt = env
+    job = _reindex_with_a_missing_model(client, rt, tmp_path)
+    _ingest(client, rt, [{"id": "b", "text": "b"}])  # generation 2's model cannot load
+    assert client.get("/v1/collections/docs/documents/b").json["status"] == "indexed"
+    assert set(_vectors(rt, 1)) == {"a", "b"}
+    assert client.get(job["url"]).json["state"] == "failed"  # the build, not the ingestion
+    assert client.get("/v1/collections/docs").json["reindex"] is None
+
+
+def test_a_lost_plan_or_switch_is_recovered(env: tuple[FlaskClient, Runtime]) -> None:
+    client, rt = env
+    _ingest(client, rt, [{"id": "a", "text": "a"}])
+    job = client.post("/v1/collections/docs/reindex").json
+    # The plan message was lost: a chunk queued again by the sweep starts the job itself.
+    with rt.sessions() as session:
+        (doc_id,) = session.scalars(select(Document.id)).all()
+    assert pipeline.reindex_chunk(rt, job["id"], [doc_id])["drop"]["generations"] == [1]
+    assert client.get(job["url"]).json["state"] == "done"
+    # A build whose last chunk failed before switching is switched by the sweep.
+    job = client.post("/v1/collections/docs/reindex").json
+    with rt.sessions.begin() as session:
+        session.execute(update(Document).values(generation=3))  # built, never switched
+    assert redrive.built(rt.sessions()) == [job["id"]]
+    rt.redis.delete(redrive.LOCK)
+    redrive.sweep(rt, 30)
     assert client.get("/v1/collections/docs").json["generation"] == 3
 
 

@@ -58,10 +58,13 @@ def start(queue: str, hostname: str | None = None) -> threading.Thread:
     from workers.runtime import runtime
 
     hostname = hostname or socket.gethostname()
+    rt = runtime()
     thread = threading.Thread(
-        target=_run, args=(queue, hostname, runtime()), name="heartbeat", daemon=True
+        target=_run, args=(queue, hostname, rt), name="heartbeat", daemon=True
     )
     thread.start()
+    if queue == "recall" and rt.settings.redrive_seconds > 0:
+        threading.Thread(target=_redrive, args=(rt,), name="redrive", daemon=True).start()
     return thread
 
 
@@ -88,24 +91,27 @@ def _run(queue: str, hostname: str, rt: Any) -> None:
         log.exception("queue=%s warm-up failed", queue)
     interval = settings.heartbeat_seconds
     key = heartbeat_key(queue, hostname)
-    next_sweep = time.monotonic() + settings.redrive_seconds
     while True:
         try:
             state["at"] = time.time()
             rt.redis.set(key, json.dumps(state), ex=max(1, int(interval * 3)))
         except Exception:  # Redis away: keep trying, /readyz reports not ready meanwhile
             log.warning("heartbeat to Redis failed", exc_info=True)
-        if queue == "recall" and settings.redrive_seconds > 0 and time.monotonic() > next_sweep:
-            next_sweep = time.monotonic() + settings.redrive_seconds
-            _redrive(rt)
         time.sleep(interval)
 
 
 def _redrive(rt: Any) -> None:
-    """Queue again what the broker lost (see workers.redrive); never raises."""
+    """Every UMARVEL_REDRIVE_SECONDS, queue again what the broker lost (workers.redrive).
+
+    Its own thread: a long sweep never delays the heartbeat; an error is logged, never
+    raised.
+    """
     from workers import redrive
 
-    try:
-        redrive.requeue(redrive.sweep(rt, rt.settings.redrive_seconds))
-    except Exception:
-        log.warning("redrive sweep failed", exc_info=True)
+    seconds = rt.settings.redrive_seconds
+    while True:
+        time.sleep(seconds)
+        try:
+            redrive.requeue(redrive.sweep(rt, seconds))
+        except Exception:
+            log.warning("redrive sweep failed", exc_info=True)

@@ -62,13 +62,23 @@ def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str,
             (doc.id, doc.external_id, doc.text, doc.image_key, dict(doc.doc_metadata))
             for doc in docs
         ]
+    timings: dict[str, float] = {}
+    vectors: dict[str, np.ndarray] = {}
+    (served, served_model), *building = targets
     try:
         documents = [_index_document(rt, *item[1:]) for item in items]
-        timings = _write(rt, name, targets, documents, fields) if documents else {}
+        if documents:
+            _write(rt, name, served, served_model, documents, fields, vectors, timings)
     except Exception as exc:
         _record_chunk_failure(rt, job_id, items, exc)
         raise
-    written = max(generation for generation, _ in targets)
+    written, aborted = served, None
+    for generation, model in building if documents else []:
+        try:
+            _write(rt, name, generation, model, documents, fields, vectors, timings)
+            written = generation
+        except Exception as exc:  # the new generation cannot take it: give up the build,
+            aborted = _abort_reindex(rt, str(reindex_job), exc)  # never the served write
     with rt.sessions.begin() as session:
         session.execute(
             update(Document)
@@ -96,7 +106,9 @@ def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str,
         },
     )
     outcome: dict[str, Any] = {"job_id": job_id, "indexed": len(items), "timings": timings}
-    if reindex_job is not None:  # these documents may have been the build's last ones
+    if aborted is not None:
+        outcome["drop"] = aborted
+    elif reindex_job is not None:  # these documents may have been the build's last ones
         outcome["drop"] = maybe_switch(rt, reindex_job)
     return outcome
 
@@ -111,22 +123,23 @@ def _index_document(
 def _write(
     rt: Runtime,
     collection: str,
-    targets: list[tuple[int, str]],
+    generation: int,
+    model: str,
     documents: list[IndexDocument],
     fields: dict[str, str],
-) -> dict[str, float]:
-    """Embed once per model and upsert into each target generation."""
-    by_model: dict[str, list[str]] = {}
-    for generation, model in targets:
-        by_model.setdefault(model, []).append(
-            milvus_name(rt.settings.milvus_prefix, collection, generation)
-        )
-    timings: dict[str, float] = {}
-    for model, names in by_model.items():
-        step = RecallService(rt.embedder(model), rt.index).index_documents(names, documents, fields)
-        for stage, seconds in step.items():
-            timings[stage] = timings.get(stage, 0.0) + seconds
-    return timings
+    vectors: dict[str, np.ndarray],
+    timings: dict[str, float],
+) -> None:
+    """Upsert into one generation; each model embeds the documents once (``vectors``)."""
+    service = RecallService(rt.embedder(model), rt.index)
+    started = time.perf_counter()
+    if model not in vectors:
+        vectors[model] = service.embed(documents)
+    embedded = time.perf_counter()
+    target = milvus_name(rt.settings.milvus_prefix, collection, generation)
+    service.upsert(target, documents, vectors[model], fields)
+    timings["embed"] = timings.get("embed", 0.0) + embedded - started
+    timings["upsert"] = timings.get("upsert", 0.0) + time.perf_counter() - embedded
 
 
 def _at_least(generation: int) -> Any:
@@ -167,23 +180,32 @@ def plan_reindex(rt: Runtime, job_id: str) -> list[list[int]]:
     return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
 
 
+REINDEX_MAX_FAILURES = 3  # failed chunks before a build is given up
+
+
 def reindex_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str, Any]:
     """Embed documents into the generation being built, then check whether it is complete.
 
     A document whose content changed (or that was deleted and created again) while it was
-    being embedded is embedded again, so a slow chunk never leaves stale content behind
-    the write of a newer ingestion. A document deleted meanwhile loses its new vector.
+    being embedded is embedded again, even if the build switched meanwhile, so a slow chunk
+    never leaves stale content behind the write of a newer ingestion. A document deleted
+    meanwhile loses its new vector. A failing chunk raises (the redrive sweep queues it
+    again); the build is given up after ``REINDEX_MAX_FAILURES`` failures.
     """
     pending, forced, indexed = list(document_ids), False, 0
+    generation = 0
     for _ in range(5):
         with rt.sessions.begin() as session:
             job = session.get(IngestJob, job_id)
-            if job is None or job.state != "running":
+            if job is None or job.generation is None:
                 return {"job_id": job_id, "indexed": indexed, "drop": None}
-            collection = session.get_one(Collection, job.collection_id)
-            if collection.reindex_job_id != job_id or collection.building_model is None:
+            collection = session.get(Collection, job.collection_id)
+            generation = job.generation
+            model = _generation_model(collection, job, first=not forced)
+            if collection is None or model is None:
                 return {"job_id": job_id, "indexed": indexed, "drop": None}
-            generation, model = int(job.generation or 0), collection.building_model
+            if job.state == "queued":  # its plan message was lost: the chunks start it
+                job.state, job.started_at = "running", utcnow()
             target = milvus_name(rt.settings.milvus_prefix, collection.name, generation)
             fields = dict(collection.metadata_fields)
             query = select(Document).where(Document.id.in_(pending), Document.status != "failed")
@@ -197,7 +219,13 @@ def reindex_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str
             documents = [_index_document(rt, *content) for content in snapshot.values()]
             RecallService(rt.embedder(model), rt.index).index_documents(target, documents, fields)
         except Exception as exc:
-            return {"job_id": job_id, "indexed": indexed, "drop": _abort_reindex(rt, job_id, exc)}
+            if _count_reindex_failure(rt, job_id, exc) >= REINDEX_MAX_FAILURES:
+                return {
+                    "job_id": job_id,
+                    "indexed": indexed,
+                    "drop": _abort_reindex(rt, job_id, exc),
+                }
+            raise
         with rt.sessions.begin() as session:
             current = {
                 doc.id: doc
@@ -229,6 +257,27 @@ def reindex_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str
     return {"job_id": job_id, "indexed": indexed, "drop": maybe_switch(rt, job_id)}
 
 
+def _generation_model(collection: Collection | None, job: IngestJob, first: bool) -> str | None:
+    """The model of the job's generation while it is worth writing: being built by this
+    job, or (to repair a document changed mid-chunk) built and now served."""
+    if collection is None:
+        return None
+    if collection.reindex_job_id == job.id and job.state in ("queued", "running"):
+        return collection.building_model
+    if not first and collection.generation == job.generation:
+        return collection.recall_model
+    return None
+
+
+def _count_reindex_failure(rt: Runtime, job_id: str, exc: Exception) -> int:
+    """Record a failed chunk on the job; returns how many chunks have failed."""
+    with rt.sessions.begin() as session:
+        job = session.get_one(IngestJob, job_id, with_for_update=True)
+        message = f"{type(exc).__name__}: {exc}"
+        job.errors = [*job.errors, {"index": None, "id": None, "message": message}]
+        return len(job.errors)
+
+
 def switch_if_built(rt: Runtime, ingest_job_id: str) -> Drop | None:
     """After an ingestion chunk failed: its documents may have been the build's last ones."""
     with rt.sessions.begin() as session:
@@ -243,7 +292,7 @@ def maybe_switch(rt: Runtime, job_id: str) -> Drop | None:
     generation, serve it (one transaction). Returns the generation to drop."""
     with rt.sessions.begin() as session:
         job = session.get(IngestJob, job_id, with_for_update=True)
-        if job is None or job.state != "running" or job.generation is None:
+        if job is None or job.state not in ("queued", "running") or job.generation is None:
             return None
         collection = session.get_one(Collection, job.collection_id, with_for_update=True)
         if collection.reindex_job_id != job_id or collection.building_model is None:
@@ -271,7 +320,7 @@ def _abort_reindex(rt: Runtime, job_id: str, exc: Exception) -> Drop | None:
     message = f"{type(exc).__name__}: {exc}"
     with rt.sessions.begin() as session:
         job = session.get(IngestJob, job_id, with_for_update=True)
-        if job is None or job.state != "running":
+        if job is None or job.state not in ("queued", "running"):
             return None
         job.state, job.finished_at = "failed", utcnow()
         job.errors = [*job.errors, {"index": None, "id": None, "message": message}]
@@ -296,8 +345,13 @@ def delete_vectors(rt: Runtime, collection: str, generation: int, ids: list[str]
 
 
 def drop_collections(rt: Runtime, collection: str, generations: list[int]) -> int:
+    """Drop Milvus generations of ``collection``, except those a collection of that name
+    serves or builds now (one deleted and created again before a delayed drop ran)."""
+    with rt.sessions.begin() as session:
+        live = session.scalar(select(Collection).where(Collection.name == collection))
+        keep = {generation for generation, _ in live.write_targets()} if live else set()
     dropped = 0
-    for generation in generations:
+    for generation in sorted(set(generations) - keep):
         name = milvus_name(rt.settings.milvus_prefix, collection, generation)
         if rt.index.exists(name):
             rt.index.drop(name)

@@ -32,6 +32,7 @@ from core.models import Collection, Document, IngestJob
 log = logging.getLogger(__name__)
 
 QUEUE = "recall"
+QUEUE_KEYS = [QUEUE, *(f"{QUEUE}\x06\x16{priority}" for priority in range(1, 10))]
 UNACKED = "unacked"  # kombu's hash of delivered, unacknowledged messages
 SUSPECTS = "umarvel:redrive:suspects"
 LOCK = "umarvel:redrive:lock"
@@ -43,18 +44,32 @@ def covered(client: Any) -> tuple[set[tuple[str, int]], set[str]]:
     messages in the recall queue or held by workers refer to."""
     documents: set[tuple[str, int]] = set()
     planned: set[str] = set()
-    messages = [json.loads(raw) for raw in client.lrange(QUEUE, 0, -1)]
-    messages += [json.loads(raw)[0] for raw in client.hvals(UNACKED)]
-    for message in messages:
-        task = (message.get("headers") or {}).get("task")
-        if task not in CHUNK_TASKS and task != "recall.reindex":
-            continue
-        args = json.loads(base64.b64decode(message["body"]))[0]
-        if task == "recall.reindex":
-            planned.add(str(args[0]))
-        else:
-            documents.update((CHUNK_TASKS[task], int(i)) for i in args[1])
+    raws: list[bytes] = []
+    for key in QUEUE_KEYS:  # the queue, and kombu's priority sub-queues if any are used
+        raws += client.lrange(key, 0, -1)
+    raws += [_held(raw) for raw in client.hvals(UNACKED)]
+    for raw in raws:
+        try:
+            message = json.loads(raw)
+            task = (message.get("headers") or {}).get("task")
+            if task not in CHUNK_TASKS and task != "recall.reindex":
+                continue
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            if task == "recall.reindex":
+                planned.add(str(args[0]))
+            else:
+                documents.update((CHUNK_TASKS[task], int(i)) for i in args[1])
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            continue  # not one of ours (or not decodable): it covers nothing we track
     return documents, planned
+
+
+def _held(raw: bytes) -> bytes:
+    """The message inside an ``unacked`` entry (``[message, exchange, routing key]``)."""
+    try:
+        return json.dumps(json.loads(raw)[0]).encode()
+    except (ValueError, TypeError, IndexError, KeyError):
+        return b"{}"
 
 
 def outstanding(session: Any) -> dict[tuple[str, str], list[int]]:
@@ -85,17 +100,46 @@ def outstanding(session: Any) -> dict[tuple[str, str], list[int]]:
     return work
 
 
+def built(session: Any) -> list[str]:
+    """Reindex jobs with nothing left to embed (their switch may not have happened yet)."""
+    jobs = session.execute(
+        select(IngestJob.id, IngestJob.generation, Collection.id)
+        .join(Collection, Collection.reindex_job_id == IngestJob.id)
+        .where(IngestJob.state.in_(("queued", "running")))
+    ).all()
+    return [
+        job_id
+        for job_id, generation, collection_id in jobs
+        if not session.scalar(
+            select(Document.id)
+            .where(
+                Document.collection_id == collection_id,
+                Document.status != "failed",
+                Document.generation < generation,
+            )
+            .limit(1)
+        )
+    ]
+
+
 def sweep(rt: Any, interval: float) -> list[tuple[str, str, list[int]]]:
     """One sweep; returns the (kind, job id, document ids) chunks to queue again.
 
     Documents found uncovered are remembered; only those uncovered in two consecutive
-    sweeps are returned.
+    sweeps are returned. A reindex with nothing left to embed is given its switch here,
+    in case the chunk that finished it failed before switching.
     """
     client = rt.redis
     if not client.set(LOCK, "1", nx=True, ex=max(1, int(interval * 0.8))):
         return []  # another worker swept moments ago
     with rt.sessions() as session:
         work = outstanding(session)
+        complete = built(session)
+    if complete:
+        from workers import pipeline, tasks
+
+        for job_id in complete:
+            tasks.drop_later({"drop": pipeline.maybe_switch(rt, job_id)})
     documents, planned = covered(client)
     # While a reindex builds, an ingestion writes both generations: it covers both kinds.
     any_kind = {doc_id for _, doc_id in documents}

@@ -19,9 +19,9 @@ def ingest(job_id: str, document_ids: list[int]) -> dict[str, Any]:
     try:
         outcome = pipeline.ingest_chunk(runtime(), str(job_id), [int(i) for i in document_ids])
     except Exception:
-        _drop_later({"drop": pipeline.switch_if_built(runtime(), str(job_id))})
+        drop_later({"drop": pipeline.switch_if_built(runtime(), str(job_id))})
         raise
-    _drop_later(outcome)
+    drop_later(outcome)
     return outcome
 
 
@@ -33,18 +33,18 @@ def reindex(job_id: str) -> int:
     for chunk in chunks:
         reindex_chunk.delay(str(job_id), chunk)
     if not chunks:  # nothing to embed: an empty collection switches at once
-        _drop_later({"drop": pipeline.maybe_switch(runtime(), str(job_id))})
+        drop_later({"drop": pipeline.maybe_switch(runtime(), str(job_id))})
     return len(chunks)
 
 
 @shared_task(name="recall.reindex_chunk")
 def reindex_chunk(job_id: str, document_ids: list[int]) -> dict[str, Any]:
     outcome = pipeline.reindex_chunk(runtime(), str(job_id), [int(i) for i in document_ids])
-    _drop_later(outcome)
+    drop_later(outcome)
     return outcome
 
 
-def _drop_later(outcome: dict[str, Any]) -> None:
+def drop_later(outcome: dict[str, Any]) -> None:
     """After a reindex switch (or failure): drop the generation no longer served, once the
     queries that already chose it have had time to finish."""
     target = outcome.get("drop")

@@ -164,8 +164,16 @@ def reindex_collection(name: str) -> Any:
     body = ReindexRequest.model_validate(json_body(request) if request.content_length else {})
     svc = services()
     with session_scope(svc.sessions) as session:
-        found = get_collection(session, name)
-        collection = session.get_one(Collection, found.id, with_for_update=True)
+        # Locked and read fresh: two requests at once must not both open a build.
+        collection = session.scalar(
+            select(Collection)
+            .where(Collection.name == name)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if collection is None:
+            raise NotFound(f"collection {name!r} does not exist")
+        collection_id = collection.id
         job = start_reindex(session, collection, body.recall_model or collection.recall_model)
         g.job_id = job.id
         payload = render_job(job)
@@ -173,7 +181,7 @@ def reindex_collection(name: str) -> Any:
         svc.celery.send_task("recall.reindex", args=[job.id])
     except Exception as exc:
         with session_scope(svc.sessions) as session:
-            collection = session.get_one(Collection, found.id, with_for_update=True)
+            collection = session.get_one(Collection, collection_id, with_for_update=True)
             failed = session.get_one(IngestJob, payload["id"])
             failed.state, failed.finished_at = "failed", utcnow()
             failed.errors = [{"index": None, "id": None, "message": "queue unavailable"}]

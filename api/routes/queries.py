@@ -166,7 +166,8 @@ def _answer(svc: Services, job_id: str, wait: float) -> Any:
                     return payload, (202 if job.status in RUNNING else 200)
                 if job is None and remaining <= 0:
                     # Another request holds the job and has not committed it yet.
-                    return {"id": job_id, "url": f"/v1/queries/{job_id}", "status": "queued"}, 202
+                    placeholder = {"id": job_id, "url": f"/v1/queries/{job_id}"}
+                    return {**placeholder, "status": "queued", "is_running": True}, 202
             if pubsub is not None:
                 # Wake on the worker's notice, or re-check now and then as a safety net.
                 pubsub.get_message(timeout=min(max(remaining, 0.0), POLL_SECONDS))
