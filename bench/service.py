@@ -140,7 +140,7 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
     embedder, reranker = Embedder.from_pretrained(model), Reranker.from_pretrained(model)
     settings = stack.settings()
     index = MilvusIndex(settings.milvus_uri)
-    milvus = f"{settings.milvus_prefix}bench_g1"
+    milvus = http.get(f"{api}/v1/collections/bench").json()["milvus_collection"]
     texts = {d["id"]: d["text"] for d in docs}
     served, direct = [], []
     for i in range(20):

@@ -90,6 +90,12 @@ class Collection(Base):
         back_populates="collection", cascade="all, delete-orphan", passive_deletes=True
     )
 
+    @property
+    def storage_name(self) -> str:
+        """The stem of its Milvus collections: the name and a piece of the per-creation uid,
+        so a collection deleted and created again never meets the old one's vectors."""
+        return f"{self.name}_{self.uid[:12]}"
+
     def write_targets(self) -> list[tuple[int, str]]:
         """(generation, model) pairs that new writes go to: the served one, and the one
         being built, if any."""

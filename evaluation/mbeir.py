@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from rerank.reranker import Reranker
 
 Progress = Callable[[int], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -370,14 +372,13 @@ def evaluate_task(
                 )
                 for row, instruction in labelled
             ]
-            parts = []
-            for start in range(0, len(queries), options.query_batch):
-                parts.append(embedder.encode_queries(queries[start : start + options.query_batch]))
-                if progress is not None:
-                    progress(len(parts[-1]))
-            if progress is not None:
-                progress(len(block) - len(queries))  # the skipped ones
+            parts = [
+                embedder.encode_queries(queries[start : start + options.query_batch])
+                for start in range(0, len(queries), options.query_batch)
+            ]
             if not queries:
+                if progress is not None:
+                    progress(len(block))
                 continue
             vectors = np.concatenate(parts)
             top_scores, top_indices = searcher.search(vectors, min(depth, len(pool)))
@@ -405,10 +406,12 @@ def evaluate_task(
                     for weight, reranked_hit in line["rerank"].items():
                         result.rerank_hits.setdefault(weight, []).append(reranked_hit)
                 out.write(json.dumps(line) + "\n")
+            if progress is not None:  # after the search and the rerank of the block
+                progress(len(block))
     os.replace(tmp, record)
-    if not result.queries:
-        raise InvalidRequest(
-            f"no query of {task.name} has a line in its qrels: are the files from one release?"
+    if not result.queries:  # reported as "—" and left out of the average
+        log.warning(
+            "no query of %s has a line in its qrels: are the files from one release?", task.name
         )
     return result
 
@@ -589,7 +592,7 @@ def summarise(config: RunConfig, results: Sequence[TaskResult]) -> dict[str, Any
         "index": config.index,
         "instruction_seed": config.options.instruction_seed,
         "rerank_top": config.options.rerank_top if weights else None,
-        "complete": len(results) == len(TASKS),
+        "complete": sum(1 for r in results if r.queries) == len(TASKS),
         "tasks": [r.as_dict() for r in results],
         "average": average,
         "published": {"name": published, **PUBLISHED[published]} if published else None,

@@ -51,7 +51,7 @@ def mbeir_table(summary: dict[str, Any]) -> str:
         if published:
             row += ["—", "—"]  # only the averages are published per checkpoint here
         rows.append(row)
-    count = len(summary["tasks"])
+    count = sum(1 for task in summary["tasks"] if task["recall"] is not None)
     label = "Average" if summary["complete"] else f"Average of {count} sets"
     average = ["", label, "", ""]
     average += [_cell(summary["average"]["recall"])]

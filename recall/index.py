@@ -1,6 +1,6 @@
 """The Milvus vector index, reached through ``MilvusClient(uri=...)`` in every deployment.
 
-One Milvus collection per (collection, generation): ``<prefix><name>_g<generation>``.
+One Milvus collection per (collection, generation): ``<prefix><name>_<uid12>_g<generation>``.
 The primary key is the document's external id, so an upsert replaces and a replay is
 harmless. Metadata fields declared on the collection become typed scalar fields (filters
 on them are free, unlike filters on a JSON field).
@@ -32,8 +32,9 @@ class IndexHit:
     score: float
 
 
-def milvus_name(prefix: str, collection: str, generation: int) -> str:
-    return f"{prefix}{collection}_g{generation}"
+def milvus_name(prefix: str, storage: str, generation: int) -> str:
+    """``storage`` is the collection's ``storage_name`` (its name and a uid piece)."""
+    return f"{prefix}{storage}_g{generation}"
 
 
 class MilvusIndex:

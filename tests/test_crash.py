@@ -95,7 +95,9 @@ def test_sigkill_three_times_loses_and_duplicates_nothing(stack: Stack) -> None:
     assert indexed == DOCUMENTS
     settings = stack.settings()
     index = MilvusIndex(settings.milvus_uri)
-    name = f"{settings.milvus_prefix}crash_g1"
+    name = http.get(f"{stack.api_url}/v1/collections/crash").json()["milvus_collection"]
+    assert name.startswith(f"{settings.milvus_prefix}crash_")
+    assert name.endswith("_g1")
     assert index.count(name) == DOCUMENTS  # exactly once: one vector per document
     rows = index.client.query(name, filter='id like "doc-%"', output_fields=["id"], limit=1000)
     assert {row["id"] for row in rows} == {d["id"] for d in docs}

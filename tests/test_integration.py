@@ -110,9 +110,9 @@ def test_ingestion_indexes_every_document(
         version = conn.scalar(select(Collection.version).where(Collection.name == "shapes"))
         assert version > 1  # bumped once the vectors were searchable
     engine.dispose()
-    settings = stack.settings()
-    index = MilvusIndex(settings.milvus_uri)
-    assert index.count(f"{settings.milvus_prefix}shapes_g1") == 9
+    index = MilvusIndex(stack.settings().milvus_uri)
+    served = http.get(f"{stack.api_url}/v1/collections/shapes").json()["milvus_collection"]
+    assert index.count(served) == 9
 
 
 @pytest.mark.parametrize(
@@ -416,9 +416,8 @@ def test_deletes_disappear_from_search_and_cache(
     assert not after["cached"]
     assert {r["document_id"] for r in after["results"]} == {"g0", "g2", "g3"}
     assert http.get(f"{base}/gone/documents/g1").status_code == 404
-    settings = stack.settings()
-    index = MilvusIndex(settings.milvus_uri)
-    name = f"{settings.milvus_prefix}gone_g1"
+    index = MilvusIndex(stack.settings().milvus_uri)
+    name = http.get(f"{base}/gone").json()["milvus_collection"]
     wait_until(lambda: index.count(name) == 3, 30, "vector deleted")
     patched = http.patch(f"{base}/gone", json={"description": "x", "rerank": {"k": 7}}).json()
     assert (patched["description"], patched["rerank"]["k"]) == ("x", 7)
@@ -481,6 +480,7 @@ def test_reindex_swaps_generations_while_search_answers(
 
     base = f"{stack.api_url}/v1/collections"
     _text_collection(stack, http, "swap", [f"swap document number {i}" for i in range(24)], "s")
+    first = http.get(f"{base}/swap").json()
     body = {"text": "swap document", "top_k": 24, "rerank": {"enabled": False}, "wait": 20}
     answers: list[tuple[int, int]] = []
     stop = threading.Event()
@@ -516,6 +516,8 @@ def test_reindex_swaps_generations_while_search_answers(
     assert len(answers) >= 3
     assert set(answers) == {(200, 24)}
     index = MilvusIndex(stack.env["UMARVEL_MILVUS_URI"])
-    prefix = stack.env["UMARVEL_MILVUS_PREFIX"]
-    assert index.count(f"{prefix}swap_g2") == 24
-    wait_until(lambda: not index.exists(f"{prefix}swap_g1"), 30, "the old generation dropped")
+    assert collection["milvus_collection"] == first["milvus_collection"][: -len("1")] + "2"
+    assert index.count(collection["milvus_collection"]) == 24
+    wait_until(
+        lambda: not index.exists(first["milvus_collection"]), 30, "the old generation dropped"
+    )

@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from api.app import create_app
-from core.models import Document
+from core.models import Collection, Document
 from core.settings import Settings
 from recall.index import milvus_name
 from recall.prompts import Candidate
@@ -62,8 +62,13 @@ def _ingest(client: FlaskClient, rt: Runtime, docs: list[dict[str, Any]]) -> Non
     pipeline.ingest_chunk(rt, job_id, list(ids))
 
 
+def _storage(rt: Runtime) -> str:
+    with rt.sessions() as session:
+        return session.scalars(select(Collection)).one().storage_name
+
+
 def _name(rt: Runtime, generation: int) -> str:
-    return milvus_name(rt.settings.milvus_prefix, "docs", generation)
+    return milvus_name(rt.settings.milvus_prefix, _storage(rt), generation)
 
 
 def _vectors(rt: Runtime, generation: int) -> dict[str, np.ndarray]:
@@ -124,13 +129,17 @@ def test_reindex_builds_beside_the_served_generation_then_switches(
         np.testing.assert_allclose(_vectors(rt, 2)[doc_id], _embedding(rt, qwen2, text), atol=1e-5)
     # A delete is sent for both generations.
     assert client.delete("/v1/collections/docs/documents/d4").status_code == 204
-    assert sorted(_queued(redis_url, "recall.delete")) == [["docs", 1, ["d4"]], ["docs", 2, ["d4"]]]
+    storage = _storage(rt)
+    assert sorted(_queued(redis_url, "recall.delete")) == [
+        [storage, 1, ["d4"]],
+        [storage, 2, ["d4"]],
+    ]
     for generation in (1, 2):
-        pipeline.delete_vectors(rt, "docs", generation, ["d4"])
+        pipeline.delete_vectors(rt, storage, generation, ["d4"])
 
     # d3 is already in generation 2 and d4 is gone: the second chunk (d2, d3) completes it.
     outcome = pipeline.reindex_chunk(rt, job["id"], chunks[1])
-    assert outcome["drop"] == {"collection": "docs", "generations": [1]}
+    assert outcome["drop"] == {"collection": _storage(rt), "generations": [1]}
     assert outcome["indexed"] == 1
     assert pipeline.reindex_chunk(rt, job["id"], chunks[2]) == {  # a late replay: no-op
         "job_id": job["id"],
@@ -147,7 +156,7 @@ def test_reindex_builds_beside_the_served_generation_then_switches(
     assert set(_vectors(rt, 2)) == ids  # Milvus count equals SQL count, d4 gone
     for doc_id, text in (("d0", "document 0"), ("d3", "changed")):
         np.testing.assert_allclose(_vectors(rt, 2)[doc_id], _embedding(rt, qwen2, text), atol=1e-5)
-    pipeline.drop_collections(rt, "docs", [1])
+    pipeline.drop_collections(rt, storage, [1])
     assert not rt.index.exists(_name(rt, 1))
 
 
@@ -200,10 +209,10 @@ def test_a_failed_reindex_keeps_serving_and_never_reuses_its_generation(
             pipeline.reindex_chunk(rt, job["id"], chunk)
         assert client.get(job["url"]).json["state"] == "running"
     outcome = pipeline.reindex_chunk(rt, job["id"], chunk)
-    assert outcome["drop"] == {"collection": "docs", "generations": [2]}
+    assert outcome["drop"] == {"collection": _storage(rt), "generations": [2]}
     failed = client.get(job["url"]).json
     assert failed["state"] == "failed"
-    assert len(failed["errors"]) == pipeline.REINDEX_MAX_FAILURES + 1
+    assert len(failed["errors"]) == pipeline.REINDEX_MAX_FAILURES  # one per failed chunk
     assert "no-such-model" in failed["errors"][-1]["message"]
     collection = client.get("/v1/collections/docs").json
     assert (collection["generation"], collection["reindex"]) == (1, None)
@@ -222,8 +231,11 @@ def test_a_failing_new_generation_never_fails_ingestion(
     _ingest(client, rt, [{"id": "b", "text": "b"}])  # generation 2's model cannot load
     assert client.get("/v1/collections/docs/documents/b").json["status"] == "indexed"
     assert set(_vectors(rt, 1)) == {"a", "b"}
-    assert client.get(job["url"]).json["state"] == "failed"  # the build, not the ingestion
-    assert client.get("/v1/collections/docs").json["reindex"] is None
+    building = client.get(job["url"]).json  # the failure counts against the build only
+    assert (building["state"], len(building["errors"])) == ("queued", 1)
+    with rt.sessions() as session:  # b stays outstanding for the build: the sweep retries it
+        outstanding = redrive.outstanding(session)
+    assert sorted(len(ids) for ids in outstanding.values()) == [2]
 
 
 def test_a_lost_plan_or_switch_is_recovered(env: tuple[FlaskClient, Runtime]) -> None:
@@ -255,5 +267,46 @@ def test_reindex_requests_are_validated(env: tuple[FlaskClient, Runtime]) -> Non
     # An empty collection switches as soon as its (empty) plan is made.
     job = client.post("/v1/collections/docs/reindex").json
     assert pipeline.plan_reindex(rt, job["id"]) == []
-    assert pipeline.maybe_switch(rt, job["id"]) == {"collection": "docs", "generations": [1]}
+    assert pipeline.maybe_switch(rt, job["id"]) == {"collection": _storage(rt), "generations": [1]}
     assert client.get("/v1/collections/docs").json["generation"] == 2
+
+
+def test_without_a_sweep_a_failing_chunk_gives_up_at_once(
+    env: tuple[FlaskClient, Runtime], tmp_path: Path
+) -> None:
+    client, rt = env
+    job = _reindex_with_a_missing_model(client, rt, tmp_path)
+    no_sweep = Runtime(rt.settings.model_copy(update={"redrive_seconds": 0}))
+    (chunk,) = pipeline.plan_reindex(no_sweep, job["id"])
+    outcome = pipeline.reindex_chunk(no_sweep, job["id"], chunk)  # nothing would retry it
+    assert outcome["drop"] == {"collection": _storage(rt), "generations": [2]}
+    assert client.get(job["url"]).json["state"] == "failed"
+
+
+def test_a_document_sent_again_never_holds_up_its_first_job(
+    env: tuple[FlaskClient, Runtime],
+) -> None:
+    client, rt = env
+    first = client.post(
+        "/v1/collections/docs/documents",
+        json={"documents": [{"id": "x", "text": "first"}, {"id": "y", "text": "y"}]},
+    ).json
+    _ingest(client, rt, [{"id": "x", "text": "second"}])  # x now belongs to the second job
+    with rt.sessions() as session:
+        ids = session.scalars(select(Document.id).where(Document.external_id == "y")).all()
+    pipeline.ingest_chunk(rt, first["id"], list(ids))
+    done = client.get(first["url"]).json
+    assert (done["state"], done["done"]) == ("done", 1)
+    assert client.get("/v1/collections/docs/documents/x").json["text"] == "second"
+
+
+def test_a_collection_created_again_never_meets_the_old_vectors(
+    env: tuple[FlaskClient, Runtime],
+) -> None:
+    client, _ = env
+    before = client.get("/v1/collections/docs").json["milvus_collection"]
+    assert client.delete("/v1/collections/docs").status_code == 204
+    assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201
+    after = client.get("/v1/collections/docs").json["milvus_collection"]
+    assert after != before
+    assert after.endswith("_g1")

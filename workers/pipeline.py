@@ -37,7 +37,7 @@ FINISHED = ("done", "failed", "cancelled", "expired")
 
 
 def _milvus_collection(rt: Runtime, collection: Collection) -> str:
-    return milvus_name(rt.settings.milvus_prefix, collection.name, collection.generation)
+    return milvus_name(rt.settings.milvus_prefix, collection.storage_name, collection.generation)
 
 
 # -- ingestion -------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str,
         # While a reindex builds the next generation, writes go to both (SPEC: no lost update).
         targets = collection.write_targets()
         reindex_job = collection.reindex_job_id
-        name = collection.name
+        storage = collection.storage_name
         fields = dict(collection.metadata_fields)
         items = [
             (doc.id, doc.external_id, doc.text, doc.image_key, dict(doc.doc_metadata))
@@ -68,17 +68,20 @@ def ingest_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str,
     try:
         documents = [_index_document(rt, *item[1:]) for item in items]
         if documents:
-            _write(rt, name, served, served_model, documents, fields, vectors, timings)
+            _write(rt, storage, served, served_model, documents, fields, vectors, timings)
     except Exception as exc:
         _record_chunk_failure(rt, job_id, items, exc)
         raise
     written, aborted = served, None
     for generation, model in building if documents else []:
         try:
-            _write(rt, name, generation, model, documents, fields, vectors, timings)
+            _write(rt, storage, generation, model, documents, fields, vectors, timings)
             written = generation
-        except Exception as exc:  # the new generation cannot take it: give up the build,
-            aborted = _abort_reindex(rt, str(reindex_job), exc)  # never the served write
+        except Exception as exc:
+            # The new generation could not take it. The served write stands; these
+            # documents stay outstanding for the build (the sweep queues them as reindex
+            # work), and the build is given up only after repeated failures.
+            aborted = _reindex_failed(rt, str(reindex_job), exc)
     with rt.sessions.begin() as session:
         session.execute(
             update(Document)
@@ -122,7 +125,7 @@ def _index_document(
 
 def _write(
     rt: Runtime,
-    collection: str,
+    storage: str,
     generation: int,
     model: str,
     documents: list[IndexDocument],
@@ -136,7 +139,7 @@ def _write(
     if model not in vectors:
         vectors[model] = service.embed(documents)
     embedded = time.perf_counter()
-    target = milvus_name(rt.settings.milvus_prefix, collection, generation)
+    target = milvus_name(rt.settings.milvus_prefix, storage, generation)
     service.upsert(target, documents, vectors[model], fields)
     timings["embed"] = timings.get("embed", 0.0) + embedded - started
     timings["upsert"] = timings.get("upsert", 0.0) + time.perf_counter() - embedded
@@ -148,7 +151,7 @@ def _at_least(generation: int) -> Any:
 
 
 # -- reindex ---------------------------------------------------------------------------------
-# A Milvus generation no longer served: {"collection": name, "generations": [...]}.
+# Milvus generations no longer served: {"collection": storage name, "generations": [...]}.
 Drop = dict[str, Any]
 
 
@@ -204,9 +207,10 @@ def reindex_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str
             model = _generation_model(collection, job, first=not forced)
             if collection is None or model is None:
                 return {"job_id": job_id, "indexed": indexed, "drop": None}
+            model_is_served = collection.generation == generation
             if job.state == "queued":  # its plan message was lost: the chunks start it
                 job.state, job.started_at = "running", utcnow()
-            target = milvus_name(rt.settings.milvus_prefix, collection.name, generation)
+            target = milvus_name(rt.settings.milvus_prefix, collection.storage_name, generation)
             fields = dict(collection.metadata_fields)
             query = select(Document).where(Document.id.in_(pending), Document.status != "failed")
             if not forced:
@@ -219,13 +223,14 @@ def reindex_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str
             documents = [_index_document(rt, *content) for content in snapshot.values()]
             RecallService(rt.embedder(model), rt.index).index_documents(target, documents, fields)
         except Exception as exc:
-            if _count_reindex_failure(rt, job_id, exc) >= REINDEX_MAX_FAILURES:
-                return {
-                    "job_id": job_id,
-                    "indexed": indexed,
-                    "drop": _abort_reindex(rt, job_id, exc),
-                }
-            raise
+            if forced and model_is_served:
+                # Repairing the served generation failed: say so on the documents.
+                _mark_failed(rt, list(snapshot), exc)
+                raise
+            drop = _reindex_failed(rt, job_id, exc)
+            if drop is not None:
+                return {"job_id": job_id, "indexed": indexed, "drop": drop}
+            raise  # the redrive sweep queues this chunk again
         with rt.sessions.begin() as session:
             current = {
                 doc.id: doc
@@ -269,13 +274,30 @@ def _generation_model(collection: Collection | None, job: IngestJob, first: bool
     return None
 
 
-def _count_reindex_failure(rt: Runtime, job_id: str, exc: Exception) -> int:
-    """Record a failed chunk on the job; returns how many chunks have failed."""
+def _reindex_failed(rt: Runtime, job_id: str, exc: Exception) -> Drop | None:
+    """Record a failed write to the generation being built. The build is given up (its
+    generation to drop is returned) after ``REINDEX_MAX_FAILURES`` failures, or at once
+    when no redrive sweep runs to retry the work."""
+    message = f"{type(exc).__name__}: {exc}"
     with rt.sessions.begin() as session:
         job = session.get_one(IngestJob, job_id, with_for_update=True)
-        message = f"{type(exc).__name__}: {exc}"
+        if job.state not in ("queued", "running"):
+            return None
         job.errors = [*job.errors, {"index": None, "id": None, "message": message}]
-        return len(job.errors)
+        failures = len(job.errors)
+    if failures >= REINDEX_MAX_FAILURES or rt.settings.redrive_seconds <= 0:
+        return _abort_reindex(rt, job_id, exc, record=False)
+    return None
+
+
+def _mark_failed(rt: Runtime, document_ids: list[int], exc: Exception) -> None:
+    message = f"{type(exc).__name__}: {exc}"
+    with rt.sessions.begin() as session:
+        session.execute(
+            update(Document)
+            .where(Document.id.in_(document_ids))
+            .values(status="failed", error=message)
+        )
 
 
 def switch_if_built(rt: Runtime, ingest_job_id: str) -> Drop | None:
@@ -307,15 +329,15 @@ def maybe_switch(rt: Runtime, job_id: str) -> Drop | None:
         collection.reindex_job_id = None
         collection.version += 1  # answers from the old generation are never served again
         job.state, job.finished_at = "done", utcnow()
-        name = collection.name
+        name, storage = collection.name, collection.storage_name
     log.info(
         "reindex switched",
         extra={"task": "recall.reindex", "job_id": job_id, "collection": name, "generation": old},
     )
-    return {"collection": name, "generations": [old]}
+    return {"collection": storage, "generations": [old]}
 
 
-def _abort_reindex(rt: Runtime, job_id: str, exc: Exception) -> Drop | None:
+def _abort_reindex(rt: Runtime, job_id: str, exc: Exception, *, record: bool = True) -> Drop | None:
     """Give up a build: search stays on the served generation; the new one is dropped."""
     message = f"{type(exc).__name__}: {exc}"
     with rt.sessions.begin() as session:
@@ -323,36 +345,34 @@ def _abort_reindex(rt: Runtime, job_id: str, exc: Exception) -> Drop | None:
         if job is None or job.state not in ("queued", "running"):
             return None
         job.state, job.finished_at = "failed", utcnow()
-        job.errors = [*job.errors, {"index": None, "id": None, "message": message}]
+        if record:
+            job.errors = [*job.errors, {"index": None, "id": None, "message": message}]
         collection = session.get_one(Collection, job.collection_id, with_for_update=True)
         if collection.reindex_job_id == job_id:
             collection.building_generation = collection.building_model = None
             collection.reindex_job_id = None
-        name, generation = collection.name, int(job.generation or 0)
+        name, storage = collection.name, collection.storage_name
+        generation = int(job.generation or 0)
     log.error(
         "reindex failed",
         extra={"task": "recall.reindex", "job_id": job_id, "collection": name, "error": message},
     )
-    return {"collection": name, "generations": [generation]}
+    return {"collection": storage, "generations": [generation]}
 
 
-def delete_vectors(rt: Runtime, collection: str, generation: int, ids: list[str]) -> int:
-    name = milvus_name(rt.settings.milvus_prefix, collection, generation)
+def delete_vectors(rt: Runtime, storage: str, generation: int, ids: list[str]) -> int:
+    name = milvus_name(rt.settings.milvus_prefix, storage, generation)
     if rt.index.exists(name):
         rt.index.delete(name, ids)
         rt.index.flush(name)
     return len(ids)
 
 
-def drop_collections(rt: Runtime, collection: str, generations: list[int]) -> int:
-    """Drop Milvus generations of ``collection``, except those a collection of that name
-    serves or builds now (one deleted and created again before a delayed drop ran)."""
-    with rt.sessions.begin() as session:
-        live = session.scalar(select(Collection).where(Collection.name == collection))
-        keep = {generation for generation, _ in live.write_targets()} if live else set()
+def drop_collections(rt: Runtime, storage: str, generations: list[int]) -> int:
+    """Drop Milvus generations of the collection whose ``storage_name`` is ``storage``."""
     dropped = 0
-    for generation in sorted(set(generations) - keep):
-        name = milvus_name(rt.settings.milvus_prefix, collection, generation)
+    for generation in generations:
+        name = milvus_name(rt.settings.milvus_prefix, storage, generation)
         if rt.index.exists(name):
             rt.index.drop(name)
             dropped += 1
@@ -395,7 +415,9 @@ def _refresh_ingest_progress(session: Any, job_id: str) -> None:
     )
     job.done = int(counts.get("indexed", 0))
     job.failed = job.rejected + int(counts.get("failed", 0))
-    if job.done + job.failed >= job.total and job.state not in ("done", "failed"):
+    # Done when none of its documents waits any more. A document sent again by a later job
+    # belongs to that job from then on, so this one never waits for it.
+    if not counts.get("pending") and job.state not in ("done", "failed"):
         job.state, job.finished_at = "done", utcnow()
 
 

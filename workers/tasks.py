@@ -70,12 +70,12 @@ def cleanup() -> int:
 
 
 @shared_task(name="recall.delete")
-def delete(collection: str, generation: int, document_ids: list[str]) -> int:
+def delete(storage: str, generation: int, document_ids: list[str]) -> int:
     """Remove deleted documents' vectors (their SQL rows are already gone)."""
-    return pipeline.delete_vectors(runtime(), str(collection), int(generation), list(document_ids))
+    return pipeline.delete_vectors(runtime(), str(storage), int(generation), list(document_ids))
 
 
 @shared_task(name="recall.drop")
-def drop(collection: str, generations: list[int]) -> int:
+def drop(storage: str, generations: list[int]) -> int:
     """Drop Milvus collections: a deleted collection's, or a generation no longer served."""
-    return pipeline.drop_collections(runtime(), str(collection), [int(g) for g in generations])
+    return pipeline.drop_collections(runtime(), str(storage), [int(g) for g in generations])

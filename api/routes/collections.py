@@ -18,6 +18,7 @@ from core.errors import Conflict, NotFound, Unavailable
 from core.models import Collection, Document, IngestJob, utcnow
 from core.reindex import start_reindex
 from recall.filters import validate_fields
+from recall.index import milvus_name
 
 bp = Blueprint("collections", __name__, url_prefix="/v1/collections")
 
@@ -50,6 +51,9 @@ def render(session: Session, collection: Collection) -> dict[str, Any]:
         "metadata_fields": collection.metadata_fields,
         "version": collection.version,
         "generation": collection.generation,
+        "milvus_collection": milvus_name(
+            services().settings.milvus_prefix, collection.storage_name, collection.generation
+        ),
         "reindex": None
         if collection.reindex_job_id is None
         else {
@@ -147,8 +151,9 @@ def delete_collection(name: str) -> Any:
             select(func.max(IngestJob.generation)).where(IngestJob.collection_id == collection.id)
         )
         generations = list(range(1, max(collection.generation, attempted or 0) + 1))
+        storage = collection.storage_name
         session.delete(collection)
-    svc.celery.send_task("recall.drop", args=[name, generations])
+    svc.celery.send_task("recall.drop", args=[storage, generations])
     return "", 204
 
 

@@ -194,6 +194,7 @@ def ingest_documents(name: str) -> Any:
             row = existing.get(doc.id) or Document(collection_id=collection.id, external_id=doc.id)
             row.text, row.image_key, row.doc_metadata = doc.text, image_key, doc.metadata
             row.status, row.error, row.ingest_job_id = "pending", None, job.id
+            row.generation = 0  # this content is in no generation until it is ingested
             session.add(row)
             rows.append(row)
         job.rejected = job.failed = len(errors)
@@ -287,8 +288,9 @@ def delete_document(name: str, document_id: str) -> Any:
         session.delete(_document(session, collection, document_id))
         collection.version += 1  # cached answers that held it are never served again
         generations = [generation for generation, _ in collection.write_targets()]
+        storage = collection.storage_name
     for generation in generations:
-        svc.celery.send_task("recall.delete", args=[name, generation, [document_id]])
+        svc.celery.send_task("recall.delete", args=[storage, generation, [document_id]])
     return "", 204
 
 
@@ -330,9 +332,10 @@ def delete_documents(name: str) -> Any:
         if doomed:
             collection.version += 1
         generations = [generation for generation, _ in collection.write_targets()]
+        storage = collection.storage_name
     external = [ext for _, ext in doomed]
     for generation in generations:
         for start in range(0, len(external), 1000):
             batch = external[start : start + 1000]
-            svc.celery.send_task("recall.delete", args=[name, generation, batch])
+            svc.celery.send_task("recall.delete", args=[storage, generation, batch])
     return {"deleted": len(external)}
