@@ -75,7 +75,7 @@ class Collection(Base):
     rerank_k: Mapped[int] = mapped_column(Integer)
     rerank_weight: Mapped[float]
     metadata_fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # The Milvus collection currently served is <prefix><name>_g<generation>.
+    # The Milvus collection currently served is <prefix><storage_name>_g<generation>.
     generation: Mapped[int] = mapped_column(Integer, default=1)
     # While a reindex builds the next generation (with this model) beside the served one.
     building_generation: Mapped[int | None] = mapped_column(Integer)
@@ -95,6 +95,10 @@ class Collection(Base):
         """The stem of its Milvus collections: the name and a piece of the per-creation uid,
         so a collection deleted and created again never meets the old one's vectors."""
         return f"{self.name}_{self.uid[:12]}"
+
+    def end_build(self) -> None:
+        """Forget the reindex in progress (it switched, failed or was never queued)."""
+        self.building_generation = self.building_model = self.reindex_job_id = None
 
     def write_targets(self) -> list[tuple[int, str]]:
         """(generation, model) pairs that new writes go to: the served one, and the one

@@ -9,7 +9,7 @@ transaction makes ``b`` the served generation, and ``g`` is dropped a little lat
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from core.errors import Conflict
@@ -26,10 +26,7 @@ def start_reindex(session: Session, collection: Collection, model: str) -> Inges
             f"collection {collection.name!r} is already being reindexed "
             f"(job {collection.reindex_job_id})"
         )
-    attempted = session.scalar(
-        select(func.max(IngestJob.generation)).where(IngestJob.collection_id == collection.id)
-    )
-    generation = max(collection.generation, attempted or 0) + 1
+    generation = highest_generation(session, collection) + 1
     job = IngestJob(
         collection_id=collection.id,
         kind="reindex",
@@ -42,6 +39,23 @@ def start_reindex(session: Session, collection: Collection, model: str) -> Inges
     collection.building_model = model
     collection.reindex_job_id = job.id
     return job
+
+
+def highest_generation(session: Session, collection: Collection) -> int:
+    """The highest generation served or ever attempted (a failed build's stays taken)."""
+    attempted = session.scalar(
+        select(func.max(IngestJob.generation)).where(IngestJob.collection_id == collection.id)
+    )
+    return max(collection.generation, attempted or 0)
+
+
+def behind(collection_id: int, generation: int) -> Select[int]:
+    """Ids of the live documents whose current content ``generation`` still lacks."""
+    return select(Document.id).where(
+        Document.collection_id == collection_id,
+        Document.status != "failed",
+        Document.generation < generation,
+    )
 
 
 def live_documents(session: Session, collection_id: int, at_least: int | None = None) -> int:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -86,7 +85,6 @@ PUBLISHED: dict[str, dict[str, float]] = {
     "U-MARVEL-Qwen3VL-4B": {"recall": 58.8, "rerank": 61.6},
     "U-MARVEL-Qwen2VL-7B": {"recall": 63.2, "rerank": 64.8},
 }
-REFERENCES = {"LamRA-Ret": 56.6, "LamRA": 63.7}
 
 
 def published_for(model: str) -> str | None:
@@ -183,7 +181,6 @@ class Pool:
         digest = hashlib.sha256()
         offsets: list[int] = []
         dids: list[str] = []
-        modalities: Counter[str] = Counter()
         with open(path, "rb") as handle:
             position = 0
             for number, line in enumerate(handle, start=1):
@@ -196,14 +193,12 @@ class Pool:
                         raise InvalidRequest(f"{path}:{number}: not a candidate row") from None
                     offsets.append(position)
                     dids.append(did)
-                    modalities[row.get("modality", "")] += 1
                 position += len(line)
         if len(set(dids)) != len(dids):
             raise InvalidRequest(f"{path}: candidate dids are not unique")
         self.sha256 = digest.hexdigest()
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.dids = dids
-        self.modalities = dict(modalities)
 
     def __len__(self) -> int:
         return len(self.dids)
@@ -439,7 +434,8 @@ def _rerank(
     top = [int(i) for i in indices[: options.rerank_top] if i >= 0]
     rows = pool.rows(top)
     rq = RerankQuery(text=query.text, image=query.image, instruction=query.instruction)
-    pairs = [(rq, RerankCandidate(text=c.text, image=c.image)) for c in map(_cand(layout), rows)]
+    candidates = [candidate(row, layout) for row in rows]
+    pairs = [(rq, RerankCandidate(text=c.text, image=c.image)) for c in candidates]
     p_yes = reranker.score_pairs(pairs)
     ids = [pool.dids[i] for i in top]
     hits = {}
@@ -449,10 +445,6 @@ def _rerank(
         ranking = [h.document_id for h in fused] + rest
         hits[weight] = metrics.hit_at_k(ranking, wanted, task.k)
     return hits
-
-
-def _cand(layout: Layout) -> Callable[[dict[str, Any]], Candidate]:
-    return lambda row: candidate(row, layout)
 
 
 def _instruction(

@@ -71,9 +71,6 @@ class EmbeddingStore:
     def read(self, chunk: int) -> np.ndarray:
         return np.load(self._path(chunk), mmap_mode="r")
 
-    def completed(self, size: int) -> int:
-        return sum(1 for c in range(self.chunks(size)) if self.has(c))
-
 
 def exact_top_k(
     store: EmbeddingStore, size: int, queries: np.ndarray, n: int

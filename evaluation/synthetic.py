@@ -26,7 +26,6 @@ DATASET_IDS = {
     "fashioniq": 8,
     "cirr": 9,
 }
-MODALITY_NAMES = {"text": "text", "image": "image", "image,text": "image,text"}
 
 
 def _query_modality(kind: str) -> str:
@@ -89,7 +88,7 @@ def build(root: Path, tasks: list[str], pool_size: int = 9, queries: int = 4) ->
             qrels.append(f"{qid} 0 {relevant} 1 {int(name[-1])}")
         _write_jsonl(root / "query/test" / f"mbeir_{name}_test.jsonl", rows)
         (root / "qrels/test" / f"mbeir_{name}_test_qrels.txt").write_text("\n".join(qrels) + "\n")
-        modality = MODALITY_NAMES[task.candidate_modality]
+        modality = task.candidate_modality
         prompts = [f"Retrieve a {modality} match ({dataset}, variant {v})." for v in range(3)]
         tsv.append("\t".join([query_modality, modality, dataset, str(dataset_id), *prompts]))
     _write_jsonl(root / "cand_pool/global/mbeir_union_test_cand_pool.jsonl", union)

@@ -21,7 +21,7 @@ from sqlalchemy import case, delete, func, select, update
 from core.cache import ResultCache, notify_finished
 from core.metrics import INGEST_DOCUMENTS, STAGE_SECONDS
 from core.models import Collection, Document, IngestJob, QueryJob, utcnow
-from core.reindex import live_documents
+from core.reindex import behind, live_documents
 from core.results import enrich
 from recall.index import milvus_name
 from recall.instructions import default_instruction
@@ -170,15 +170,7 @@ def plan_reindex(rt: Runtime, job_id: str) -> list[list[int]]:
             return []
         if job.state == "queued":
             job.state, job.started_at = "running", utcnow()
-        ids = session.scalars(
-            select(Document.id)
-            .where(
-                Document.collection_id == collection.id,
-                Document.status != "failed",
-                Document.generation < job.generation,
-            )
-            .order_by(Document.id)
-        ).all()
+        ids = session.scalars(behind(collection.id, job.generation).order_by(Document.id)).all()
     size = rt.settings.ingest_chunk_size
     return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
 
@@ -240,11 +232,15 @@ def reindex_chunk(rt: Runtime, job_id: str, document_ids: list[int]) -> dict[str
             changed = [i for i in current if i not in same]
             gone = {snapshot[i][0] for i in snapshot if i not in current}
             # Deleted, then created again under the same id: embed the new row too.
-            recreated = session.scalars(
-                select(Document).where(
-                    Document.collection_id == collection_id, Document.external_id.in_(gone)
-                )
-            ).all()
+            recreated = (
+                session.scalars(
+                    select(Document).where(
+                        Document.collection_id == collection_id, Document.external_id.in_(gone)
+                    )
+                ).all()
+                if gone
+                else []
+            )
             changed += [doc.id for doc in recreated]
             gone -= {doc.external_id for doc in recreated}
             session.execute(
@@ -278,7 +274,7 @@ def _reindex_failed(rt: Runtime, job_id: str, exc: Exception) -> Drop | None:
     """Record a failed write to the generation being built. The build is given up (its
     generation to drop is returned) after ``REINDEX_MAX_FAILURES`` failures, or at once
     when no redrive sweep runs to retry the work."""
-    message = f"{type(exc).__name__}: {exc}"
+    message = _reason(exc)
     with rt.sessions.begin() as session:
         job = session.get_one(IngestJob, job_id, with_for_update=True)
         if job.state not in ("queued", "running"):
@@ -290,8 +286,12 @@ def _reindex_failed(rt: Runtime, job_id: str, exc: Exception) -> Drop | None:
     return None
 
 
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _mark_failed(rt: Runtime, document_ids: list[int], exc: Exception) -> None:
-    message = f"{type(exc).__name__}: {exc}"
+    message = _reason(exc)
     with rt.sessions.begin() as session:
         session.execute(
             update(Document)
@@ -325,8 +325,7 @@ def maybe_switch(rt: Runtime, job_id: str) -> Drop | None:
             return None
         old = collection.generation
         collection.generation, collection.recall_model = job.generation, collection.building_model
-        collection.building_generation = collection.building_model = None
-        collection.reindex_job_id = None
+        collection.end_build()
         collection.version += 1  # answers from the old generation are never served again
         job.state, job.finished_at = "done", utcnow()
         name, storage = collection.name, collection.storage_name
@@ -339,7 +338,7 @@ def maybe_switch(rt: Runtime, job_id: str) -> Drop | None:
 
 def _abort_reindex(rt: Runtime, job_id: str, exc: Exception, *, record: bool = True) -> Drop | None:
     """Give up a build: search stays on the served generation; the new one is dropped."""
-    message = f"{type(exc).__name__}: {exc}"
+    message = _reason(exc)
     with rt.sessions.begin() as session:
         job = session.get(IngestJob, job_id, with_for_update=True)
         if job is None or job.state not in ("queued", "running"):
@@ -349,8 +348,7 @@ def _abort_reindex(rt: Runtime, job_id: str, exc: Exception, *, record: bool = T
             job.errors = [*job.errors, {"index": None, "id": None, "message": message}]
         collection = session.get_one(Collection, job.collection_id, with_for_update=True)
         if collection.reindex_job_id == job_id:
-            collection.building_generation = collection.building_model = None
-            collection.reindex_job_id = None
+            collection.end_build()
         name, storage = collection.name, collection.storage_name
         generation = int(job.generation or 0)
     log.error(
@@ -381,7 +379,7 @@ def drop_collections(rt: Runtime, storage: str, generations: list[int]) -> int:
 
 def _record_chunk_failure(rt: Runtime, job_id: str, items: list[Any], exc: Exception) -> None:
     """Mark the chunk's documents failed, with the reason, and count them on the job."""
-    message = f"{type(exc).__name__}: {exc}"
+    message = _reason(exc)
     with rt.sessions.begin() as session:
         session.execute(
             update(Document)

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import select
 
 from core.models import Collection, Document, IngestJob
+from core.reindex import behind
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +83,8 @@ def outstanding(session: Any) -> dict[tuple[str, str], list[int]]:
     )
     for job_id, doc_id in rows:
         work.setdefault(("ingest", job_id), []).append(doc_id)
-    building = session.execute(
-        select(IngestJob.id, IngestJob.generation, Collection.id)
-        .join(Collection, Collection.reindex_job_id == IngestJob.id)
-        .where(IngestJob.state.in_(("queued", "running")))
-    ).all()
-    for job_id, generation, collection_id in building:
-        ids = session.scalars(
-            select(Document.id).where(
-                Document.collection_id == collection_id,
-                Document.status != "failed",
-                Document.generation < generation,
-            )
-        ).all()
+    for job_id, generation, collection_id in _building(session):
+        ids = session.scalars(behind(collection_id, generation)).all()
         if ids:
             work[("reindex", job_id)] = list(ids)
     return work
@@ -102,24 +92,22 @@ def outstanding(session: Any) -> dict[tuple[str, str], list[int]]:
 
 def built(session: Any) -> list[str]:
     """Reindex jobs with nothing left to embed (their switch may not have happened yet)."""
-    jobs = session.execute(
-        select(IngestJob.id, IngestJob.generation, Collection.id)
-        .join(Collection, Collection.reindex_job_id == IngestJob.id)
-        .where(IngestJob.state.in_(("queued", "running")))
-    ).all()
     return [
         job_id
-        for job_id, generation, collection_id in jobs
-        if not session.scalar(
-            select(Document.id)
-            .where(
-                Document.collection_id == collection_id,
-                Document.status != "failed",
-                Document.generation < generation,
-            )
-            .limit(1)
-        )
+        for job_id, generation, collection_id in _building(session)
+        if not session.scalar(behind(collection_id, generation).limit(1))
     ]
+
+
+def _building(session: Any) -> list[Any]:
+    """(job id, generation, collection id) of every reindex in progress."""
+    return list(
+        session.execute(
+            select(IngestJob.id, IngestJob.generation, Collection.id)
+            .join(Collection, Collection.reindex_job_id == IngestJob.id)
+            .where(IngestJob.state.in_(("queued", "running")))
+        )
+    )
 
 
 def sweep(rt: Any, interval: float) -> list[tuple[str, str, list[int]]]:

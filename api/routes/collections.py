@@ -16,7 +16,7 @@ from api.services import services
 from core.db import session_scope
 from core.errors import Conflict, NotFound, Unavailable
 from core.models import Collection, Document, IngestJob, utcnow
-from core.reindex import start_reindex
+from core.reindex import highest_generation, start_reindex
 from recall.filters import validate_fields
 from recall.index import milvus_name
 
@@ -147,10 +147,7 @@ def delete_collection(name: str) -> Any:
     svc = services()
     with session_scope(svc.sessions) as session:
         collection = get_collection(session, name)
-        attempted = session.scalar(
-            select(func.max(IngestJob.generation)).where(IngestJob.collection_id == collection.id)
-        )
-        generations = list(range(1, max(collection.generation, attempted or 0) + 1))
+        generations = list(range(1, highest_generation(session, collection) + 1))
         storage = collection.storage_name
         session.delete(collection)
     svc.celery.send_task("recall.drop", args=[storage, generations])
@@ -190,7 +187,6 @@ def reindex_collection(name: str) -> Any:
             failed = session.get_one(IngestJob, payload["id"])
             failed.state, failed.finished_at = "failed", utcnow()
             failed.errors = [{"index": None, "id": None, "message": "queue unavailable"}]
-            collection.building_generation = collection.building_model = None
-            collection.reindex_job_id = None
+            collection.end_build()
         raise Unavailable(f"the task queue is unavailable: {exc}") from None
     return payload, 202, {"Location": payload["url"]}
