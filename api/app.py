@@ -5,10 +5,11 @@ from __future__ import annotations
 from flask import Flask
 
 from api.auth import register_auth
-from api.errors import register_error_handlers
+from api.errors import register_error_handlers, retrying
 from api.metrics import register_metrics
 from api.openapi import register_openapi
 from api.services import Services
+from api.validation import register_url_checks
 from core.settings import Settings, get_settings
 
 
@@ -19,8 +20,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     init_extensions(app, settings)
     register_metrics(app)
+    register_url_checks(app)
     register_auth(app)
     register_blueprints(app)
+    retry_lost_races(app)
     register_openapi(app)
     register_error_handlers(app)
     return app
@@ -28,6 +31,15 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def init_extensions(app: Flask, settings: Settings) -> None:
     app.extensions["umarvel"] = Services.from_settings(settings)
+
+
+def retry_lost_races(app: Flask) -> None:
+    """Run a view again when its transaction lost a race with another request (a deadlock,
+    a serialization failure, the same new row inserted twice); after the last try the
+    error handler answers 409 with the reason. Views commit before any side effect that a
+    retry could repeat (tasks are sent after the commit; media writes are idempotent)."""
+    for endpoint, view in list(app.view_functions.items()):
+        app.view_functions[endpoint] = retrying(view)
 
 
 def register_blueprints(app: Flask) -> None:

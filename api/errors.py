@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from flask import Flask, jsonify
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from core.db import lost_race
 from core.errors import InvalidRequest, UmarvelError
 
 log = logging.getLogger(__name__)
@@ -28,6 +33,28 @@ def validation_error(exc: ValidationError, prefix: str = "") -> InvalidRequest:
     ]
     summary = "; ".join(f"{d['field'] or 'body'}: {d['message']}" for d in details[:5])
     return InvalidRequest(f"invalid request: {summary}", details)
+
+
+RACE_TRIES = 4
+
+
+def retrying(view: Callable[..., Any]) -> Callable[..., Any]:
+    """``view``, run again (with a short jittered pause) when its transaction lost a race."""
+
+    @functools.wraps(view)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(1, RACE_TRIES + 1):
+            try:
+                return view(*args, **kwargs)
+            except DBAPIError as exc:
+                reason = lost_race(exc)
+                if reason is None or attempt == RACE_TRIES:
+                    raise
+                log.warning("retrying after %s (try %d)", reason, attempt)
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
+    return run
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -49,8 +76,15 @@ def register_error_handlers(app: Flask) -> None:
         body = envelope("unavailable", "the cache and task queue (Redis) are unavailable; retry")
         return jsonify(body), 503, {"Retry-After": "5"}
 
-    @app.errorhandler(OperationalError)
-    def _database(exc: OperationalError) -> Any:
+    @app.errorhandler(DBAPIError)
+    def _database(exc: DBAPIError) -> Any:
+        reason = lost_race(exc)
+        if reason is not None:  # still losing after every retry: say so, it is not an outage
+            body = envelope("conflict", f"the request lost a race: {reason}; retry")
+            return jsonify(body), 409, {"Retry-After": "1"}
+        if not isinstance(exc, OperationalError):
+            log.exception("database error")
+            return jsonify(envelope("internal_error", "internal server error")), 500
         log.error("database unavailable: %s", exc)
         body = envelope("unavailable", "the metadata database is unavailable; retry")
         return jsonify(body), 503, {"Retry-After": "5"}
@@ -59,7 +93,9 @@ def register_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException) -> Any:
         code = (exc.name or "error").lower().replace(" ", "_")
         response = jsonify(envelope(code, exc.description or exc.name or "error"))
-        return response, exc.code or 500
+        # The headers the error itself carries (a 405's Allow, say), but not its HTML type.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return response, exc.code or 500, headers
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:

@@ -9,9 +9,10 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from api.openapi import PROMETHEUS_TEXT, documented, responses
 from api.services import services
+from core.contract import Queue
 from core.metrics import QUEUE_DEPTH, REQUEST_SECONDS, REQUESTS, render
-from workers.celery_app import QUEUES
 
 log = logging.getLogger("api")
 
@@ -43,9 +44,15 @@ def register_metrics(app: Flask) -> None:
         return response
 
     @app.get("/metrics")
+    @documented(
+        resp=responses({200: None}, 400),
+        tags=["health"],
+        security={},
+        extra={"responses": {"200": PROMETHEUS_TEXT}},
+    )
     def metrics() -> Any:
         client = services().redis
-        for queue in QUEUES:
+        for queue in Queue:
             with contextlib.suppress(Exception):  # Redis away: the gauge keeps its last value
                 QUEUE_DEPTH.labels(queue).set(client.llen(queue))
         body, content_type = render()

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from api.validation import check_document_id, check_strings, parse_json
 from core.errors import InvalidRequest, PayloadTooLarge
 
 COLLECTION_NAME = r"^[a-z][a-z0-9_]{0,47}$"
 
 
+DocumentId = Annotated[
+    str, AfterValidator(check_document_id), Field(description="At most 256 characters.")
+]
+
+
 class Strict(BaseModel):
+    """Unknown fields are errors; every string inside, keys too, must be storable text."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_strings(cls, data: Any) -> Any:
+        return check_strings(data)
 
 
 class RerankDefaults(Strict):
@@ -34,7 +46,7 @@ class CollectionCreate(Strict):
 
 
 class DocumentIn(Strict):
-    id: str = Field(min_length=1, max_length=256)
+    id: DocumentId
     text: str | None = None
     image: str | None = Field(None, description="Base64-encoded image file.")
     image_path: str | None = Field(
@@ -83,10 +95,10 @@ class QueryRequest(Strict):
     image: str | None = Field(None, description="Base64-encoded image file.")
     instruction: str | None = Field(None, max_length=2000)
     use_default_instruction: bool = True
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1, le=1_000_000)
     rerank: RerankOptions = RerankOptions()
     filter: dict[str, Any] | None = None
-    wait: float = Field(0.0, ge=0)
+    wait: float = Field(0.0, ge=0, le=86_400)
 
     @field_validator("text")
     @classmethod
@@ -95,18 +107,15 @@ class QueryRequest(Strict):
 
 
 class PageQuery(Strict):
-    offset: int = Field(0, ge=0)
-    limit: int | None = Field(None, ge=1)
+    offset: int = Field(0, ge=0, le=1_000_000)
+    limit: int | None = Field(None, ge=1, le=1_000_000)
 
 
 def json_body(request: Request) -> Any:
     """The parsed JSON body, or a 400 that says what is wrong with it."""
     if not request.is_json:
         raise InvalidRequest("send a JSON body with Content-Type: application/json")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise InvalidRequest("the request body is not valid JSON")
-    return body
+    return parse_json(request.get_data())
 
 
 def request_parts(request: Request, max_file_bytes: int) -> tuple[Any, bytes | None]:
@@ -114,10 +123,7 @@ def request_parts(request: Request, max_file_bytes: int) -> tuple[Any, bytes | N
     field and an ``image`` file part."""
     if request.mimetype != "multipart/form-data":
         return json_body(request), None
-    try:
-        raw = json.loads(request.form.get("request", "{}"))
-    except json.JSONDecodeError:
-        raise InvalidRequest("the multipart 'request' field is not valid JSON") from None
+    raw = parse_json(request.form.get("request", "{}"), "the multipart 'request' field")
     upload = request.files.get("image")
     if upload is None:
         return raw, None

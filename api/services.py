@@ -10,6 +10,7 @@ from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.cache import ResultCache, make_redis
+from core.contract import Task
 from core.db import make_engine, make_session_factory
 from core.media import LocalMediaStore, MediaStore
 from core.settings import Settings
@@ -36,6 +37,10 @@ class Services:
             celery=make_celery(settings),
             media=LocalMediaStore(settings.media_root),
         )
+
+    def send(self, task: Task, args: list[Any], countdown: float = 0.0) -> None:
+        """Send a task by name (``ingestion.outbox.Send``)."""
+        self.celery.send_task(task.value, args=args, countdown=countdown or None)
 
 
 def services() -> Services:

@@ -117,8 +117,34 @@ def _session() -> Any:
     return session_scope(make_session_factory(make_engine(get_settings().database_url)))
 
 
+def _run_celery(argv: list[str]) -> None:
+    """Run a Celery command on ``workers.app`` and end with its exit status.
+
+    Not ``app.worker_main``: ``Celery.start`` (celery 5.7, ``celery/app/base.py``) waits for
+    a ``click.exceptions.Exit`` that click 8 no longer raises in non-standalone mode (it
+    returns the status instead), so the status is dropped. A worker stopped by an
+    "Unrecoverable error", or one that gave up reconnecting, exited 0, and a supervisor
+    with ``restart: on-failure`` left it down. Celery's own command line returns it.
+    """
+    from celery.bin.celery import celery
+
+    status = celery.main(
+        args=["--app", "workers.app", *argv], prog_name="celery", standalone_mode=False
+    )
+    if status:
+        raise SystemExit(status)
+
+
 @main.command()
-@click.argument("queue", type=click.Choice(["recall", "rerank"]))
+@click.argument("queue", type=click.Choice(["recall", "rerank", "ingest"]))
+@click.option(
+    "--ingest/--no-ingest",
+    "with_ingest",
+    default=True,
+    show_default=True,
+    help="A recall worker also consumes the ingest queue (after queries, which come first); "
+    "--no-ingest when dedicated ingest workers run.",
+)
 @click.option("--name", default=None, help="Celery node name (default: QUEUE@%h).")
 @click.option(
     "--concurrency",
@@ -127,7 +153,9 @@ def _session() -> Any:
     help="Tasks at once (default UMARVEL_WORKER_CONCURRENCY); one worker process per GPU.",
 )
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(queue: str, name: str | None, concurrency: int | None, loglevel: str) -> None:
+def worker(
+    queue: str, with_ingest: bool, name: str | None, concurrency: int | None, loglevel: str
+) -> None:
     """Start a Celery worker that consumes QUEUE.
 
     One process holds the model; its task threads hand their model calls to one batching
@@ -135,17 +163,17 @@ def worker(queue: str, name: str | None, concurrency: int | None, loglevel: str)
     """
     from core.logs import configure_logging
     from core.settings import get_settings
-    from workers.app import app
 
     configure_logging(loglevel)
     concurrency = concurrency or get_settings().worker_concurrency
-    os.environ["UMARVEL_WORKER_QUEUE"] = queue  # warm-up and heartbeat for this queue
+    queues = f"{queue},ingest" if queue == "recall" and with_ingest else queue
+    os.environ["UMARVEL_WORKER_QUEUE"] = queues  # warm-up and heartbeat for these queues
 
-    app.worker_main(
+    _run_celery(
         [
             "worker",
             "--queues",
-            queue,
+            queues,  # in this order: a waiting query is taken before ingestion work
             "--hostname",
             name or f"{queue}@%h",
             "--concurrency",
@@ -164,9 +192,7 @@ def worker(queue: str, name: str | None, concurrency: int | None, loglevel: str)
 @click.option("--loglevel", default="INFO", show_default=True)
 def beat(loglevel: str) -> None:
     """Start Celery beat: periodic clean-up of expired query jobs."""
-    from workers.app import app
-
-    app.start(["beat", "--loglevel", loglevel])
+    _run_celery(["beat", "--loglevel", loglevel])
 
 
 @main.command()
@@ -201,7 +227,7 @@ def ingest(
 
 
 @main.command()
-@click.argument("queue", type=click.Choice(["recall", "rerank"]))
+@click.argument("queue", type=click.Choice(["recall", "rerank", "ingest"]))
 def ready(queue: str) -> None:
     """Exit 0 when a worker of QUEUE on this host reports a warm model (health checks)."""
     import socket
@@ -228,12 +254,15 @@ def jobs() -> None:
 
 @jobs.command("cleanup")
 def jobs_cleanup() -> None:
-    """Delete query jobs past UMARVEL_JOB_TTL_SECONDS now (beat does it every 10 minutes)."""
+    """Delete query jobs past UMARVEL_JOB_TTL_SECONDS, then unreferenced media older than
+    UMARVEL_MEDIA_GRACE_SECONDS, now (beat does both every 10 minutes)."""
     from core.settings import get_settings
-    from workers.pipeline import cleanup_jobs
+    from workers.queries import cleanup_jobs, cleanup_media
     from workers.runtime import Runtime
 
-    click.echo(f"deleted {cleanup_jobs(Runtime(get_settings()))} expired query jobs")
+    rt = Runtime(get_settings())
+    click.echo(f"deleted {cleanup_jobs(rt)} expired query jobs")
+    click.echo(f"deleted {cleanup_media(rt)} unreferenced media objects")
 
 
 @main.command()

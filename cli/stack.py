@@ -7,12 +7,14 @@ stack stops every process it started, whatever happens.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,9 @@ from typing import IO, Any
 import requests
 
 from core.settings import Settings
-from workers.celery_app import QUEUES
+
+# One worker process per model: the recall worker also consumes the ingest queue.
+WORKER_QUEUES = ("recall", "rerank")
 
 
 def free_port() -> int:
@@ -54,6 +58,65 @@ def redis_reachable(url: str) -> bool:
 
 
 @dataclass
+class RedisServer:
+    """A throw-away ``redis-server`` on a loopback port, without persistence, that the caller
+    owns: fault tests kill it and start it again, empty, on the same port."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    binary: str = "redis-server"
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self._log is None:
+            self._log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until(lambda: redis_reachable(self.url), timeout, "redis-server", self.proc)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would: nothing is saved."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
 class Stack:
     """Processes for one embedded deployment, configured through ``UMARVEL_*`` variables."""
 
@@ -77,6 +140,9 @@ class Stack:
             for key, value in self._env().items()
             if key.startswith("UMARVEL_")
         }
+        for name, info in Settings.model_fields.items():  # lists travel as JSON, as in the env
+            if name in values and typing.get_origin(info.annotation) is list:
+                values[name] = json.loads(values[name])
         return Settings(**values)
 
     def _env(self) -> dict[str, str]:
@@ -119,7 +185,7 @@ class Stack:
         from core.db import upgrade
 
         upgrade(settings.database_url)
-        for queue in QUEUES:
+        for queue in WORKER_QUEUES:
             self._spawn_worker(queue)
         api = self._spawn(
             "api", [sys.executable, "-m", "cli.main", "api", "--port", str(self.api_port)]
@@ -127,7 +193,7 @@ class Stack:
         wait_until(
             lambda: requests.get(f"{self.api_url}/healthz", timeout=1).ok, timeout, "API", api
         )
-        self._wait_for_workers(QUEUES, timeout)
+        self._wait_for_workers(WORKER_QUEUES, timeout)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until ``/readyz`` answers 200: every queue has a worker with a warm model."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -60,6 +61,27 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# PostgreSQL's codes for a transaction that lost a race and may simply run again.
+_RACES = {
+    "40P01": "a deadlock with a concurrent request",
+    "40001": "a serialization failure against a concurrent request",
+    "23505": "a concurrent request wrote the same row",
+    "23503": "a concurrent request deleted a row this one refers to",
+}
+
+
+def lost_race(exc: BaseException) -> str | None:
+    """Why ``exc`` is a race with a concurrent transaction (worth one more try), or None."""
+    if not isinstance(exc, DBAPIError):
+        return None
+    code = getattr(exc.orig, "sqlstate", None)
+    if code in _RACES:
+        return _RACES[code]
+    if "database is locked" in str(exc.orig):  # SQLite's busy timeout ran out
+        return "the database was locked by a concurrent request"
+    return None
 
 
 def alembic_config(url: str) -> Any:

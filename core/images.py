@@ -29,12 +29,24 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
                 raise PayloadTooLarge(
                     f"image is {width}x{height} pixels; the limit is {max_pixels} pixels"
                 )
+            check_geometry(width, height)
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidRequest(f"image could not be decoded: {exc}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"image is too large to decode: {exc}") from None
     return image.convert("RGB")
+
+
+def check_geometry(width: int, height: int) -> None:
+    """The shape rule the models apply (qwen-vl-utils): refuse what they would refuse."""
+    if min(width, height) < 1:
+        raise InvalidRequest(f"image is {width}x{height} pixels: it has no area")
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_RATIO:
+        raise InvalidRequest(
+            f"image is {width}x{height} pixels: its aspect ratio {ratio:.1f} is over {MAX_RATIO}"
+        )
 
 
 def smart_resize(
@@ -45,9 +57,7 @@ def smart_resize(
     max_pixels: int = MAX_PIXELS,
 ) -> tuple[int, int]:
     """qwen-vl-utils' rule: multiples of ``factor``, pixel count in bounds, aspect <= 200."""
-    ratio = max(height, width) / min(height, width)
-    if ratio > MAX_RATIO:
-        raise InvalidRequest(f"image aspect ratio must be at most {MAX_RATIO}, got {ratio:.1f}")
+    check_geometry(width, height)
     h_bar = max(factor, round(height / factor) * factor)
     w_bar = max(factor, round(width / factor) * factor)
     if h_bar * w_bar > max_pixels:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +23,12 @@ class MediaStore(Protocol):
     def get(self, key: str) -> bytes: ...
 
     def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def older_than(self, seconds: float) -> Iterator[str]:
+        """Keys of the objects stored more than ``seconds`` ago."""
+        ...
 
 
 class LocalMediaStore:
@@ -62,3 +70,17 @@ class LocalMediaStore:
             return self._path(key).exists()
         except NotFound:
             return False
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def older_than(self, seconds: float) -> Iterator[str]:
+        cutoff = time.time() - seconds
+        for path in self.root.glob("??/??/*"):
+            name = path.name
+            if len(name) == 64 and set(name) <= _HEX:
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        yield name
+                except FileNotFoundError:  # deleted meanwhile
+                    continue

@@ -119,8 +119,11 @@ class Document(Base):
     )
     external_id: Mapped[str] = mapped_column(String(256))
     text: Mapped[str | None] = mapped_column(Text)
-    image_key: Mapped[str | None] = mapped_column(String(128))
+    # Indexed: the media route and the media clean-up look documents up by image.
+    image_key: Mapped[str | None] = mapped_column(String(128), index=True)
     doc_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    # Bumped by every write of new content: a vector is kept only for the current revision.
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # The ingestion job that last wrote this document; its progress counts these rows.
     ingest_job_id: Mapped[str | None] = mapped_column(String(32), index=True)
     # The newest generation whose Milvus collection holds this document's current content.
@@ -157,6 +160,27 @@ class IngestJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class OutboxEntry(Base):
+    """Work accepted but not yet confirmed by Milvus: written in the same transaction as the
+    rows it is about, deleted in the transaction that records the work done. The sweep
+    sends again every entry whose message was lost (``ingestion.sweep``)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # ingestion.outbox.Kind
+    # The ingestion or reindex job it belongs to; gone with the job (and its collection).
+    job_id: Mapped[str | None] = mapped_column(
+        ForeignKey("ingest_jobs.id", ondelete="CASCADE"), index=True
+    )
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Not sent before this (a retry's backoff, a delayed drop).
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class QueryJob(Base):
     __tablename__ = "query_jobs"
 
@@ -166,7 +190,11 @@ class QueryJob(Base):
     )
     status: Mapped[str] = mapped_column(String(16), default="queued")
     request: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    query_image_key: Mapped[str | None] = mapped_column(String(128))
+    query_image_key: Mapped[str | None] = mapped_column(String(128), index=True)
+    # The key that submitted the query: its image is served to that key only.
+    api_key_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
+    )
     cache_key: Mapped[str] = mapped_column(String(255), index=True)
     recall_hits: Mapped[list[Any] | None] = mapped_column(JSON)
     results: Mapped[list[Any] | None] = mapped_column(JSON)

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     rerank_model: str = Field(
         DEFAULT_RERANK_MODEL, description="Reranker checkpoint: hub id or local folder."
     )
+    allowed_recall_models: list[str] = Field(
+        default_factory=list,
+        description="Recall models a collection may name, besides UMARVEL_RECALL_MODEL (JSON "
+        "list); workers load only these, so a client can never make them load anything else.",
+    )
     rerank_base_model: str = Field(
         "", description="Base model of a LoRA reranker adapter, when not the adapter's own."
     )
@@ -102,8 +107,23 @@ class Settings(BaseSettings):
     job_ttl_seconds: int = Field(
         86400, ge=1, description="Finished query jobs expire, and are cleaned up, after this."
     )
+    media_grace_seconds: int = Field(
+        3600,
+        ge=0,
+        description="Stored media no document or query job refers to are deleted by the "
+        "clean-up once older than this (a request stores its images just before its rows).",
+    )
     max_queue_depth: int = Field(
-        1000, ge=1, description="Queued tasks beyond which new queries get 429 (backpressure)."
+        1000,
+        ge=1,
+        description="Queued query tasks (recall and rerank queues) beyond which new queries "
+        "get 429 (backpressure).",
+    )
+    max_ingest_queue_depth: int = Field(
+        1000,
+        ge=1,
+        description="Queued ingestion tasks (chunks, deletes) beyond which ingestion requests "
+        "get 429; counted apart from queries.",
     )
     query_embedding_ttl_seconds: int = Field(
         86400, ge=0, description="Lifetime of cached query embeddings (0: no cache)."
@@ -145,6 +165,14 @@ class Settings(BaseSettings):
                 "re-delivers tasks that are still running"
             )
         return self
+
+    @property
+    def recall_models(self) -> list[str]:
+        """Every recall model a collection may use; the reranker is the operator's alone."""
+        return [
+            self.recall_model,
+            *(m for m in self.allowed_recall_models if m != self.recall_model),
+        ]
 
     @property
     def recall_processor_path(self) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 from core.batching import image_tokens, plan_batches
 from core.images import prepare_image
 from core.modeling import Loaded, load_backbone, load_image
+from core.prompt_tokens import PromptTokenizer, TextPart
 from recall import prompts
 from recall.prompts import Candidate, Query
 
@@ -45,7 +46,8 @@ class EmbedderConfig:
 
 @dataclass(frozen=True)
 class _Prepared:
-    text: str
+    text: str  # the rendered chat template
+    ids: tuple[int, ...]  # its tokens, before the image placeholder is expanded
     image: Any  # a PIL image or None
     cost: int
 
@@ -60,10 +62,10 @@ class Embedder:
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.config = config or EmbedderConfig()
-        # One caller at a time: the fast tokenizer keeps padding/truncation state between
-        # calls, so even the token counting of _prepare must not interleave with a batch.
+        # One caller at a time: batch_tokens sizes a batch for one forward pass in flight.
         self._lock = threading.RLock()
         self._install_special_tokens()
+        self.tokens = PromptTokenizer(self.processor)
 
     @classmethod
     def from_pretrained(
@@ -106,21 +108,24 @@ class Embedder:
     # -- public API --------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[Query]) -> np.ndarray:
         with self._lock:
-            prepared = [self._prepare(prompts.query_text(q), q.image) for q in queries]
+            prepared = [self._prepare(prompts.query_pieces(q), q.image) for q in queries]
             return self._encode(prepared, truncate=False)
 
     def encode_candidates(self, candidates: Sequence[Candidate]) -> np.ndarray:
         suffix = self.config.image_only_suffix
         with self._lock:
             prepared = [
-                self._prepare(prompts.candidate_text(c, image_only_suffix=suffix), c.image)
+                self._prepare(prompts.candidate_pieces(c, image_only_suffix=suffix), c.image)
                 for c in candidates
             ]
             return self._encode(prepared, truncate=True)
 
     # -- stages ------------------------------------------------------------------------------
-    def _prepare(self, text: str, image: Any) -> _Prepared:
-        """CPU work: decode and resize the image, render the chat template."""
+    def _prepare(self, text: TextPart, image: Any) -> _Prepared:
+        """CPU work: decode and resize the image, render the chat template and tokenise it.
+
+        ``text`` is the user turn's text part; only its ``Client`` pieces are the client's.
+        """
         pil = None
         if image is not None:
             pil = prepare_image(
@@ -130,14 +135,12 @@ class Embedder:
                     max_pixels=self.config.max_image_pixels,
                 )
             )
-        rendered = self.processor.apply_chat_template(
-            prompts.messages(text, pil is not None), tokenize=False, add_generation_prompt=True
-        )
-        return _Prepared(rendered, pil, self._cost(rendered, pil))
+        prompt = self.tokens.render(prompts.messages(text, pil is not None))
+        return _Prepared(prompt.text, prompt.ids, pil, self._cost(prompt.ids, pil))
 
-    def _cost(self, rendered: str, image: Any) -> int:
+    def _cost(self, ids: tuple[int, ...], image: Any) -> int:
         """Tokens after processing: the text's, plus the image's placeholder expansion."""
-        tokens = len(self.processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        tokens = len(ids)
         if image is not None:
             tokens += image_tokens(self.processor.image_processor, image.height, image.width)
         return tokens
@@ -155,12 +158,12 @@ class Embedder:
     def _forward(self, items: list[_Prepared], *, truncate: bool) -> np.ndarray:
         import torch
 
-        images = [item.image for item in items if item.image is not None]
-        kwargs: dict[str, Any] = {"padding": True, "padding_side": "right", "return_tensors": "pt"}
-        if truncate:
-            kwargs.update(truncation=True, max_length=CANDIDATE_MAX_TOKENS)
-        batch = self.processor(text=[item.text for item in items], images=images or None, **kwargs)
-        batch = batch.to(self.device)
+        batch = self.tokens.batch(
+            [item.ids for item in items],
+            [item.image for item in items if item.image is not None],
+            padding_side="right",
+            max_length=CANDIDATE_MAX_TOKENS if truncate else None,
+        ).to(self.device)
         with torch.inference_mode():
             hidden = self._hidden_states(batch)
             pooled = self._pool(hidden, batch["input_ids"], batch["attention_mask"])

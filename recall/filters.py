@@ -4,7 +4,8 @@ A filter is JSON: ``{"field": value}`` (equality), ``{"field": {"gte": 1, "lt": 
 (ranges), ``{"field": {"in": [...]}}``; several fields are joined with ``and``. Field
 names must be declared on the collection with a type (``int``, ``float``, ``str``,
 ``bool``); values are checked against it and rendered by the project, so a raw client
-string never reaches Milvus.
+string never reaches Milvus. Every expression the project sends, filters and primary-key
+lists alike, is built here: string literals are escaped by ``string_literal`` alone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,28 @@ FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 RESERVED = frozenset({"id", "vector"})
 _OPERATORS = {"eq": "==", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 MAX_IN = 1000
+STR_MAX_BYTES = 2048  # the VARCHAR length of declared str fields in Milvus (UTF-8 bytes)
+PK_FIELD = "id"
+
+# Escapes that both milvus-lite's and Milvus' expression grammars read the same way.
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Other control characters have no escape common to both grammars.
+_UNQUOTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def string_literal(value: str) -> str:
+    """``value`` as a double-quoted Milvus string literal that reads back as exactly it."""
+    bad = _UNQUOTABLE.search(value)
+    if bad:
+        raise InvalidRequest(
+            f"control character U+{ord(bad.group()):04X} cannot appear in a filter value"
+        )
+    return '"' + "".join(_ESCAPES.get(ch, ch) for ch in value) + '"'
+
+
+def ids_expression(ids: list[str]) -> str:
+    """The expression selecting these primary keys (never pymilvus' unescaped ``ids=``)."""
+    return f"{PK_FIELD} in [{', '.join(string_literal(i) for i in ids)}]"
 
 
 def validate_fields(fields: dict[str, Any]) -> dict[str, str]:
@@ -42,9 +65,7 @@ def check_value(field: str, kind: str, value: Any) -> Any:
     """``value`` if it has the declared ``kind``, else a clear error."""
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value),
         "str": isinstance(value, str),
         "bool": isinstance(value, bool),
     }[kind]
@@ -52,15 +73,24 @@ def check_value(field: str, kind: str, value: Any) -> Any:
         raise InvalidRequest(f"field {field!r} is declared {kind}; got {json.dumps(value)}")
     if kind == "int" and not -(2**63) <= value < 2**63:
         raise InvalidRequest(f"field {field!r}: {value} is out of the 64-bit range")
+    if kind == "str" and len(value.encode("utf-8", "surrogatepass")) > STR_MAX_BYTES:
+        raise InvalidRequest(f"field {field!r}: strings are at most {STR_MAX_BYTES} UTF-8 bytes")
     return value
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _literal(kind: str, value: Any) -> str:
     if kind == "bool":
         return "true" if value else "false"
     if kind == "str":
-        return json.dumps(value, ensure_ascii=False)  # a double-quoted, escaped string
-    return repr(value)
+        return string_literal(value)
+    return repr(float(value) if kind == "float" else value)
 
 
 def compile_filter(spec: Any, fields: dict[str, str]) -> str | None:

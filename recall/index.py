@@ -15,14 +15,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from core.errors import Unavailable
+from recall.filters import PK_FIELD, STR_MAX_BYTES, ids_expression
 
 T = TypeVar("T")
 NOT_LOADED = 101  # Milvus' error code for a search on an unloaded collection
 
-PK_FIELD = "id"
 VECTOR_FIELD = "vector"
-PK_MAX_LENGTH = 512
-STR_MAX_LENGTH = 2048
+PK_MAX_LENGTH = 512  # UTF-8 bytes
 HNSW_BUILD = {"M": 16, "efConstruction": 200}
 
 
@@ -96,7 +95,7 @@ class MilvusIndex:
         types = {"int": DataType.INT64, "float": DataType.DOUBLE, "bool": DataType.BOOL}
         for field, kind in (fields or {}).items():
             if kind == "str":
-                schema.add_field(field, DataType.VARCHAR, max_length=STR_MAX_LENGTH, nullable=True)
+                schema.add_field(field, DataType.VARCHAR, max_length=STR_MAX_BYTES, nullable=True)
             else:
                 schema.add_field(field, types[kind], nullable=True)
         index_params = self.client.prepare_index_params()
@@ -128,8 +127,10 @@ class MilvusIndex:
             self._retry(lambda: self.client.upsert(name, data=list(rows)))
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
+        """Delete exactly these primary keys, whatever characters they hold."""
         if ids:
-            self._retry(lambda: self.client.delete(name, ids=list(ids)))
+            expression = ids_expression(list(ids))
+            self._retry(lambda: self.client.delete(name, filter=expression))
 
     def flush(self, name: str) -> None:
         self._retry(lambda: self.client.flush(name))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from core.modeling import ImageInput
+from core.prompt_tokens import Client, TextPart
 from core.text import format_string
 
 EMB_TOKEN = "<emb>"
@@ -57,34 +58,50 @@ def _modality(text: str | None, image: object | None) -> Modality:
     raise ValueError("an item needs text, an image, or both")
 
 
+def query_pieces(query: Query) -> tuple[str, ...]:
+    """The text part of a query's user turn as pieces, suffix included.
+
+    ``Client`` pieces hold the client's instruction and query text; the rest is ours.
+    """
+    text = query.text or ""
+    suffix = SUFFIX_IMAGE_TEXT if query.image is not None else SUFFIX_TEXT
+    if query.instruction is None:
+        return (Client(format_string(text)), suffix)
+    instruction = format_string(query.instruction)
+    head = f"{INSTRUCTION_START}{instruction}{INSTRUCTION_END}"
+    body = format_string(f"{head} {text}")
+    # The outer normalisation changes only the end of the string, and the end marker's ">"
+    # stops its stripping, so the body still starts with the head.
+    tail = body[len(head) :]
+    return (INSTRUCTION_START, Client(instruction), INSTRUCTION_END, Client(tail), suffix)
+
+
 def query_text(query: Query) -> str:
     """The text part of a query's user turn, suffix included."""
-    text = query.text or ""
-    if query.instruction is None:
-        body = format_string(text)
-    else:
-        marked = f"{INSTRUCTION_START}{format_string(query.instruction)}{INSTRUCTION_END} {text}"
-        body = format_string(marked)
-    suffix = SUFFIX_IMAGE_TEXT if query.image is not None else SUFFIX_TEXT
-    return body + suffix
+    return "".join(query_pieces(query))
 
 
-def candidate_text(candidate: Candidate, *, image_only_suffix: bool = False) -> str:
-    """The text part of a candidate's user turn, suffix included.
+def candidate_pieces(candidate: Candidate, *, image_only_suffix: bool = False) -> tuple[str, ...]:
+    """The text part of a candidate's user turn: its ``Client`` text, then the suffix.
 
     An image-only candidate gets the image-and-text suffix with empty text, as the
     evaluation behind the published numbers did; ``image_only_suffix`` switches to the
     image-only suffix that training used.
     """
-    text = format_string(candidate.text or "")
+    text = Client(format_string(candidate.text or ""))
     if candidate.image is None:
-        return text + SUFFIX_TEXT
+        return (text, SUFFIX_TEXT)
     if not text and image_only_suffix:
-        return SUFFIX_IMAGE
-    return text + SUFFIX_IMAGE_TEXT
+        return (SUFFIX_IMAGE,)
+    return (text, SUFFIX_IMAGE_TEXT)
 
 
-def messages(text: str, has_image: bool) -> list[dict[str, Any]]:
+def candidate_text(candidate: Candidate, *, image_only_suffix: bool = False) -> str:
+    """The text part of a candidate's user turn, suffix included."""
+    return "".join(candidate_pieces(candidate, image_only_suffix=image_only_suffix))
+
+
+def messages(text: TextPart, has_image: bool) -> list[dict[str, Any]]:
     """One user turn (image first, then text) and the assistant turn ``<emb>.``."""
     content: list[dict[str, Any]] = [{"type": "image"}] if has_image else []
     content.append({"type": "text", "text": text})

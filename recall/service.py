@@ -69,6 +69,27 @@ class RecallService:
     def embed(self, documents: Sequence[IndexDocument]) -> np.ndarray:
         return self.embedder.encode_candidates([d.candidate for d in documents])
 
+    def embed_each(
+        self, documents: Sequence[IndexDocument]
+    ) -> tuple[np.ndarray, dict[int, Exception]]:
+        """Embed ``documents``; when a batch fails, halve it until the documents that fail
+        alone are found, so one bad document never fails the others. Returns the vectors
+        (zero rows for failed documents) and ``{position: error}`` of the failed ones."""
+        vectors = np.zeros((len(documents), self.embedder.dim), dtype=np.float32)
+        failed: dict[int, Exception] = {}
+        pending = [list(range(len(documents)))] if documents else []
+        while pending:
+            positions = pending.pop()
+            try:
+                vectors[positions] = self.embed([documents[i] for i in positions])
+            except Exception as exc:
+                if len(positions) == 1:
+                    failed[positions[0]] = exc
+                else:
+                    half = len(positions) // 2
+                    pending += [positions[half:], positions[:half]]
+        return vectors, failed
+
     def upsert(
         self,
         collection: str,

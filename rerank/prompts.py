@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.prompt_tokens import Client
 from core.text import format_string
 
 # Exactly the trained prompt: 24 spaces after "candidate" and the misspelling "responed".
@@ -24,16 +25,19 @@ def query_text(text: str | None, instruction: str | None) -> str:
 def user_content(
     query_text_: str, query_has_image: bool, candidate_text: str, candidate_has_image: bool
 ) -> list[dict[str, Any]]:
-    """Instruction, ``Query:``, query image, query text, ``Candidate:``, its image, its text."""
+    """Instruction, ``Query:``, query image, query text, ``Candidate:``, its image, its text.
+
+    The two texts are marked as the client's (``Client``): never read as control tokens.
+    """
     parts: list[dict[str, Any]] = [
         {"type": "text", "text": RERANK_INSTRUCTION},
         {"type": "text", "text": "Query:"},
     ]
     if query_has_image:
         parts.append({"type": "image"})
-    parts.append({"type": "text", "text": query_text_})
+    parts.append({"type": "text", "text": Client(query_text_)})
     parts.append({"type": "text", "text": "Candidate:"})
     if candidate_has_image:
         parts.append({"type": "image"})
-    parts.append({"type": "text", "text": format_string(candidate_text)})
+    parts.append({"type": "text", "text": Client(format_string(candidate_text))})
     return [p for p in parts if p["type"] != "text" or p["text"]]

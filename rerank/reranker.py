@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from core.batching import image_tokens, plan_batches
 from core.images import prepare_image
 from core.modeling import ImageInput, Loaded, load_backbone, load_image
+from core.prompt_tokens import PromptTokenizer
 from rerank import prompts
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ class RerankerConfig:
 
 @dataclass(frozen=True)
 class _Pair:
-    text: str
+    text: str  # the rendered chat template
+    ids: tuple[int, ...]  # its tokens, before the image placeholders are expanded
     images: list[Any]
     cost: int
 
@@ -65,8 +67,9 @@ class Reranker:
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.config = config or RerankerConfig()
-        # One caller at a time: the fast tokenizer keeps padding/truncation state.
+        # One caller at a time: batch_tokens sizes a batch for one forward pass in flight.
         self._lock = threading.RLock()
+        self.tokens = PromptTokenizer(self.processor)
         tokenizer = self.processor.tokenizer
         self.yes_id = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
         self.no_id = tokenizer("No", add_special_tokens=False)["input_ids"][0]
@@ -133,25 +136,20 @@ class Reranker:
             candidate.text or "",
             candidate_image is not None,
         )
-        rendered = self.processor.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
+        prompt = self.tokens.render([{"role": "user", "content": content}])
         images = [img for img in (query_image, candidate_image) if img is not None]
-        tokens = len(self.processor.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        tokens = len(prompt.ids)
         for img in images:
             tokens += image_tokens(self.processor.image_processor, img.height, img.width)
-        return _Pair(rendered, images, tokens)
+        return _Pair(prompt.text, prompt.ids, images, tokens)
 
     def _forward(self, pairs: list[_Pair]) -> list[float]:
         import torch
 
-        images = [img for pair in pairs for img in pair.images]
-        batch = self.processor(
-            text=[pair.text for pair in pairs],
-            images=images or None,
-            padding=True,
+        batch = self.tokens.batch(
+            [pair.ids for pair in pairs],
+            [img for pair in pairs for img in pair.images],
             padding_side="left",
-            return_tensors="pt",
         ).to(self.device)
         with torch.inference_mode():
             logits = self.model(**batch, use_cache=False, logits_to_keep=1).logits[:, -1, :]

@@ -7,6 +7,7 @@ PostgreSQL: a fresh database per test on UMARVEL_TEST_POSTGRES (default: the ser
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -110,7 +111,43 @@ def stack_env(
         "UMARVEL_MEDIA_ROOT": str(workdir / "media"),
         "UMARVEL_RECALL_MODEL": str(models["qwen3_vl"]),
         "UMARVEL_RERANK_MODEL": str(models["qwen2_vl"]),
+        "UMARVEL_ALLOWED_RECALL_MODELS": json.dumps([str(models["qwen2_vl"])]),
         "UMARVEL_TORCH_THREADS": "1",
     }
     env.update({f"UMARVEL_{key.upper()}": value for key, value in overrides.items()})
     return env
+
+
+@pytest.fixture
+def pipeline_env(
+    migrated_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    tiny_models: dict[str, Path],
+    milvus_server: dict[str, object],
+) -> Iterator[tuple[object, object]]:
+    """The API as a test client and a worker runtime, in process, with a collection "docs":
+    worker steps are called directly, in an order the test chooses."""
+    from api.app import create_app
+    from core.settings import Settings
+    from tests.helpers import make_key
+    from workers.runtime import Runtime
+
+    settings = Settings(
+        database_url=migrated_url,
+        redis_url=redis_url,
+        media_root=tmp_path / "media",
+        milvus_uri=str(milvus_server["uri"]),
+        milvus_prefix=f"r{uuid.uuid4().hex[:6]}_",
+        recall_model=str(tiny_models["qwen3_vl"]),
+        # The other architecture, and a path with no model (a build that fails).
+        allowed_recall_models=[str(tiny_models["qwen2_vl"]), str(tmp_path / "no-such-model")],
+        ingest_chunk_size=2,
+        device="cpu",
+    )
+    client = create_app(settings).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + make_key(client.application, ["admin"])
+    assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201
+    rt = Runtime(settings)
+    yield client, rt
+    rt.index.close()

@@ -20,3 +20,36 @@ def error(response: Any, status: int) -> dict[str, Any]:
     assert set(body["error"]) == {"code", "message", "details"}
     assert "Traceback" not in response.get_data(as_text=True)
     return body["error"]
+
+
+def entries(rt: Any, job_id: str | None = None, kind: str | None = None) -> list[Any]:
+    """The outbox entries still owed (of one job, of one kind), oldest first."""
+    from sqlalchemy import select
+
+    from core.models import OutboxEntry
+    from ingestion.outbox import Entry
+
+    query = select(OutboxEntry).order_by(OutboxEntry.id)
+    if job_id is not None:
+        query = query.where(OutboxEntry.job_id == job_id)
+    if kind is not None:
+        query = query.where(OutboxEntry.kind == kind)
+    with rt.sessions() as session:
+        return [Entry.of(row) for row in session.scalars(query)]
+
+
+def run_entries(rt: Any, job_id: str | None = None, kind: str | None = None) -> list[Any]:
+    """Run what a worker would: each owed entry (of one job, of one kind), once."""
+    from ingestion import engine
+
+    return [engine.run(rt, entry.id) for entry in entries(rt, job_id, kind)]
+
+
+def ingest_in_process(client: Any, rt: Any, docs: list[dict[str, Any]]) -> str:
+    """Submit through the API, then run the job's chunks as a recall worker would;
+    returns the job id."""
+    response = client.post("/v1/collections/docs/documents", json={"documents": docs})
+    assert response.status_code == 202, response.json
+    job_id = str(response.json["id"])
+    run_entries(rt, job_id)
+    return job_id

@@ -238,8 +238,8 @@ def test_readyz_reads_the_workers_heartbeats(client: FlaskClient, redis_url: str
     assert checks["redis"]["ok"]
     assert not checks["queue:recall"]["ok"]
     beats = redis_client.Redis.from_url(redis_url)
-    for queue in ("recall", "rerank"):
-        state = {"queue": queue, "warm": queue == "recall", "error": None}
+    for queue in ("recall", "ingest", "rerank"):  # a recall worker beats for ingest too
+        state = {"queue": queue, "warm": queue != "rerank", "error": None}
         beats.set(f"umarvel:heartbeat:{queue}:host", json.dumps(state), ex=30)
     body = anonymous.get("/readyz")
     assert body.status_code == 503  # the rerank worker is up but not warm yet
@@ -258,6 +258,7 @@ def test_readyz_reads_the_workers_heartbeats(client: FlaskClient, redis_url: str
             "redis": {"ok": True},
             "queue:recall": {"ok": True, "workers": 1, "warm": 1, "errors": []},
             "queue:rerank": {"ok": True, "workers": 1, "warm": 1, "errors": []},
+            "queue:ingest": {"ok": True, "workers": 1, "warm": 1, "errors": []},
         },
     }
 

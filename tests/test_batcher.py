@@ -69,6 +69,37 @@ def test_a_failure_reaches_every_waiting_request() -> None:
     assert batcher.submit([2, 3]) == [2, 3]
 
 
+def test_a_poison_request_fails_alone() -> None:
+    """One request that breaks the shared batch must not fail the others in it."""
+    calls: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        if -1 in items:
+            raise ValueError("cannot embed -1")
+        return [i * 10 for i in items]
+
+    batcher = MicroBatcher(run, max_items=100, max_wait=0.3)
+    outcomes: dict[int, object] = {}
+    barrier = threading.Barrier(9)
+
+    def client(n: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[n] = batcher.submit([n, n + 1] if n >= 0 else [5, -1])
+        except ValueError as exc:
+            outcomes[n] = exc
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in [-1, *range(0, 16, 2)]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert isinstance(outcomes.pop(-1), ValueError)
+    assert outcomes == {n: [n * 10, (n + 1) * 10] for n in range(0, 16, 2)}
+    assert any(len(c) > 2 for c in calls)  # they did share a batch first
+
+
 def test_empty_requests_return_at_once() -> None:
     batcher = MicroBatcher(lambda items: items, max_items=1, max_wait=1.0)
     assert batcher.submit([]) == []

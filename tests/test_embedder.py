@@ -196,3 +196,14 @@ def test_concurrent_callers_get_the_same_vectors(embedder: Embedder) -> None:
         got = list(pool.map(embedder.encode_candidates, groups * 3))
     for index, vectors in enumerate(got):
         np.testing.assert_allclose(vectors, expected[index % len(groups)], atol=1e-5)
+
+
+def test_carriage_returns_inside_a_query_are_removed(embedder: Embedder) -> None:
+    crlf = Query(text="line one\r\nline two", instruction="find an image")
+    lf = Query(text="line one\nline two", instruction="find an image")
+    rendered = embedder._prepare(prompts.query_pieces(crlf), None).text
+    assert "\r" not in rendered
+    assert rendered == embedder._prepare(prompts.query_pieces(lf), None).text
+    np.testing.assert_allclose(
+        embedder.encode_queries([crlf]), embedder.encode_queries([lf]), atol=1e-6
+    )

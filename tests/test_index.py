@@ -6,9 +6,11 @@ import uuid
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
-from recall.filters import compile_filter, matches, validate_fields
+from recall.filters import compile_filter, ids_expression, matches, string_literal, validate_fields
 from recall.index import MilvusIndex
 
 FIELDS = {"year": "int", "price": "float", "tag": "str", "public": "bool"}
@@ -73,6 +75,60 @@ def test_delete(index: MilvusIndex, name: str) -> None:
     index.flush(name)
     assert index.count(name) == 2
     assert {h.document_id for h in index.search(name, vectors[0], top_k=4)} == {"doc-2", "doc-3"}
+
+
+# Document ids as the API admits them: no control characters or lone surrogates, at most
+# 256 characters; rich in what an expression parser treats specially.
+HOSTILE = st.sampled_from(
+    ["'", '"', "\\", "[", "]", "(", ")", ",", " ", " or ", " and ", " not in ", "id", "==", "\\'"]
+)
+DOCUMENT_IDS = st.lists(
+    st.one_of(HOSTILE, st.characters(exclude_categories=("Cs", "Cc"))), min_size=1, max_size=24
+).map("".join)
+
+
+def _all_ids(index: MilvusIndex, name: str) -> set[str]:
+    index.flush(name)
+    rows = index.client.query(name, filter='id != ""', output_fields=["id"], limit=10_000)
+    return {row["id"] for row in rows}
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ids=st.lists(DOCUMENT_IDS, min_size=2, max_size=6, unique=True), pick=st.integers(0, 5))
+def test_deleting_one_document_removes_exactly_it(
+    index: MilvusIndex, name: str, ids: list[str], pick: int
+) -> None:
+    index.create(name, 8, FIELDS)
+    before = _all_ids(index, name)
+    vectors = _vectors(len(ids), seed=len(before))
+    index.upsert(name, [{"id": i, "vector": v.tolist()} for i, v in zip(ids, vectors, strict=True)])
+    doomed = ids[pick % len(ids)]
+    index.delete(name, [doomed])
+    assert _all_ids(index, name) == (before | set(ids)) - {doomed}
+    index.delete(name, ids)  # the next example starts from what was there before
+    assert _all_ids(index, name) == before - set(ids)
+
+
+@given(value=st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00")))
+def test_string_literals_read_back_as_the_value(value: str) -> None:
+    """The literal parses (milvus-lite's own tokenizer) to exactly the value, or is refused."""
+    from milvus_lite.search.filter.tokens import tokenize
+
+    try:
+        literal = string_literal(value)
+    except InvalidRequest:
+        assert any((ch < " " and ch not in "\t\n\r") or ch == "\x7f" for ch in value)
+        return
+    (token, *_) = tokenize(literal)
+    assert token.value == value
+
+
+def test_id_lists_are_one_expression_of_escaped_literals() -> None:
+    assert ids_expression(["a", "x'] or id not in ['"]) == 'id in ["a", "x\'] or id not in [\'"]'
 
 
 def test_search_on_a_missing_collection_is_empty(index: MilvusIndex) -> None:

@@ -19,7 +19,7 @@ from core.db import session_scope
 from core.models import QueryJob, utcnow
 from core.settings import Settings
 from tests.helpers import error, make_key
-from workers.pipeline import cleanup_jobs
+from workers.queries import cleanup_jobs
 from workers.runtime import Runtime
 
 

@@ -14,13 +14,16 @@ app = make_celery(get_settings(), include_tasks=True)
 @worker_ready.connect
 def _warm_up_and_beat(sender: Any = None, **_: Any) -> None:
     """Load the model in the background and report readiness (see workers.heartbeat)."""
-    from workers import heartbeat
+    from workers import heartbeat, supervision
 
     settings = get_settings()
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(settings.worker_metrics_port, addr="0.0.0.0")
+    # A worker that stops consuming for good ends non-zero for its supervisor, and beats only
+    # while it consumes (workers.supervision).
+    watchdog = supervision.watch(sender, settings.task_time_limit)
     queue = os.environ.get(heartbeat.QUEUE_ENV)
     if queue:
-        heartbeat.start(queue, getattr(sender, "hostname", None))
+        heartbeat.start(queue, getattr(sender, "hostname", None), consuming=watchdog.consuming)

@@ -3,7 +3,8 @@
 Worker threads (Celery's ``threads`` pool) submit lists of items and block; one batching
 thread per model gathers what arrives within ``max_wait`` seconds (up to ``max_items``
 items), runs the model once on all of it, and hands each request its share. Only the
-batching thread touches the model.
+batching thread touches the model. When a shared batch fails, each request runs again
+alone, so only the request that caused the failure sees it.
 """
 
 from __future__ import annotations
@@ -74,18 +75,34 @@ class MicroBatcher(Generic[T, R]):
             batch = self._gather()
             items = [item for request_items, _ in batch for item in request_items]
             try:
-                results = list(self._run(items))
-                if len(results) != len(items):
-                    raise RuntimeError(f"batch of {len(items)} gave {len(results)} results")
-            except BaseException as exc:  # every waiting request learns why
-                for _, future in batch:
-                    future.set_exception(exc)
+                results = self._call(items)
+            except BaseException as exc:
+                if len(batch) == 1:
+                    batch[0][1].set_exception(exc)
+                    continue
+                log.warning(
+                    "a batch of %d requests failed (%s); running each alone", len(batch), exc
+                )
+                for request_items, future in batch:
+                    self._run_alone(request_items, future)
                 continue
-            self.batch_sizes.append(len(items))
-            if self._on_batch is not None:
-                self._on_batch(len(items))
             log.debug("batch of %d items from %d requests", len(items), len(batch))
             start = 0
             for request_items, future in batch:
                 future.set_result(results[start : start + len(request_items)])
                 start += len(request_items)
+
+    def _run_alone(self, items: list[T], future: Future[list[R]]) -> None:
+        try:
+            future.set_result(self._call(items))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    def _call(self, items: list[T]) -> list[R]:
+        results = list(self._run(items))
+        if len(results) != len(items):
+            raise RuntimeError(f"batch of {len(items)} gave {len(results)} results")
+        self.batch_sizes.append(len(items))
+        if self._on_batch is not None:
+            self._on_batch(len(items))
+        return results

@@ -1,4 +1,5 @@
-"""The Celery application: explicit ``recall`` and ``rerank`` queues, JSON payloads of ids.
+"""The Celery application: explicit ``recall``, ``rerank`` and ``ingest`` queues, JSON
+payloads of ids (names and queues in ``core.contract``).
 
 Built from settings alone (never from the Flask app). The API uses it to send tasks by
 name without importing them; workers import ``workers.tasks`` to register them.
@@ -9,11 +10,12 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from core.contract import Queue as Queues
+from core.contract import Task
 from core.settings import Settings
+from workers.broker import TRANSPORT
 
-RECALL_QUEUE = "recall"
-RERANK_QUEUE = "rerank"
-QUEUES = (RECALL_QUEUE, RERANK_QUEUE)
+QUEUES = tuple(queue.value for queue in Queues)
 CLEANUP_SECONDS = 600.0
 
 
@@ -33,12 +35,15 @@ def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
         # The sweep holds a Redis mutex; one held by a killed worker blocks every sweep
         # until it expires (5 minutes by default).
         "unacked_mutex_expire": 15,
+        # A worker consuming "recall,ingest" takes a query whenever one waits: queues are
+        # polled in the order given, not in turn.
+        "queue_order_strategy": "priority",
     }
     app.conf.update(
         task_queues=[Queue(name) for name in QUEUES],
-        task_default_queue=RECALL_QUEUE,
+        task_default_queue=Queues.RECALL.value,
         # Routing by task-name prefix; a queue that is not declared is an error.
-        task_routes={"recall.*": {"queue": RECALL_QUEUE}, "rerank.*": {"queue": RERANK_QUEUE}},
+        task_routes={f"{queue}.*": {"queue": queue} for queue in QUEUES},
         task_create_missing_queues=False,
         task_serializer="json",
         result_serializer="json",
@@ -47,7 +52,7 @@ def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options=transport,
+        broker_transport_options={**transport, **BROKER_SOCKETS},
         result_backend_transport_options=transport,
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(1, settings.task_time_limit - 10),
@@ -57,7 +62,48 @@ def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         beat_schedule={
-            "cleanup-expired-jobs": {"task": "recall.cleanup", "schedule": CLEANUP_SECONDS}
+            "cleanup-expired-jobs": {"task": Task.INGEST_CLEANUP.value, "schedule": CLEANUP_SECONDS}
         },
     )
+    app.conf.update(reconnect_options())
     return app
+
+
+# Broker sockets (kombu's Redis transport). A connect to a host that is gone gives up after
+# a few seconds instead of the system's two minutes, and keepalive notices a dead peer on
+# an idle connection. No socket timeout on reads: the consumer's BRPOP blocks by design.
+BROKER_SOCKETS = {"socket_connect_timeout": 5, "socket_keepalive": True}
+
+
+def reconnect_options() -> dict[str, object]:
+    """How the broker, the result backend and publishing ride out a Redis restart."""
+    return {
+        # kombu's Redis transport with the fix in workers.broker: without it a worker that
+        # held unacknowledged tasks when Redis died stopped instead of reconnecting.
+        "broker_transport": TRANSPORT,
+        # The consumer reconnects after 2, 4, 6 ... s, then every 30 s. After 100 failed
+        # tries (about 45 minutes) it gives up: the worker exits non-zero (cli.main) and its
+        # supervisor starts a fresh one. Sooner would only reload the model in vain.
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": 100,
+        # Publishing (the API's queries, a worker's next chain step) retries for about 3 s,
+        # so a short blip costs a delay, not a 503; a longer outage is a 503 after that.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 5,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        # The result backend (its own redis-py pool) retries with exponential backoff
+        # (50 ms doubling, at most 5 s apart, for about half a minute) instead of failing a
+        # task that finished while Redis was away.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 12,
+        "result_backend_base_sleep_between_retries_ms": 50,
+        "result_backend_max_sleep_between_retries_ms": 5000,
+        "redis_socket_connect_timeout": 5,
+        "redis_socket_timeout": 10,
+        "redis_socket_keepalive": True,
+        "redis_backend_health_check_interval": 30,
+    }

@@ -15,8 +15,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+from core.contract import Queue
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ def read_heartbeats(client: Any, queue: str) -> list[dict[str, Any]]:
 def warm_up(queue: str, rt: Any) -> str:
     """Load the queue's model and run one inference; returns the model id."""
     settings: Settings = rt.settings
-    if queue == "recall":
+    if queue in (Queue.RECALL, Queue.INGEST):  # ingestion embeds with the recall model
         from recall import Query
 
         rt.embedder(settings.recall_model).encode_queries([Query(text="warm-up")])
@@ -53,22 +55,30 @@ def warm_up(queue: str, rt: Any) -> str:
     return settings.rerank_model
 
 
-def start(queue: str, hostname: str | None = None) -> threading.Thread:
-    """Warm up, then beat until the process ends (a daemon thread)."""
+def start(
+    queues: str, hostname: str | None = None, consuming: Callable[[], bool] | None = None
+) -> list[threading.Thread]:
+    """Warm up, then beat until the process ends (daemon threads), for each of the
+    comma-separated ``queues``; a worker of the ingest queue also sweeps the outbox."""
     from workers.runtime import runtime
 
     hostname = hostname or socket.gethostname()
     rt = runtime()
-    thread = threading.Thread(
-        target=_run, args=(queue, hostname, rt), name="heartbeat", daemon=True
-    )
-    thread.start()
-    if queue == "recall" and rt.settings.redrive_seconds > 0:
-        threading.Thread(target=_redrive, args=(rt,), name="redrive", daemon=True).start()
-    return thread
+    threads = [
+        threading.Thread(
+            target=_run, args=(queue, hostname, rt, consuming), name=f"heartbeat-{queue}"
+        )
+        for queue in queues.split(",")
+    ]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    if Queue.INGEST in queues.split(",") and rt.settings.redrive_seconds > 0:
+        threading.Thread(target=_sweep, args=(rt,), name="sweep", daemon=True).start()
+    return threads
 
 
-def _run(queue: str, hostname: str, rt: Any) -> None:
+def _run(queue: str, hostname: str, rt: Any, consuming: Callable[[], bool] | None = None) -> None:
     settings: Settings = rt.settings
     state: dict[str, Any] = {
         "queue": queue,
@@ -92,6 +102,11 @@ def _run(queue: str, hostname: str, rt: Any) -> None:
     interval = settings.heartbeat_seconds
     key = heartbeat_key(queue, hostname)
     while True:
+        # No beat while the Celery consumer is reconnecting or the worker stopping
+        # (workers.supervision): the key expires and /readyz stops counting this worker.
+        if consuming is not None and not consuming():
+            time.sleep(interval)
+            continue
         try:
             state["at"] = time.time()
             rt.redis.set(key, json.dumps(state), ex=max(1, int(interval * 3)))
@@ -100,18 +115,16 @@ def _run(queue: str, hostname: str, rt: Any) -> None:
         time.sleep(interval)
 
 
-def _redrive(rt: Any) -> None:
-    """Every UMARVEL_REDRIVE_SECONDS, queue again what the broker lost (workers.redrive).
-
-    Its own thread: a long sweep never delays the heartbeat; an error is logged, never
-    raised.
-    """
-    from workers import redrive
+def _sweep(rt: Any) -> None:
+    """Every UMARVEL_REDRIVE_SECONDS, send again the outbox entries whose messages were lost
+    (``ingestion.sweep``). Its own thread: a long sweep never delays the heartbeat; an
+    error (Redis or SQL away) is logged, never raised, and the next sweep tries again."""
+    from ingestion import sweep
 
     seconds = rt.settings.redrive_seconds
     while True:
         time.sleep(seconds)
         try:
-            redrive.requeue(redrive.sweep(rt, seconds))
+            sweep.sweep(rt, seconds)
         except Exception:
-            log.warning("redrive sweep failed", exc_info=True)
+            log.warning("outbox sweep failed", exc_info=True)

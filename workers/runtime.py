@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from core.cache import ResultCache, make_redis
+from core.contract import Task
 from core.db import make_engine, make_session_factory
 from core.media import LocalMediaStore
 from core.metrics import BATCH_SIZE
@@ -66,6 +67,16 @@ class Runtime:
     @cached_property
     def media(self) -> LocalMediaStore:
         return LocalMediaStore(self.settings.media_root)
+
+    @cached_property
+    def celery(self) -> Any:
+        from workers.celery_app import make_celery
+
+        return make_celery(self.settings)
+
+    def send(self, task: Task, args: list[Any], countdown: float = 0.0) -> None:
+        """Send a task by name (``ingestion.outbox.Send``)."""
+        self.celery.send_task(task.value, args=args, countdown=countdown or None)
 
     @cached_property
     def index(self) -> Any:

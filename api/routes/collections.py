@@ -11,12 +11,14 @@ from sqlalchemy.orm import Session
 
 from api.auth import require, visible
 from api.openapi import documented, responses
+from api.responses import CollectionList, CollectionOut, IngestJobOut
 from api.schemas import CollectionCreate, CollectionUpdate, ReindexRequest, json_body
 from api.services import services
 from core.db import session_scope
-from core.errors import Conflict, NotFound, Unavailable
-from core.models import Collection, Document, IngestJob, utcnow
-from core.reindex import highest_generation, start_reindex
+from core.errors import Conflict, InvalidRequest, NotFound
+from core.models import Collection, Document
+from ingestion import outbox, reindex
+from ingestion.outbox import Kind
 from recall.filters import validate_fields
 from recall.index import milvus_name
 
@@ -28,6 +30,19 @@ def get_collection(session: Session, name: str) -> Collection:
     if collection is None:
         raise NotFound(f"collection {name!r} does not exist")
     return collection
+
+
+def allowed_model(name: str | None) -> str:
+    """The recall model to use: the default, or one the operator allows (else a 400)."""
+    allowed = services().settings.recall_models
+    if name is None:
+        return allowed[0]
+    if name not in allowed:
+        raise InvalidRequest(
+            f"recall_model {name!r} is not allowed here; allowed: {allowed}",
+            [{"field": "recall_model", "message": "not in UMARVEL_ALLOWED_RECALL_MODELS"}],
+        )
+    return name
 
 
 def render(session: Session, collection: Collection) -> dict[str, Any]:
@@ -73,16 +88,21 @@ def render(session: Session, collection: Collection) -> dict[str, Any]:
 
 
 @bp.post("")
-@documented(json=CollectionCreate, resp=responses(201, 400, 401, 403, 409), tags=["collections"])
+@documented(
+    json=CollectionCreate,
+    resp=responses({201: CollectionOut}, 400, 401, 403, 409, 413, 503),
+    tags=["collections"],
+)
 def create_collection() -> Any:
     require("admin")
     body = CollectionCreate.model_validate(json_body(request))
+    require("admin", body.name)  # a key limited to collections creates only those
     svc = services()
     settings = svc.settings
     collection = Collection(
         name=body.name,
         description=body.description,
-        recall_model=body.recall_model or settings.recall_model,
+        recall_model=allowed_model(body.recall_model),
         rerank_enabled=body.rerank.enabled,
         rerank_k=body.rerank.k or settings.default_rerank_k,
         rerank_weight=(
@@ -101,7 +121,7 @@ def create_collection() -> Any:
 
 
 @bp.get("")
-@documented(resp=responses(200, 401, 403), tags=["collections"])
+@documented(resp=responses({200: CollectionList}, 400, 401, 503), tags=["collections"])
 def list_collections() -> Any:
     require("search")
     with session_scope(services().sessions) as session:
@@ -110,7 +130,7 @@ def list_collections() -> Any:
 
 
 @bp.get("/<name>")
-@documented(resp=responses(200, 401, 403, 404), tags=["collections"])
+@documented(resp=responses({200: CollectionOut}, 400, 401, 403, 404, 503), tags=["collections"])
 def read_collection(name: str) -> Any:
     require("search", name)
     with session_scope(services().sessions) as session:
@@ -118,7 +138,11 @@ def read_collection(name: str) -> Any:
 
 
 @bp.patch("/<name>")
-@documented(json=CollectionUpdate, resp=responses(200, 400, 401, 403, 404), tags=["collections"])
+@documented(
+    json=CollectionUpdate,
+    resp=responses({200: CollectionOut}, 400, 401, 403, 404, 409, 413, 503),
+    tags=["collections"],
+)
 def update_collection(name: str) -> Any:
     require("admin", name)
     body = CollectionUpdate.model_validate(json_body(request))
@@ -140,22 +164,28 @@ def update_collection(name: str) -> Any:
 
 
 @bp.delete("/<name>")
-@documented(resp=responses(204, 401, 403, 404), tags=["collections"])
+@documented(resp=responses({204: None}, 400, 401, 403, 404, 409, 503), tags=["collections"])
 def delete_collection(name: str) -> Any:
-    """Delete the collection's rows at once; a recall worker drops its Milvus collections."""
+    """Delete the collection's rows at once; a worker drops its Milvus collections."""
     require("admin", name)
     svc = services()
     with session_scope(svc.sessions) as session:
         collection = get_collection(session, name)
-        generations = list(range(1, highest_generation(session, collection) + 1))
-        storage = collection.storage_name
+        generations = list(range(1, reindex.highest_generation(session, collection) + 1))
+        # The drop outlives the collection's rows: it is recorded in the same transaction.
+        entry = outbox.add_vectors(session, Kind.DROP, collection.storage_name, generations)
         session.delete(collection)
-    svc.celery.send_task("recall.drop", args=[storage, generations])
+    outbox.dispatch(svc.send, [entry])
     return "", 204
 
 
 @bp.post("/<name>/reindex")
-@documented(json=ReindexRequest, resp=responses(202, 400, 401, 403, 404, 409), tags=["collections"])
+@documented(
+    json=ReindexRequest,
+    resp=responses({202: IngestJobOut}, 400, 401, 403, 404, 409, 413, 503),
+    tags=["collections"],
+    extra={"requestBody": {"required": False}},  # no body: the collection's own model
+)
 def reindex_collection(name: str) -> Any:
     """Build the next generation (optionally with a new recall model) beside the served
     one; search keeps answering from the old one until the new one is complete."""
@@ -175,18 +205,9 @@ def reindex_collection(name: str) -> Any:
         )
         if collection is None:
             raise NotFound(f"collection {name!r} does not exist")
-        collection_id = collection.id
-        job = start_reindex(session, collection, body.recall_model or collection.recall_model)
+        model = allowed_model(body.recall_model) if body.recall_model else collection.recall_model
+        job, plan = reindex.start(session, collection, model)
         g.job_id = job.id
         payload = render_job(job)
-    try:
-        svc.celery.send_task("recall.reindex", args=[job.id])
-    except Exception as exc:
-        with session_scope(svc.sessions) as session:
-            collection = session.get_one(Collection, collection_id, with_for_update=True)
-            failed = session.get_one(IngestJob, payload["id"])
-            failed.state, failed.finished_at = "failed", utcnow()
-            failed.errors = [{"index": None, "id": None, "message": "queue unavailable"}]
-            collection.end_build()
-        raise Unavailable(f"the task queue is unavailable: {exc}") from None
+    outbox.dispatch(svc.send, [plan])
     return payload, 202, {"Location": payload["url"]}

@@ -7,7 +7,6 @@ and do not block the valid ones.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,30 @@ from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
 
 from api.auth import require
+from api.backpressure import check_backpressure
 from api.errors import validation_error
-from api.openapi import documented, responses
+from api.openapi import JSONL_DOCUMENTS, DocumentFilter, DocumentsForm, documented, responses
+from api.responses import Deleted, DocumentOut, IngestJobOut
 from api.routes.collections import get_collection
 from api.schemas import DocumentIn, DocumentsRequest, decode_base64, json_body
 from api.services import Services, services
+from api.validation import id_problem, parse_json, unsafe_strings
+from core.contract import Queue
 from core.db import session_scope
-from core.errors import InvalidRequest, NotFound, PayloadTooLarge, UmarvelError, Unavailable
+from core.errors import InvalidRequest, NotFound, PayloadTooLarge, UmarvelError
 from core.images import decode_image
 from core.metrics import INGEST_DOCUMENTS
 from core.models import Collection, Document, IngestJob, utcnow
 from core.results import document_view
+from core.states import DocumentStatus, JobState, advance
+from ingestion import outbox
+from ingestion.chunks import chunked
+from ingestion.outbox import Kind
 from recall.filters import check_value, compile_filter, matches
 
 bp = Blueprint("documents", __name__)
+
+DELETE_CHUNK = 1000  # documents per SQL delete and per vector-delete entry
 
 
 def _validate(
@@ -78,7 +87,10 @@ def _image_bytes(svc: Services, doc: DocumentIn, files: dict[str, Any]) -> bytes
 
 def _read_server_file(path: str, roots: list[Path], limit: int) -> bytes:
     """A file's bytes if it lies inside an allowed root (links resolved first)."""
-    resolved = Path(path).resolve()
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, ValueError, RuntimeError):
+        raise InvalidRequest(f"image_path {path!r} is not a usable path") from None
     allowed = [root.resolve() for root in roots]
     if not any(resolved.is_relative_to(root) for root in allowed):
         raise InvalidRequest(f"image_path {path!r} is outside the allowed ingestion folders")
@@ -97,25 +109,19 @@ def _documents_input(svc: Services) -> tuple[list[Any], dict[str, Any]]:
     """
     limit = svc.settings.max_documents_per_request
     if request.mimetype == "application/x-ndjson":
-        return _jsonl_items(request.stream, limit), {}
+        # The cached body, not the stream: a retried transaction reads it again.
+        return _jsonl_items(io.BytesIO(request.get_data()), limit), {}
     if request.mimetype == "multipart/form-data":
         text = request.form.get("documents")
         if text is None:
             raise InvalidRequest("a multipart request needs a 'documents' field (JSON or JSONL)")
         stripped = text.lstrip()
         if stripped.startswith("{") and '"documents"' in stripped[:200]:
-            items = _items_of(_parse_json(text))
+            items = _items_of(parse_json(text, "the 'documents' field"))
         else:
             items = _jsonl_items(io.BytesIO(text.encode()), limit)
         return items, dict(request.files)
     return _items_of(json_body(request)), {}
-
-
-def _parse_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise InvalidRequest("the 'documents' field is not valid JSON") from None
 
 
 def _items_of(body: Any) -> list[Any]:
@@ -140,14 +146,20 @@ def _jsonl_items(stream: Any, limit: int) -> list[Any]:
         if len(items) >= limit:
             raise InvalidRequest(f"at most {limit} documents per request")
         try:
-            items.append(json.loads(line))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            items.append(_BadLine(number, f"line {number} is not valid JSON"))
+            items.append(parse_json(line, f"line {number}"))
+        except InvalidRequest as exc:
+            items.append(_BadLine(number, exc.message))
     return items
 
 
 @bp.post("/v1/collections/<name>/documents")
-@documented(json=DocumentsRequest, resp=responses(202, 400, 401, 403, 404, 413), tags=["documents"])
+@documented(
+    json=DocumentsRequest,
+    form=DocumentsForm,
+    resp=responses({202: IngestJobOut}, 400, 401, 403, 404, 409, 413, 503),
+    tags=["documents"],
+    extra={"requestBody": JSONL_DOCUMENTS},
+)
 def ingest_documents(name: str) -> Any:
     g.collection = name
     require("admin", name)
@@ -159,6 +171,7 @@ def ingest_documents(name: str) -> Any:
         raise InvalidRequest(
             f"at most {svc.settings.max_documents_per_request} documents per request"
         )
+    check_backpressure(svc, [Queue.INGEST], svc.settings.max_ingest_queue_depth)
     with session_scope(svc.sessions) as session:
         collection = get_collection(session, name)
         job = IngestJob(collection_id=collection.id, total=len(items))
@@ -169,6 +182,8 @@ def ingest_documents(name: str) -> Any:
         seen: set[str] = set()
         for position, raw in enumerate(items):
             item_id = raw.get("id") if isinstance(raw, dict) else None
+            if not isinstance(item_id, str) or id_problem(item_id):
+                item_id = None  # the error names the item by its index instead
             try:
                 if isinstance(raw, _BadLine):
                     raise InvalidRequest(raw.message)
@@ -191,9 +206,13 @@ def ingest_documents(name: str) -> Any:
         }
         rows = []
         for doc, image_key in valid:
-            row = existing.get(doc.id) or Document(collection_id=collection.id, external_id=doc.id)
+            row = existing.get(doc.id)
+            if row is None:
+                row = Document(collection_id=collection.id, external_id=doc.id, revision=1)
+            else:
+                row.revision += 1  # a vector of an older revision is never kept for it
             row.text, row.image_key, row.doc_metadata = doc.text, image_key, doc.metadata
-            row.status, row.error, row.ingest_job_id = "pending", None, job.id
+            row.status, row.error, row.ingest_job_id = DocumentStatus.PENDING, None, job.id
             row.generation = 0  # this content is in no generation until it is ingested
             session.add(row)
             rows.append(row)
@@ -201,26 +220,17 @@ def ingest_documents(name: str) -> Any:
         INGEST_DOCUMENTS.labels("rejected").inc(len(errors))
         job.errors = errors
         if not rows:
-            job.state, job.finished_at = "done", utcnow()
+            advance(job, JobState.DONE)
         session.flush()
         g.job_id = job.id
-        row_ids = [row.id for row in rows]
+        size = svc.settings.ingest_chunk_size
+        # Recorded with the rows: what is accepted here is written to Milvus whatever fails.
+        entries = outbox.add_documents(
+            session, Kind.INGEST, job.id, chunked([row.id for row in rows], size)
+        )
         payload = render_job(job)
-    _enqueue(svc, job.id, row_ids)
+    outbox.dispatch(svc.send, entries)
     return payload, 202, {"Location": payload["url"]}
-
-
-def _enqueue(svc: Services, job_id: str, row_ids: list[int]) -> None:
-    size = svc.settings.ingest_chunk_size
-    try:
-        for start in range(0, len(row_ids), size):
-            svc.celery.send_task("recall.ingest", args=[job_id, row_ids[start : start + size]])
-    except Exception as exc:
-        with session_scope(svc.sessions) as session:
-            job = session.get_one(IngestJob, job_id)
-            job.state, job.finished_at = "failed", utcnow()
-            job.errors = [*job.errors, {"index": None, "id": None, "message": "queue unavailable"}]
-        raise Unavailable(f"the task queue is unavailable: {exc}") from None
 
 
 def render_job(job: IngestJob) -> dict[str, Any]:
@@ -229,7 +239,7 @@ def render_job(job: IngestJob) -> dict[str, Any]:
         elapsed = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
         rate = job.done / max(elapsed, 1e-3)
         remaining = job.total - job.done - job.failed
-        eta = remaining / rate if job.state in ("queued", "running") else 0.0
+        eta = remaining / rate if not JobState(job.state).finished else 0.0
     return {
         "id": job.id,
         "url": f"/v1/ingest-jobs/{job.id}",
@@ -247,7 +257,7 @@ def render_job(job: IngestJob) -> dict[str, Any]:
 
 
 @bp.get("/v1/ingest-jobs/<job_id>")
-@documented(resp=responses(200, 401, 403, 404), tags=["documents"])
+@documented(resp=responses({200: IngestJobOut}, 400, 401, 403, 404, 503), tags=["documents"])
 def read_ingest_job(job_id: str) -> Any:
     with session_scope(services().sessions) as session:
         job = session.get(IngestJob, job_id)
@@ -269,7 +279,7 @@ def _document(session: Any, collection: Collection, document_id: str) -> Documen
 
 
 @bp.get("/v1/collections/<name>/documents/<path:document_id>")
-@documented(resp=responses(200, 401, 403, 404), tags=["documents"])
+@documented(resp=responses({200: DocumentOut}, 400, 401, 403, 404, 503), tags=["documents"])
 def read_document(name: str, document_id: str) -> Any:
     require("search", name)
     with session_scope(services().sessions) as session:
@@ -277,7 +287,7 @@ def read_document(name: str, document_id: str) -> Any:
 
 
 @bp.delete("/v1/collections/<name>/documents/<path:document_id>")
-@documented(resp=responses(204, 401, 403, 404), tags=["documents"])
+@documented(resp=responses({204: None}, 400, 401, 403, 404, 409, 503), tags=["documents"])
 def delete_document(name: str, document_id: str) -> Any:
     """Gone from SQL (hence from every answer) at once; a worker removes its vector."""
     g.collection = name
@@ -287,15 +297,26 @@ def delete_document(name: str, document_id: str) -> Any:
         collection = get_collection(session, name)
         session.delete(_document(session, collection, document_id))
         collection.version += 1  # cached answers that held it are never served again
-        generations = [generation for generation, _ in collection.write_targets()]
-        storage = collection.storage_name
-    for generation in generations:
-        svc.celery.send_task("recall.delete", args=[storage, generation, [document_id]])
+        entry = _vector_deletes(session, collection, [document_id])
+    outbox.dispatch(svc.send, entry)
     return "", 204
 
 
+def _vector_deletes(session: Any, collection: Collection, ids: list[str]) -> list[Any]:
+    """Outbox entries removing these documents' vectors from every generation written."""
+    generations = [generation for generation, _ in collection.write_targets()]
+    return [
+        outbox.add_vectors(session, Kind.DELETE, collection.storage_name, generations, chunk)
+        for chunk in chunked(ids, DELETE_CHUNK)
+    ]
+
+
 @bp.delete("/v1/collections/<name>/documents")
-@documented(resp=responses(200, 400, 401, 403, 404), tags=["documents"])
+@documented(
+    query=DocumentFilter,
+    resp=responses({200: Deleted}, 400, 401, 403, 404, 409, 503),
+    tags=["documents"],
+)
 def delete_documents(name: str) -> Any:
     """Delete every document whose metadata matches ``?filter=<JSON>`` (the filter language).
 
@@ -308,10 +329,9 @@ def delete_documents(name: str) -> Any:
         raise InvalidRequest(
             "give ?filter=<JSON>; deleting every document needs DELETE of the collection"
         )
-    try:
-        spec = json.loads(raw)
-    except json.JSONDecodeError:
-        raise InvalidRequest("filter is not valid JSON") from None
+    spec = parse_json(raw, "filter")
+    for field, problem in unsafe_strings(spec, "filter"):
+        raise InvalidRequest(f"{field}: {problem}")
     svc = services()
     with session_scope(svc.sessions) as session:
         collection = get_collection(session, name)
@@ -326,16 +346,11 @@ def delete_documents(name: str) -> Any:
             )
         ).yield_per(1000)
         doomed = [(row_id, ext) for row_id, ext, meta in rows if matches(spec, fields, meta or {})]
-        for start in range(0, len(doomed), 1000):
-            ids = [row_id for row_id, _ in doomed[start : start + 1000]]
-            session.execute(sa_delete(Document).where(Document.id.in_(ids)))
+        for chunk in chunked([row_id for row_id, _ in doomed], DELETE_CHUNK):
+            session.execute(sa_delete(Document).where(Document.id.in_(chunk)))
+        entries = []
         if doomed:
             collection.version += 1
-        generations = [generation for generation, _ in collection.write_targets()]
-        storage = collection.storage_name
-    external = [ext for _, ext in doomed]
-    for generation in generations:
-        for start in range(0, len(external), 1000):
-            batch = external[start : start + 1000]
-            svc.celery.send_task("recall.delete", args=[storage, generation, batch])
-    return {"deleted": len(external)}
+            entries = _vector_deletes(session, collection, [ext for _, ext in doomed])
+    outbox.dispatch(svc.send, entries)
+    return {"deleted": len(doomed)}

@@ -8,22 +8,23 @@ from flask import Blueprint
 from sqlalchemy import text
 
 from api.openapi import documented, responses
+from api.responses import Liveness, Readiness
 from api.services import services
+from core.contract import Queue
 from core.db import session_scope
-from workers.celery_app import QUEUES
 from workers.heartbeat import read_heartbeats
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-@documented(resp=responses(200), tags=["health"], security={})
+@documented(resp=responses({200: Liveness}, 400), tags=["health"], security={})
 def healthz() -> Any:
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
-@documented(resp=responses(200, 503), tags=["health"], security={})
+@documented(resp=responses({200: Readiness, 503: Readiness}, 400), tags=["health"], security={})
 def readyz() -> Any:
     """Ready when SQL and Redis answer and every queue has a worker with a warm model."""
     svc = services()
@@ -37,7 +38,7 @@ def readyz() -> Any:
     try:
         svc.redis.ping()
         checks["redis"] = {"ok": True}
-        for queue in QUEUES:
+        for queue in Queue:
             beats = read_heartbeats(svc.redis, queue)
             warm = [b for b in beats if b.get("warm")]
             checks[f"queue:{queue}"] = {
@@ -48,5 +49,5 @@ def readyz() -> Any:
             }
     except Exception as exc:
         checks["redis"] = {"ok": False, "error": type(exc).__name__}
-    ready = all(check["ok"] for check in checks.values()) and len(checks) == 2 + len(QUEUES)
+    ready = all(check["ok"] for check in checks.values()) and len(checks) == 2 + len(Queue)
     return {"status": "ready" if ready else "not_ready", "checks": checks}, (200 if ready else 503)

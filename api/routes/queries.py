@@ -15,26 +15,29 @@ from flask import Blueprint, g, request
 from pydantic import ValidationError
 
 from api.auth import require
+from api.backpressure import check_backpressure
 from api.errors import validation_error
-from api.openapi import documented, responses
+from api.openapi import QueryForm, documented, responses
+from api.responses import QueryAccepted, QueryAnswer, QueryJobOut
 from api.routes.collections import get_collection
 from api.schemas import PageQuery, QueryRequest, decode_base64, request_parts
 from api.services import Services, services
 from core.cache import job_channel, notify_finished, result_key
+from core.contract import QUERY_QUEUES, Task, step_ids
 from core.db import session_scope
-from core.errors import InvalidRequest, NotFound, Overloaded, Unavailable
+from core.errors import InvalidRequest, NotFound, Unavailable
 from core.images import decode_image
 from core.metrics import CACHE_REQUESTS
 from core.models import Collection, QueryJob, new_id, utcnow
 from core.results import enrich
+from core.states import RUNNING_QUERY, QueryStatus, advance_query
 from recall.filters import compile_filter
-from workers.celery_app import QUEUES
 
 bp = Blueprint("queries", __name__)
 
 POLL_SECONDS = 0.5  # a safety net only: workers publish when a job finishes
 RETRY_AFTER_SECONDS = 2
-RUNNING = ("queued", "recalling", "reranking")
+RUNNING = RUNNING_QUERY
 
 
 def _normalise(
@@ -62,7 +65,11 @@ def _normalise(
 
 @bp.post("/v1/collections/<name>/queries")
 @documented(
-    json=QueryRequest, resp=responses(200, 202, 400, 401, 403, 404, 413, 429, 503), tags=["queries"]
+    json=QueryRequest,
+    form=QueryForm,
+    query=PageQuery,
+    resp=responses({200: QueryAnswer, 202: QueryAccepted}, 400, 401, 403, 404, 409, 413, 429, 503),
+    tags=["queries"],
 )
 def submit_query(name: str) -> Any:
     g.collection = name
@@ -100,7 +107,7 @@ def submit_query(name: str) -> Any:
         CACHE_REQUESTS.labels("hit" if cached is not None else "miss").inc()
         if cached is not None:
             return _render_cached(session, collection, cached), 200
-        _check_backpressure(svc)
+        check_backpressure(svc, QUERY_QUEUES, svc.settings.max_queue_depth)
         job_id = new_id()
         holder = svc.cache.claim(key, job_id, ttl_seconds=svc.settings.task_time_limit * 2)
         if holder == job_id:
@@ -111,41 +118,31 @@ def submit_query(name: str) -> Any:
                     request=normalised,
                     query_image_key=image_key,
                     cache_key=key,
+                    api_key_id=g.api_key.id if g.get("api_key") is not None else None,
                 )
             )
+            try:
+                session.flush()
+            except Exception:
+                svc.cache.release(key)  # no job will ever finish under this claim
+                raise
     g.job_id = holder
     if holder == job_id:
         _enqueue(svc, job_id, normalised["rerank"]["enabled"])
     return _answer(svc, holder, body.wait)
 
 
-def _check_backpressure(svc: Services) -> None:
-    """429 when the queues hold more than the configured depth: never an unbounded queue."""
-    depth = sum(svc.redis.llen(queue) for queue in QUEUES)
-    if depth >= svc.settings.max_queue_depth:
-        raise Overloaded(
-            f"the search queues hold {depth} tasks (limit {svc.settings.max_queue_depth}); "
-            "retry shortly",
-            {"retry_after": RETRY_AFTER_SECONDS},
-        )
-
-
-def task_ids(job_id: str) -> list[str]:
-    """The Celery task ids of a query job's steps, fixed so that a cancel can revoke them."""
-    return [f"{job_id}.recall", f"{job_id}.rerank"]
-
-
 def _enqueue(svc: Services, job_id: str, rerank: bool) -> None:
-    recall_id, rerank_id = task_ids(job_id)
-    steps = [svc.celery.signature("recall.search", args=[job_id]).set(task_id=recall_id)]
+    recall_id, rerank_id = step_ids(job_id)
+    steps = [svc.celery.signature(Task.RECALL_SEARCH.value, args=[job_id]).set(task_id=recall_id)]
     if rerank:
-        steps.append(svc.celery.signature("rerank.score").set(task_id=rerank_id))
+        steps.append(svc.celery.signature(Task.RERANK_SCORE.value).set(task_id=rerank_id))
     try:
         chain(*steps).apply_async()
     except Exception as exc:
         with session_scope(svc.sessions) as session:
             job = session.get_one(QueryJob, job_id)
-            job.status, job.error, job.finished_at = "failed", "queue unavailable", utcnow()
+            advance_query(job, QueryStatus.FAILED, "queue unavailable")
             svc.cache.release(job.cache_key)
         raise Unavailable(f"the task queue is unavailable: {exc}") from None
 
@@ -198,14 +195,14 @@ def render_job(session: Any, job: QueryJob) -> dict[str, Any]:
         "collection": collection.name,
         "status": job.status,
         "is_running": job.status in RUNNING,
-        "is_partial": job.status != "done" and job.recall_hits is not None,
+        "is_partial": job.status != QueryStatus.DONE and job.recall_hits is not None,
         "created_at": job.created_at.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "timings": job.timings,
         "error": job.error,
         "cached": False,
     }
-    hits = job.results if job.status == "done" else job.recall_hits
+    hits = job.results if job.status == QueryStatus.DONE else job.recall_hits
     if hits is not None:
         page, paging = _page(hits)
         payload["results"] = enrich(session, job.collection_id, page, paging["offset"] + 1)
@@ -241,13 +238,17 @@ def _job(session: Any, job_id: str) -> QueryJob:
     g.job_id, g.collection = job.id, session.get_one(Collection, job.collection_id).name
     require("search", g.collection)
     ttl = timedelta(seconds=services().settings.job_ttl_seconds)
-    if job.finished_at is not None and job.status != "expired" and job.finished_at + ttl < utcnow():
-        job.status, job.results, job.recall_hits = "expired", None, None
+    if job.finished_at is not None and job.finished_at + ttl < utcnow():
+        advance_query(job, QueryStatus.EXPIRED)
     return job
 
 
 @bp.get("/v1/queries/<job_id>")
-@documented(query=PageQuery, resp=responses(200, 400, 401, 403, 404), tags=["queries"])
+@documented(
+    query=PageQuery,
+    resp=responses({200: QueryJobOut}, 400, 401, 403, 404, 409, 503),
+    tags=["queries"],
+)
 def read_query(job_id: str) -> Any:
     _paging()  # a bad offset or limit is a 400 whatever the job's state
     with session_scope(services().sessions) as session:
@@ -255,7 +256,11 @@ def read_query(job_id: str) -> Any:
 
 
 @bp.delete("/v1/queries/<job_id>")
-@documented(resp=responses(200, 204, 401, 403, 404), tags=["queries"])
+@documented(
+    query=PageQuery,
+    resp=responses({200: QueryJobOut, 204: None}, 400, 401, 403, 404, 409, 503),
+    tags=["queries"],
+)
 def delete_query(job_id: str) -> Any:
     """Cancel a running job (its queued steps are revoked), or delete a finished one."""
     svc = services()
@@ -264,10 +269,9 @@ def delete_query(job_id: str) -> Any:
         if job.status not in RUNNING:
             session.delete(job)
             return "", 204
-        job.status, job.error = "cancelled", "cancelled by the client"
-        job.finished_at = utcnow()
+        advance_query(job, QueryStatus.CANCELLED, "cancelled by the client")
         svc.cache.release(job.cache_key)
-        svc.celery.control.revoke(task_ids(job.id))
+        svc.celery.control.revoke(list(step_ids(job.id)))
         payload = render_job(session, job)
     notify_finished(svc.redis, job_id)  # requests waiting on it answer now
     return payload, 200

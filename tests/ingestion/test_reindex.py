@@ -1,12 +1,11 @@
-"""Reindex, step by step in process: the API, the worker steps, real SQL, Redis, milvus-lite
-and tiny models. The order of events is forced here, which a live stack cannot do."""
+"""Reindex, step by step in process: the API, the outbox entries run as a worker would, real
+SQL, Redis, milvus-lite and tiny models. The order of events is forced here, which a live
+stack cannot do."""
 
 from __future__ import annotations
 
 import base64
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,50 +15,23 @@ import redis
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
-from api.app import create_app
-from core.models import Collection, Document
-from core.settings import Settings
+from core.models import Collection, Document, OutboxEntry, utcnow
+from ingestion import engine, outbox, sweep
+from ingestion.outbox import Kind
 from recall.index import milvus_name
 from recall.prompts import Candidate
-from tests.helpers import error, make_key
-from workers import pipeline, redrive
+from recall.service import RecallService
+from tests.helpers import entries, error, ingest_in_process, run_entries
 from workers.runtime import Runtime
 
 
 @pytest.fixture
-def env(
-    migrated_url: str,
-    redis_url: str,
-    tmp_path: Path,
-    tiny_models: dict[str, Path],
-    milvus_server: dict[str, Any],
-) -> Iterator[tuple[FlaskClient, Runtime]]:
-    settings = Settings(
-        database_url=migrated_url,
-        redis_url=redis_url,
-        media_root=tmp_path / "media",
-        milvus_uri=str(milvus_server["uri"]),
-        milvus_prefix=f"r{uuid.uuid4().hex[:6]}_",
-        recall_model=str(tiny_models["qwen3_vl"]),
-        ingest_chunk_size=2,
-        device="cpu",
-    )
-    client = create_app(settings).test_client()
-    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + make_key(client.application, ["admin"])
-    assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201
-    rt = Runtime(settings)
-    yield client, rt
-    rt.index.close()
+def env(pipeline_env: tuple[FlaskClient, Runtime]) -> tuple[FlaskClient, Runtime]:
+    return pipeline_env
 
 
 def _ingest(client: FlaskClient, rt: Runtime, docs: list[dict[str, Any]]) -> None:
-    """Submit through the API, then run the chunk as a recall worker would."""
-    response = client.post("/v1/collections/docs/documents", json={"documents": docs})
-    assert response.status_code == 202, response.json
-    job_id = response.json["id"]
-    with rt.sessions.begin() as session:
-        ids = session.scalars(select(Document.id).where(Document.ingest_job_id == job_id)).all()
-    pipeline.ingest_chunk(rt, job_id, list(ids))
+    ingest_in_process(client, rt, docs)
 
 
 def _storage(rt: Runtime) -> str:
@@ -82,14 +54,17 @@ def _embedding(rt: Runtime, model: Path, text: str) -> np.ndarray:
     return np.asarray(rt.embedder(str(model)).encode_candidates([Candidate(text=text)])[0])
 
 
-def _queued(redis_url: str, task: str) -> list[list[Any]]:
-    """Arguments of the ``task`` messages waiting on the recall queue."""
+def _queued(redis_url: str) -> list[int]:
+    """Outbox entry ids of the messages waiting on the ingest queue, oldest first."""
     found = []
-    for raw in redis.Redis.from_url(redis_url).lrange("recall", 0, -1):
+    for raw in reversed(redis.Redis.from_url(redis_url).lrange("ingest", 0, -1)):
         message = json.loads(raw)
-        if message["headers"]["task"] == task:
-            found.append(json.loads(base64.b64decode(message["body"]))[0])
+        found.append(json.loads(base64.b64decode(message["body"]))[0][0])
     return found
+
+
+def _run(rt: Runtime, entry: outbox.Entry) -> dict[str, Any]:
+    return engine.run(rt, entry.id)
 
 
 def test_reindex_builds_beside_the_served_generation_then_switches(
@@ -113,11 +88,14 @@ def test_reindex_builds_beside_the_served_generation_then_switches(
         "already being reindexed"
         in error(client.post("/v1/collections/docs/reindex"), 409)["message"]
     )
-    assert _queued(redis_url, "recall.reindex") == [[job["id"]]]
+    (plan,) = entries(rt, job["id"])
+    assert plan.kind == Kind.PLAN
+    assert _queued(redis_url)[-1] == plan.id  # sent after the commit
 
-    chunks = pipeline.plan_reindex(rt, job["id"])
-    assert [len(c) for c in chunks] == [2, 2, 1]
-    assert pipeline.reindex_chunk(rt, job["id"], chunks[0])["drop"] is None
+    assert _run(rt, plan)["chunks"] == 3
+    chunks = entries(rt, job["id"], Kind.REINDEX)
+    assert [len(c.payload["documents"]) for c in chunks] == [2, 2, 1]
+    assert _run(rt, chunks[0])["outcome"] == "done"
     # Still serving generation 1 with the old model; generation 2 is half built.
     assert client.get("/v1/collections/docs").json["generation"] == 1
     assert len(_vectors(rt, 2)) == 2
@@ -127,26 +105,16 @@ def test_reindex_builds_beside_the_served_generation_then_switches(
     for doc_id, text in (("d3", "changed"), ("new", "a new one")):
         np.testing.assert_allclose(_vectors(rt, 1)[doc_id], _embedding(rt, qwen3, text), atol=1e-5)
         np.testing.assert_allclose(_vectors(rt, 2)[doc_id], _embedding(rt, qwen2, text), atol=1e-5)
-    # A delete is sent for both generations.
+    # A delete is recorded for both generations.
     assert client.delete("/v1/collections/docs/documents/d4").status_code == 204
-    storage = _storage(rt)
-    assert sorted(_queued(redis_url, "recall.delete")) == [
-        [storage, 1, ["d4"]],
-        [storage, 2, ["d4"]],
-    ]
-    for generation in (1, 2):
-        pipeline.delete_vectors(rt, storage, generation, ["d4"])
+    (delete,) = entries(rt, kind=Kind.DELETE)
+    assert delete.payload == {"storage": _storage(rt), "generations": [1, 2], "ids": ["d4"]}
+    _run(rt, delete)
 
     # d3 is already in generation 2 and d4 is gone: the second chunk (d2, d3) completes it.
-    outcome = pipeline.reindex_chunk(rt, job["id"], chunks[1])
-    assert outcome["drop"] == {"collection": _storage(rt), "generations": [1]}
-    assert outcome["indexed"] == 1
-    assert pipeline.reindex_chunk(rt, job["id"], chunks[2]) == {  # a late replay: no-op
-        "job_id": job["id"],
-        "indexed": 0,
-        "drop": None,
-    }
-
+    assert _run(rt, chunks[1])["indexed"] == 1
+    assert _run(rt, chunks[2])["indexed"] == 0  # switched already: nothing left to build
+    assert _run(rt, chunks[1])["outcome"] == "done before"  # a replayed message
     after = client.get("/v1/collections/docs").json
     assert (after["generation"], after["recall_model"], after["reindex"]) == (2, str(qwen2), None)
     assert after["version"] > building["version"]
@@ -156,8 +124,14 @@ def test_reindex_builds_beside_the_served_generation_then_switches(
     assert set(_vectors(rt, 2)) == ids  # Milvus count equals SQL count, d4 gone
     for doc_id, text in (("d0", "document 0"), ("d3", "changed")):
         np.testing.assert_allclose(_vectors(rt, 2)[doc_id], _embedding(rt, qwen2, text), atol=1e-5)
-    pipeline.drop_collections(rt, storage, [1])
+    # Generation 1 is dropped later, by an entry not due before the drop delay.
+    (drop,) = entries(rt, kind=Kind.DROP)
+    assert drop.payload["generations"] == [1]
+    with rt.sessions() as session:
+        assert session.get(OutboxEntry, drop.id).not_before > utcnow()
+    _run(rt, drop)
     assert not rt.index.exists(_name(rt, 1))
+    assert entries(rt) == []
 
 
 def test_a_slow_chunk_never_overwrites_a_newer_write(
@@ -169,24 +143,29 @@ def test_a_slow_chunk_never_overwrites_a_newer_write(
     qwen2 = tiny_models["qwen2_vl"]
     _ingest(client, rt, [{"id": "a", "text": "old text"}, {"id": "b", "text": "b"}])
     job = client.post("/v1/collections/docs/reindex", json={"recall_model": str(qwen2)}).json
-    (chunk,) = pipeline.plan_reindex(rt, job["id"])
-    a_id, b_id = sorted(chunk)
-    assert pipeline.reindex_chunk(rt, job["id"], [b_id])["drop"] is None  # b is built
-    original = pipeline.RecallService.index_documents
-    calls: list[int] = []
+    with rt.sessions.begin() as session:  # the plan, cut by hand: b first, then a alone
+        a_id, b_id = session.scalars(select(Document.id).order_by(Document.external_id)).all()
+        outbox.complete(session, entries(rt, job["id"])[0].id)
+        only_b = outbox.add(session, Kind.REINDEX, {"documents": [b_id]}, job_id=job["id"])
+        only_a = outbox.add(session, Kind.REINDEX, {"documents": [a_id]}, job_id=job["id"])
+        b_entry, a_entry = outbox.Entry.of(only_b), outbox.Entry.of(only_a)
+    _run(rt, b_entry)  # b is built
+    original = RecallService.upsert
+    calls: list[str] = []
 
-    def index_documents(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not calls:  # the chunk has read "old text"; a client updates it, and its
-            # ingestion writes both generations and completes the build (the switch)
+    def upsert(self: Any, target: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(target)
+        if len(calls) == 1:  # the chunk has embedded "old text"; a client updates it, and
+            # its ingestion writes both generations and completes the build (the switch)
             # before the chunk's own upsert of the old text lands
             _ingest(client, rt, [{"id": "a", "text": "new text"}])
             assert client.get("/v1/collections/docs").json["generation"] == 2
-        calls.append(1)
-        return original(self, *args, **kwargs)
+        return original(self, target, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.RecallService, "index_documents", index_documents)
-    pipeline.reindex_chunk(rt, job["id"], [a_id])
-    assert len(calls) == 2  # the changed document was embedded again, after the switch
+    monkeypatch.setattr(RecallService, "upsert", upsert)
+    _run(rt, a_entry)
+    # The stale write was checked and repaired: the changed document was written again.
+    assert calls.count(_name(rt, 2)) == 3  # the chunk's, the ingestion's, the repair
     np.testing.assert_allclose(_vectors(rt, 2)["a"], _embedding(rt, qwen2, "new text"), atol=1e-5)
 
 
@@ -203,23 +182,20 @@ def test_a_failed_reindex_keeps_serving_and_never_reuses_its_generation(
 ) -> None:
     client, rt = env
     job = _reindex_with_a_missing_model(client, rt, tmp_path)
-    (chunk,) = pipeline.plan_reindex(rt, job["id"])
-    for _ in range(pipeline.REINDEX_MAX_FAILURES - 1):  # raised: the sweep queues it again
-        with pytest.raises(OSError, match="no-such-model"):
-            pipeline.reindex_chunk(rt, job["id"], chunk)
-        assert client.get(job["url"]).json["state"] == "running"
-    outcome = pipeline.reindex_chunk(rt, job["id"], chunk)
-    assert outcome["drop"] == {"collection": _storage(rt), "generations": [2]}
+    run_entries(rt, job["id"])  # the plan
+    (chunk,) = entries(rt, job["id"])
+    assert _run(rt, chunk)["outcome"] == "failed"  # a model that cannot load: for good
     failed = client.get(job["url"]).json
     assert failed["state"] == "failed"
-    assert len(failed["errors"]) == pipeline.REINDEX_MAX_FAILURES  # one per failed chunk
     assert "no-such-model" in failed["errors"][-1]["message"]
     collection = client.get("/v1/collections/docs").json
     assert (collection["generation"], collection["reindex"]) == (1, None)
+    (drop,) = entries(rt, kind=Kind.DROP)  # the partial generation goes
+    assert drop.payload["generations"] == [2]
     again = client.post("/v1/collections/docs/reindex").json
     assert client.get("/v1/collections/docs").json["reindex"]["generation"] == 3
-    (chunk,) = pipeline.plan_reindex(rt, again["id"])
-    assert pipeline.reindex_chunk(rt, again["id"], chunk)["drop"]["generations"] == [1]
+    run_entries(rt, again["id"])  # plan
+    run_entries(rt, again["id"])  # chunk, and the switch
     assert client.get("/v1/collections/docs").json["generation"] == 3
 
 
@@ -231,29 +207,40 @@ def test_a_failing_new_generation_never_fails_ingestion(
     _ingest(client, rt, [{"id": "b", "text": "b"}])  # generation 2's model cannot load
     assert client.get("/v1/collections/docs/documents/b").json["status"] == "indexed"
     assert set(_vectors(rt, 1)) == {"a", "b"}
-    building = client.get(job["url"]).json  # the failure counts against the build only
-    assert (building["state"], len(building["errors"])) == ("queued", 1)
-    with rt.sessions() as session:  # b stays outstanding for the build: the sweep retries it
-        outstanding = redrive.outstanding(session)
-    assert sorted(len(ids) for ids in outstanding.values()) == [2]
+    assert client.get(job["url"]).json["state"] == "queued"
+    # b is owed to the build: an entry of its own retries it there.
+    with rt.sessions() as session:
+        b_id = session.scalar(select(Document.id).where(Document.external_id == "b"))
+    retry = entries(rt, job["id"], Kind.REINDEX)
+    assert [entry.payload["documents"] for entry in retry] == [[b_id]]
 
 
-def test_a_lost_plan_or_switch_is_recovered(env: tuple[FlaskClient, Runtime]) -> None:
+def _sweep(rt: Runtime) -> list[int]:
+    rt.redis.delete(sweep.LOCK)  # as if the sweep interval had passed
+    return sweep.sweep(rt, 30)
+
+
+def test_a_lost_plan_or_switch_is_recovered(
+    env: tuple[FlaskClient, Runtime], redis_url: str
+) -> None:
     client, rt = env
     _ingest(client, rt, [{"id": "a", "text": "a"}])
     job = client.post("/v1/collections/docs/reindex").json
-    # The plan message was lost: a chunk queued again by the sweep starts the job itself.
-    with rt.sessions() as session:
-        (doc_id,) = session.scalars(select(Document.id)).all()
-    assert pipeline.reindex_chunk(rt, job["id"], [doc_id])["drop"]["generations"] == [1]
+    redis.Redis.from_url(redis_url).delete("ingest")  # the plan's message was lost
+    (plan,) = entries(rt, job["id"])
+    assert _sweep(rt) == []  # suspected once: it could have been in transit
+    assert _sweep(rt) == [plan.id]
+    assert _queued(redis_url) == [plan.id]
+    run_entries(rt, job["id"])
+    run_entries(rt, job["id"])
     assert client.get(job["url"]).json["state"] == "done"
-    # A build whose last chunk failed before switching is switched by the sweep.
+    # A build whose last chunk ended before switching is switched by the sweep.
     job = client.post("/v1/collections/docs/reindex").json
     with rt.sessions.begin() as session:
         session.execute(update(Document).values(generation=3))  # built, never switched
-    assert redrive.built(rt.sessions()) == [job["id"]]
-    rt.redis.delete(redrive.LOCK)
-    redrive.sweep(rt, 30)
+        for entry in entries(rt, job["id"]):
+            outbox.complete(session, entry.id)
+    _sweep(rt)
     assert client.get("/v1/collections/docs").json["generation"] == 3
 
 
@@ -266,21 +253,8 @@ def test_reindex_requests_are_validated(env: tuple[FlaskClient, Runtime]) -> Non
     assert error(extra, 400)
     # An empty collection switches as soon as its (empty) plan is made.
     job = client.post("/v1/collections/docs/reindex").json
-    assert pipeline.plan_reindex(rt, job["id"]) == []
-    assert pipeline.maybe_switch(rt, job["id"]) == {"collection": _storage(rt), "generations": [1]}
+    assert run_entries(rt, job["id"])[0]["chunks"] == 0
     assert client.get("/v1/collections/docs").json["generation"] == 2
-
-
-def test_without_a_sweep_a_failing_chunk_gives_up_at_once(
-    env: tuple[FlaskClient, Runtime], tmp_path: Path
-) -> None:
-    client, rt = env
-    job = _reindex_with_a_missing_model(client, rt, tmp_path)
-    no_sweep = Runtime(rt.settings.model_copy(update={"redrive_seconds": 0}))
-    (chunk,) = pipeline.plan_reindex(no_sweep, job["id"])
-    outcome = pipeline.reindex_chunk(no_sweep, job["id"], chunk)  # nothing would retry it
-    assert outcome["drop"] == {"collection": _storage(rt), "generations": [2]}
-    assert client.get(job["url"]).json["state"] == "failed"
 
 
 def test_a_document_sent_again_never_holds_up_its_first_job(
@@ -292,12 +266,14 @@ def test_a_document_sent_again_never_holds_up_its_first_job(
         json={"documents": [{"id": "x", "text": "first"}, {"id": "y", "text": "y"}]},
     ).json
     _ingest(client, rt, [{"id": "x", "text": "second"}])  # x now belongs to the second job
-    with rt.sessions() as session:
-        ids = session.scalars(select(Document.id).where(Document.external_id == "y")).all()
-    pipeline.ingest_chunk(rt, first["id"], list(ids))
+    run_entries(rt, first["id"])
     done = client.get(first["url"]).json
     assert (done["state"], done["done"]) == ("done", 1)
     assert client.get("/v1/collections/docs/documents/x").json["text"] == "second"
+    assert set(_vectors(rt, 1)) == {"x", "y"}
+    np.testing.assert_allclose(
+        _vectors(rt, 1)["x"], _embedding(rt, Path(rt.settings.recall_model), "second"), atol=1e-5
+    )
 
 
 def test_a_collection_created_again_never_meets_the_old_vectors(

@@ -1,0 +1,218 @@
+"""The bodies of the API's successful answers, for the OpenAPI document.
+
+The views build plain dicts (``render`` in each route module, ``core.results``); these
+models describe those dicts exactly, and the fuzz test (tests/test_fuzz.py) checks real
+answers against them. Every model forbids unknown fields, so a new key in a render
+function fails that test until it is documented here.
+
+A field typed ``X | None`` is always present and may be null. A field declared with
+``omitted(...)`` is left out of the answer when it does not apply, and is never null.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from core.states import DocumentStatus, JobState, QueryStatus
+
+FieldType = Literal["int", "float", "str", "bool"]
+
+
+def drop_defaults(schema: dict[str, Any]) -> None:
+    # A default means nothing in an answer; in these models it only marks a field that may
+    # be left out, which the schema already says by leaving it out of "required".
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=drop_defaults)
+
+
+def omitted(description: str) -> Any:
+    """A field that the answer leaves out, rather than sending null, when it does not apply."""
+    return Field(default=None, description=description)
+
+
+# Health
+
+
+class Liveness(Answer):
+    status: Literal["ok"]
+
+
+class ReadinessCheck(Answer):
+    ok: bool
+    error: str = omitted("The exception's type, when the check could not run.")
+    workers: int = omitted("Queues only: workers seen through their heartbeats.")
+    warm: int = omitted("Queues only: workers whose model is loaded and warmed up.")
+    errors: list[str] = omitted("Queues only: the workers' reported model errors.")
+
+
+class Readiness(Answer):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, ReadinessCheck] = Field(
+        description="By name: `database`, `redis`, then `queue:<name>` for each queue."
+    )
+
+
+# Collections
+
+
+class RerankSettings(Answer):
+    enabled: bool
+    k: int
+    weight: float
+
+
+class ReindexProgress(Answer):
+    job_id: str
+    url: str = Field(description="The reindex job, `/v1/ingest-jobs/{id}`.")
+    generation: int = Field(description="The generation being built.")
+    recall_model: str = Field(description="The model the new generation is embedded with.")
+
+
+class DocumentCounts(Answer):
+    total: int
+    indexed: int
+    pending: int
+    failed: int
+
+
+class CollectionOut(Answer):
+    name: str
+    description: str
+    recall_model: str
+    metric: str
+    rerank: RerankSettings
+    metadata_fields: dict[str, FieldType]
+    version: int = Field(description="Bumped by every change that search can see.")
+    generation: int = Field(description="The generation search is served from.")
+    milvus_collection: str
+    reindex: ReindexProgress | None = Field(description="The build in progress, if any.")
+    documents: DocumentCounts
+    created_at: datetime
+
+
+class CollectionList(Answer):
+    collections: list[CollectionOut]
+
+
+# Documents and ingestion jobs
+
+
+class ItemError(Answer):
+    index: int | None = omitted(
+        "The item's position in the request; null for a failure of the whole job, left out "
+        "for a document that failed in a worker."
+    )
+    id: str | None = Field(description="The document's id, when the item had a usable one.")
+    message: str
+
+
+class IngestJobOut(Answer):
+    id: str
+    url: str
+    kind: Literal["ingest", "reindex"]
+    state: JobState
+    total: int
+    done: int
+    failed: int = Field(description="Items rejected at submission plus documents that failed.")
+    rate: float | None = Field(description="Documents indexed per second, once started.")
+    eta_seconds: float | None
+    errors: list[ItemError]
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class Deleted(Answer):
+    deleted: int = Field(description="How many documents matched the filter and were deleted.")
+
+
+class DocumentOut(Answer):
+    id: str
+    text: str | None
+    metadata: dict[str, Any]
+    image_url: str | None = Field(description="`/v1/media/{key}`, when it has an image.")
+    status: DocumentStatus
+
+
+# Query jobs
+
+
+class RecallHit(Answer):
+    """A hit of the recall stage, before rerank: what a partial answer holds."""
+
+    rank: int
+    document_id: str
+    cosine: float
+    text: str | None
+    metadata: dict[str, Any]
+    image_url: str | None
+
+
+class RankedHit(RecallHit):
+    """A hit of the final ranking."""
+
+    p_yes: float | None = Field(description="The reranker's probability; null without rerank.")
+    score: float = Field(description="The fused score the ranking is sorted by.")
+
+
+class Paging(Answer):
+    offset: int
+    limit: int
+    total: int
+
+
+class QueryJobOut(Answer):
+    """A query job as stored."""
+
+    id: str
+    url: str
+    collection: str
+    status: QueryStatus
+    is_running: bool
+    is_partial: bool = Field(description="The results are the recall stage's, not final.")
+    created_at: datetime
+    finished_at: datetime | None
+    timings: dict[str, float] = Field(description="Seconds spent in each stage.")
+    error: str | None
+    cached: Literal[False]
+    results: list[RankedHit | RecallHit] = omitted("A page of hits, once recall has run.")
+    paging: Paging = omitted("Present with results.")
+
+
+class CachedAnswer(Answer):
+    """A finished query answered from the result cache, without a job of its own."""
+
+    id: str = Field(description="The job that computed the cached results.")
+    url: str
+    collection: str
+    status: Literal["done"]
+    is_running: Literal[False]
+    is_partial: Literal[False]
+    timings: dict[str, float]
+    error: None
+    cached: Literal[True]
+    results: list[RankedHit]
+    paging: Paging
+
+
+class QueryPending(Answer):
+    """A job that another request has claimed but not yet stored."""
+
+    id: str
+    url: str
+    status: Literal["queued"]
+    is_running: Literal[True]
+
+
+class QueryAnswer(RootModel[QueryJobOut | CachedAnswer]):
+    """A finished query: its job, or results from the cache."""
+
+
+class QueryAccepted(RootModel[QueryJobOut | QueryPending]):
+    """A query still running: poll its `url`."""

@@ -1,0 +1,30 @@
+"""What the engine needs from its host process (``workers.runtime.Runtime`` in a worker)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from core.contract import Task
+from core.media import MediaStore
+from core.settings import Settings
+
+
+class Resources(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def sessions(self) -> Any: ...  # sessionmaker[Session]
+
+    @property
+    def redis(self) -> Any: ...
+
+    @property
+    def media(self) -> MediaStore: ...
+
+    @property
+    def index(self) -> Any: ...  # recall.index.MilvusIndex
+
+    def embedder(self, model: str) -> Any: ...  # recall.embedder.Embedder
+
+    def send(self, task: Task, args: list[Any], countdown: float = 0.0) -> None: ...

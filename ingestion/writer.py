@@ -1,0 +1,171 @@
+"""Writing documents' vectors so that the newest revision always wins.
+
+The same document can be in two chunks at once (sent twice), a reindex chunk can read
+content that an ingestion then replaces, and a document can be deleted, or deleted and
+created again, while it is embedded. No lock is held across the Milvus calls; instead
+each writer checks, after its upsert, that what it wrote is still each document's current
+revision, and repairs what is not: it embeds the current content and writes again, or
+removes the vector of a document that is gone. The last write to any document is made by a
+writer that checked afterwards, so no stale vector survives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import case, select
+
+from core.errors import NotFound, Unavailable
+from core.models import Collection, Document
+from core.states import DocumentStatus
+from ingestion.resources import Resources
+from ingestion.retry import is_transient, reason
+from recall.prompts import Candidate
+from recall.service import IndexDocument, RecallService
+
+MAX_ROUNDS = 5
+
+# Embeddings of one chunk: (model, document row id, revision) -> vector. A chunk written to
+# two generations with the same model embeds each document once.
+VectorCache = dict[tuple[str, int, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A document's content as one revision."""
+
+    row_id: int
+    external_id: str
+    revision: int
+    text: str | None
+    image_key: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, doc: Document) -> Snapshot:
+        return cls(
+            doc.id, doc.external_id, doc.revision, doc.text, doc.image_key, dict(doc.doc_metadata)
+        )
+
+
+@dataclass
+class Written:
+    current: list[Snapshot] = field(default_factory=list)  # written, and still current
+    failed: dict[int, tuple[Snapshot, str]] = field(default_factory=dict)  # cannot be embedded
+    collection_gone: bool = False
+
+
+def write(
+    rt: Resources,
+    collection_id: int,
+    target: str,
+    model: str,
+    fields: dict[str, str],
+    snapshots: list[Snapshot],
+    cache: VectorCache,
+) -> Written:
+    """Embed ``snapshots`` with ``model`` and upsert them into the Milvus collection
+    ``target``; repair what changed meanwhile. Raises on a transient failure (the caller's
+    work is retried whole: upserts are idempotent)."""
+    written = Written()
+    service = RecallService(rt.embedder(model), rt.index)
+    pending = snapshots
+    for _ in range(MAX_ROUNDS):
+        if not pending:
+            return written
+        ready = _embed(rt, service, model, pending, cache, written)
+        documents = [_document(snap) for snap in ready]
+        vectors = np.array([cache[(model, s.row_id, s.revision)] for s in ready], np.float32)
+        service.upsert(target, documents, vectors, fields)
+        # An older revision's vector must not stand for one that cannot be embedded.
+        unembeddable = [snap.external_id for snap, _ in written.failed.values() if snap in pending]
+        pending = _check(rt, collection_id, target, ready, written, unembeddable)
+        if written.collection_gone:
+            return written
+    raise Unavailable(f"documents kept changing while being written to {target}; retrying")
+
+
+def _embed(
+    rt: Resources,
+    service: RecallService,
+    model: str,
+    pending: list[Snapshot],
+    cache: VectorCache,
+    written: Written,
+) -> list[Snapshot]:
+    """The snapshots whose vectors are in ``cache`` now; the others go to ``written.failed``."""
+    todo: list[tuple[Snapshot, IndexDocument]] = []
+    for snap in pending:
+        if (model, snap.row_id, snap.revision) in cache:
+            continue
+        try:
+            image = rt.media.get(snap.image_key) if snap.image_key else None
+        except NotFound as exc:  # its image is gone from the media store
+            written.failed[snap.row_id] = (snap, reason(exc))
+            continue
+        todo.append((snap, _document(snap, image)))
+    vectors, errors = service.embed_each([doc for _, doc in todo])
+    transient = [error for error in errors.values() if is_transient(error)]
+    if transient:  # not the documents' fault: the whole write is tried again later
+        raise transient[0]
+    for position, (snap, _) in enumerate(todo):
+        if position in errors:
+            written.failed[snap.row_id] = (snap, reason(errors[position]))
+        else:
+            cache[(model, snap.row_id, snap.revision)] = vectors[position]
+    return [s for s in pending if (model, s.row_id, s.revision) in cache]
+
+
+def _document(snap: Snapshot, image: Any = None) -> IndexDocument:
+    return IndexDocument(snap.external_id, Candidate(text=snap.text, image=image), snap.metadata)
+
+
+def _check(
+    rt: Resources,
+    collection_id: int,
+    target: str,
+    ready: list[Snapshot],
+    written: Written,
+    gone: list[str],
+) -> list[Snapshot]:
+    """After an upsert: record what is still current, remove what is ``gone`` or deleted;
+    returns the current content of what changed, to write again."""
+    external_ids = [snap.external_id for snap in ready]
+    with rt.sessions() as session:
+        if session.get(Collection, collection_id) is None:
+            written.collection_gone = True
+        rows = {
+            doc.external_id: doc
+            for doc in session.scalars(
+                select(Document).where(
+                    Document.collection_id == collection_id,
+                    Document.external_id.in_(external_ids),
+                )
+            )
+        }
+        again: list[Snapshot] = []
+        for snap in ready:
+            row = rows.get(snap.external_id)
+            if row is None or (
+                row.status == DocumentStatus.FAILED and row.revision != snap.revision
+            ):
+                gone.append(snap.external_id)
+            elif (row.id, row.revision) == (snap.row_id, snap.revision):
+                written.current.append(snap)
+            else:
+                again.append(Snapshot.of(row))
+    if written.collection_gone:  # deleted meanwhile: our upsert may have created it again
+        if rt.index.exists(target):
+            rt.index.drop(target)
+        return []
+    if gone:
+        rt.index.delete(target, gone)
+        rt.index.flush(target)
+    return again
+
+
+def at_least(generation: int) -> Any:
+    """SQL for "the document's generation, raised to ``generation``" (never lowered)."""
+    return case((Document.generation < generation, generation), else_=Document.generation)

@@ -1,0 +1,72 @@
+"""Ingestion chunks, in process: a bad document fails alone, with its reason; transient
+failures are retried; what was accepted is written whatever happens to its message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from cli.samples import b64, shape_image
+from core.models import Document
+from tests.helpers import ingest_in_process, run_entries
+from workers.runtime import Runtime
+
+
+def _media_path(rt: Runtime, key: str) -> Any:
+    return rt.settings.media_root / key[:2] / key[2:4] / key
+
+
+def test_poison_documents_fail_alone(pipeline_env: tuple[FlaskClient, Runtime]) -> None:
+    client, rt = pipeline_env
+    docs = [{"id": f"text-{i}", "text": f"document number {i}"} for i in range(10)]
+    docs += [
+        {"id": "corrupt", "image": b64(shape_image("red", "circle"))},
+        {
+            "id": "vanished",
+            "text": "its image is gone",
+            "image": b64(shape_image("blue", "square")),
+        },
+        {"id": "fine-image", "image": b64(shape_image("green", "triangle"))},
+    ]
+    # Submit, then break two stored images behind the API's back, as a disk fault would.
+    response = client.post("/v1/collections/docs/documents", json={"documents": docs})
+    assert response.status_code == 202
+    job_id = response.json["id"]
+    with rt.sessions() as session:
+        keys = dict(session.execute(select(Document.external_id, Document.image_key)).all())
+    _media_path(rt, keys["corrupt"]).write_bytes(b"not an image at all")
+    _media_path(rt, keys["vanished"]).unlink()
+    outcomes = run_entries(rt, job_id)
+    assert sum(o["indexed"] for o in outcomes) == 11
+    assert sum(o["failed"] for o in outcomes) == 2
+    with rt.sessions() as session:
+        rows = {d.external_id: d for d in session.scalars(select(Document))}
+    assert {i for i, d in rows.items() if d.status == "failed"} == {"corrupt", "vanished"}
+    assert "could not be decoded" in str(rows["corrupt"].error)
+    assert "no media object" in str(rows["vanished"].error)
+    job = client.get(f"/v1/ingest-jobs/{job_id}").json
+    assert (job["state"], job["done"], job["failed"]) == ("done", 11, 2)
+    assert {e["id"] for e in job["errors"]} == {"corrupt", "vanished"}
+    served = client.get("/v1/collections/docs").json["milvus_collection"]
+    assert rt.index.count(served) == 11
+
+
+def test_a_clean_chunk_is_one_embedding_call(pipeline_env: tuple[FlaskClient, Runtime]) -> None:
+    """Isolation costs nothing when nothing fails: the whole chunk embeds in one call."""
+    client, rt = pipeline_env
+    embedder = rt.embedder(rt.settings.recall_model)
+    calls: list[int] = []
+    original = embedder.encode_candidates
+
+    def counting(candidates: Any) -> Any:
+        calls.append(len(candidates))
+        return original(candidates)
+
+    embedder.encode_candidates = counting  # type: ignore[method-assign]
+    try:
+        ingest_in_process(client, rt, [{"id": f"d{i}", "text": f"doc {i}"} for i in range(5)])
+    finally:
+        embedder.encode_candidates = original  # type: ignore[method-assign]
+    assert calls == [2, 2, 1]  # the chunks of 2 (UMARVEL_INGEST_CHUNK_SIZE here)

@@ -1,0 +1,253 @@
+"""The query steps behind the Celery tasks: SQL job state around the recall and rerank
+libraries, and the periodic clean-up of what queries leave behind.
+
+Each step reads what it needs by id (job rows, documents, media keys), does its work and
+records the outcome on the job row. A failure is recorded on the job, then re-raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select
+
+from core.cache import ResultCache, notify_finished
+from core.metrics import STAGE_SECONDS
+from core.models import Collection, Document, QueryJob, utcnow
+from core.results import enrich
+from core.states import QueryStatus, advance_query
+from recall.index import milvus_name
+from recall.instructions import default_instruction
+from recall.prompts import Query
+from recall.service import RecallService
+from rerank.fusion import fuse
+from rerank.reranker import RerankCandidate, RerankQuery
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def _finished(job: QueryJob | None) -> bool:
+    return job is None or QueryStatus(job.status).finished
+
+
+def _milvus_collection(rt: Runtime, collection: Collection) -> str:
+    return milvus_name(rt.settings.milvus_prefix, collection.storage_name, collection.generation)
+
+
+# -- queries ---------------------------------------------------------------------------------
+@contextmanager
+def _recording_failure(rt: Runtime, job_id: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        with rt.sessions.begin() as session:
+            job = session.get(QueryJob, job_id)
+            if job is not None and advance_query(job, QueryStatus.FAILED, str(exc)):
+                ResultCache(rt.redis, rt.settings.result_ttl_seconds).release(job.cache_key)
+        notify_finished(rt.redis, job_id)  # after the commit: waiters re-read the row
+        raise
+
+
+def _query_of(rt: Runtime, job: QueryJob) -> tuple[Query, str]:
+    request = job.request
+    image = rt.media.get(job.query_image_key) if job.query_image_key else None
+    query = Query(text=request.get("text"), image=image)
+    instruction = request.get("instruction")
+    if instruction is None and request.get("use_default_instruction", True):
+        instruction = default_instruction(query.modality)
+    return Query(text=query.text, image=image, instruction=instruction), query.modality
+
+
+def _embedding_key(model: str, request: dict[str, Any], instruction: str | None) -> str:
+    """Query embeddings are cached per model, text, image (by content hash) and instruction."""
+    parts = json.dumps([model, request.get("text"), request.get("image"), instruction])
+    return f"umarvel:qemb:{hashlib.sha256(parts.encode()).hexdigest()}"
+
+
+def _cached_vector(rt: Runtime, key: str) -> np.ndarray | None:
+    if rt.settings.query_embedding_ttl_seconds <= 0:
+        return None
+    raw = rt.redis.get(key)
+    return None if raw is None else np.frombuffer(raw, dtype=np.float32)
+
+
+def _store_vector(rt: Runtime, key: str, vector: np.ndarray) -> None:
+    if rt.settings.query_embedding_ttl_seconds > 0:
+        data = np.asarray(vector, dtype=np.float32).tobytes()
+        rt.redis.set(key, data, ex=rt.settings.query_embedding_ttl_seconds)
+
+
+def cleanup_jobs(rt: Runtime) -> int:
+    """Delete query jobs finished longer ago than their lifetime; returns how many."""
+    cutoff = utcnow() - timedelta(seconds=rt.settings.job_ttl_seconds)
+    with rt.sessions.begin() as session:
+        result = session.execute(
+            delete(QueryJob).where(QueryJob.finished_at.is_not(None), QueryJob.finished_at < cutoff)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def cleanup_media(rt: Runtime, batch: int = 500) -> int:
+    """Delete stored media that no document and no query job refers to; returns how many.
+
+    Only objects older than ``media_grace_seconds`` are candidates: a request stores its
+    images a moment before it commits the rows that refer to them.
+    """
+    deleted = 0
+    keys = rt.media.older_than(rt.settings.media_grace_seconds)
+    while chunk := list(itertools.islice(keys, batch)):
+        with rt.sessions() as session:
+            used = set(
+                session.scalars(select(Document.image_key).where(Document.image_key.in_(chunk)))
+            )
+            used |= set(
+                session.scalars(
+                    select(QueryJob.query_image_key).where(QueryJob.query_image_key.in_(chunk))
+                )
+            )
+        for key in chunk:
+            if key not in used:
+                rt.media.delete(key)
+                deleted += 1
+    return deleted
+
+
+def recall_step(rt: Runtime, job_id: str) -> str:
+    """Embed the query, search Milvus, store the hits on the job; finish it without rerank."""
+    with _recording_failure(rt, job_id):
+        with rt.sessions.begin() as session:
+            job = session.get(QueryJob, job_id)
+            if job is None or _finished(job):
+                return job_id
+            advance_query(job, QueryStatus.RECALLING)  # a re-delivered step is recalling already
+            collection = session.get_one(Collection, job.collection_id)
+            target = _milvus_collection(rt, collection)
+            model = collection.recall_model
+            collection_name = collection.name
+            request = dict(job.request)
+            query, _ = _query_of(rt, job)
+        rerank = request["rerank"]
+        k = rerank["k"] if rerank["enabled"] else request["top_k"]
+        cache_key = _embedding_key(model, request, query.instruction)
+        started = time.perf_counter()
+        vector = _cached_vector(rt, cache_key)
+        if vector is None:
+            batcher = rt.query_batcher(model)
+            vector = batcher.submit([query], timeout=rt.settings.task_time_limit)[0]
+            _store_vector(rt, cache_key, vector)
+        embedded = time.perf_counter() - started
+        service = RecallService(rt.embedder(model), rt.index)
+        result = service.search(target, query, k, request.get("expression"), vector=vector)
+        result.timings["embed"] = embedded
+        for stage, seconds in result.timings.items():
+            STAGE_SECONDS.labels(stage).observe(seconds)
+        hits = [{"document_id": h.document_id, "cosine": h.score} for h in result.hits]
+        with rt.sessions.begin() as session:
+            job = session.get_one(QueryJob, job_id)
+            if _finished(job):
+                return job_id
+            job.recall_hits = hits
+            job.timings = {**job.timings, **result.timings}
+            finished = not (rerank["enabled"] and hits)
+            if finished:
+                results = [{**h, "p_yes": None, "score": h["cosine"]} for h in hits]
+                _finish(rt, session, job, results[: request["top_k"]])
+            else:
+                advance_query(job, QueryStatus.RERANKING)
+        if finished:
+            notify_finished(rt.redis, job_id)
+    _log_step("recall.search", job_id, collection_name, result.timings)
+    return job_id
+
+
+def rerank_step(rt: Runtime, job_id: str) -> str:
+    """Score the recall hits with the reranker, fuse, store the final ranking and cache it."""
+    with _recording_failure(rt, job_id):
+        with rt.sessions.begin() as session:
+            job = session.get(QueryJob, job_id)
+            if job is None or job.status != QueryStatus.RERANKING:
+                return job_id
+            request = dict(job.request)
+            collection_name = session.get_one(Collection, job.collection_id).name
+            hits = list(job.recall_hits or [])
+            docs = {
+                doc.external_id: doc
+                for doc in session.scalars(
+                    select(Document).where(
+                        Document.collection_id == job.collection_id,
+                        Document.external_id.in_([h["document_id"] for h in hits]),
+                    )
+                )
+            }
+            query, _ = _query_of(rt, job)
+        hits = [h for h in hits if h["document_id"] in docs]  # deleted since recall: skip
+        started = time.perf_counter()
+        candidates = [
+            RerankCandidate(
+                text=docs[h["document_id"]].text,
+                image=rt.media.get(key) if (key := docs[h["document_id"]].image_key) else None,
+            )
+            for h in hits
+        ]
+        rerank_query = RerankQuery(query.text, query.image, query.instruction)
+        pairs = [(rerank_query, candidate) for candidate in candidates]
+        batcher = rt.pair_batcher(rt.settings.rerank_model)
+        p_yes = batcher.submit(pairs, timeout=rt.settings.task_time_limit)
+        fused = fuse(
+            [h["document_id"] for h in hits],
+            [h["cosine"] for h in hits],
+            p_yes,
+            request["rerank"]["weight"],
+        )
+        seconds = time.perf_counter() - started
+        STAGE_SECONDS.labels("rerank").observe(seconds)
+        results = [
+            {"document_id": f.document_id, "cosine": f.cosine, "p_yes": f.p_yes, "score": f.score}
+            for f in fused[: request["top_k"]]
+        ]
+        with rt.sessions.begin() as session:
+            job = session.get_one(QueryJob, job_id)
+            if _finished(job):
+                return job_id
+            job.timings = {**job.timings, "rerank": seconds}
+            _finish(rt, session, job, results)
+        notify_finished(rt.redis, job_id)
+    _log_step("rerank.score", job_id, collection_name, {"rerank": seconds})
+    return job_id
+
+
+def _log_step(task: str, job_id: str, collection: str, timings: dict[str, float]) -> None:
+    fields = {"task": task, "job_id": job_id, "collection": collection}
+    log.info("step done %s", _timings_text(timings), extra={**fields, "ms": _ms(timings)})
+
+
+def _ms(timings: dict[str, float]) -> float:
+    return round(sum(timings.values()) * 1000, 1)
+
+
+def _timings_text(timings: dict[str, float]) -> str:
+    return " ".join(f"{stage}={seconds * 1000:.1f}ms" for stage, seconds in timings.items())
+
+
+def _finish(rt: Runtime, session: Any, job: QueryJob, results: list[dict[str, Any]]) -> None:
+    """Store the final ranking, cache it enriched with its documents, tell the waiters."""
+    job.results = results
+    advance_query(job, QueryStatus.DONE)
+    cache = ResultCache(rt.redis, rt.settings.result_ttl_seconds)
+    payload = {
+        "job_id": job.id,
+        "results": enrich(session, job.collection_id, results),
+        "timings": job.timings,
+    }
+    cache.put(job.cache_key, payload)
+    cache.release(job.cache_key)
