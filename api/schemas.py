@@ -21,9 +21,10 @@ DocumentId = Annotated[
 
 
 class Strict(BaseModel):
-    """Unknown fields are errors; every string inside, keys too, must be storable text."""
+    """Unknown fields are errors; every string inside, keys too, must be storable text;
+    values must have their JSON type (``false`` is no number, ``"1"`` no integer)."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -107,6 +108,10 @@ class QueryRequest(Strict):
 
 
 class PageQuery(Strict):
+    """From the query string, where every value is text: converted, not strict."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
     offset: int = Field(0, ge=0, le=1_000_000)
     limit: int | None = Field(None, ge=1, le=1_000_000)
 

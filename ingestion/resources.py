@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from core.contract import Task
@@ -26,5 +27,9 @@ class Resources(Protocol):
     def index(self) -> Any: ...  # recall.index.MilvusIndex
 
     def embedder(self, model: str) -> Any: ...  # recall.embedder.Embedder
+
+    def candidate_encoder(self, model: str) -> Callable[[list[Any]], Any]:
+        """Embeds candidates with ``model`` (``Embedder.encode_candidates``'s contract)."""
+        ...
 
     def send(self, task: Task, args: list[Any], countdown: float = 0.0) -> None: ...

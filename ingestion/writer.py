@@ -70,7 +70,7 @@ def write(
     ``target``; repair what changed meanwhile. Raises on a transient failure (the caller's
     work is retried whole: upserts are idempotent)."""
     written = Written()
-    service = RecallService(rt.embedder(model), rt.index)
+    service = RecallService(rt.embedder(model), rt.index, rt.candidate_encoder(model))
     pending = snapshots
     for _ in range(MAX_ROUNDS):
         if not pending:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +29,17 @@ class RecallResult:
 
 
 class RecallService:
-    def __init__(self, embedder: Embedder, index: MilvusIndex) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: MilvusIndex,
+        encode_candidates: Callable[[list[Candidate]], np.ndarray] | None = None,
+    ) -> None:
+        """``encode_candidates`` replaces ``embedder.encode_candidates`` (a worker routes it
+        through its model's batcher)."""
         self.embedder = embedder
         self.index = index
+        self._encode = encode_candidates or embedder.encode_candidates
 
     def search(
         self,
@@ -67,7 +75,7 @@ class RecallService:
         return {"embed": embedded - started, "upsert": time.perf_counter() - embedded}
 
     def embed(self, documents: Sequence[IndexDocument]) -> np.ndarray:
-        return self.embedder.encode_candidates([d.candidate for d in documents])
+        return self._encode([d.candidate for d in documents])
 
     def embed_each(
         self, documents: Sequence[IndexDocument]

@@ -103,3 +103,35 @@ def test_a_poison_request_fails_alone() -> None:
 def test_empty_requests_return_at_once() -> None:
     batcher = MicroBatcher(lambda items: items, max_items=1, max_wait=1.0)
     assert batcher.submit([]) == []
+
+
+def test_waiting_queries_go_before_the_next_ingestion_piece() -> None:
+    """Priority 0 (queries) is served before priority 1 (ingestion pieces), and a batch
+    never mixes the two."""
+    calls: list[list[str]] = []
+    gate = threading.Event()
+
+    def run(items: list[str]) -> list[str]:
+        if not calls:
+            gate.wait(5)  # the first call holds the model while the rest queue up
+        calls.append(list(items))
+        return items
+
+    batcher = MicroBatcher(run, max_items=100, max_wait=0.05)
+    first = threading.Thread(target=batcher.submit, args=(["piece-0"],), kwargs={"priority": 1})
+    first.start()
+    time.sleep(0.2)
+    threads = [
+        threading.Thread(target=batcher.submit, args=([f"piece-{n}"],), kwargs={"priority": 1})
+        for n in (1, 2)
+    ]
+    threads += [threading.Thread(target=batcher.submit, args=([f"query-{n}"],)) for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)
+    gate.set()
+    for thread in [first, *threads]:
+        thread.join()
+    assert calls[0] == ["piece-0"]
+    assert sorted(calls[1]) == ["query-1", "query-2"]  # the queries, together, next
+    assert sorted(item for call in calls[2:] for item in call) == ["piece-1", "piece-2"]

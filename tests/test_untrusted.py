@@ -242,6 +242,9 @@ RAW_BODIES = [
     ("POST", "/v1/collections/target/queries", '{"text": "a", "top_k": 1e308}'),
     ("POST", "/v1/collections/target/reindex", '{"recall_model": "\\u0000"}'),
     ("PATCH", "/v1/collections/target", '{"description": "\\ud83d"}'),
+    ("PATCH", "/v1/collections/target", '{"rerank": {"weight": false}}'),
+    ("POST", "/v1/collections/target/queries", '{"text": "a", "top_k": "5"}'),
+    ("POST", "/v1/collections/target/queries", '{"text": "a", "rerank": {"enabled": 1}}'),
 ]
 
 

@@ -5,10 +5,15 @@ thread per model gathers what arrives within ``max_wait`` seconds (up to ``max_i
 items), runs the model once on all of it, and hands each request its share. Only the
 batching thread touches the model. When a shared batch fails, each request runs again
 alone, so only the request that caused the failure sees it.
+
+Requests carry a priority (lower first): a query waiting is served before the next piece
+of an ingestion chunk, and a batch holds requests of one priority only, so a query never
+waits for more than the one model call already running.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -16,12 +21,21 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+@dataclass(order=True)
+class Request(Generic[T, R]):
+    priority: int
+    order: int
+    items: list[T] = field(compare=False)
+    future: Future[list[R]] = field(compare=False)
 
 
 class MicroBatcher(Generic[T, R]):
@@ -37,26 +51,30 @@ class MicroBatcher(Generic[T, R]):
         self._run = run
         self.max_items = max_items
         self.max_wait = max_wait
-        self._requests: queue.Queue[tuple[list[T], Future[list[R]]]] = queue.Queue()
+        self._requests: queue.PriorityQueue[Request[T, R]] = queue.PriorityQueue()
+        self._order = itertools.count()  # first come, first served within a priority
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
         self.batch_sizes: list[int] = []  # items per model call, for tests
         self._on_batch = on_batch
 
-    def submit(self, items: Sequence[T], timeout: float | None = None) -> list[R]:
+    def submit(
+        self, items: Sequence[T], timeout: float | None = None, priority: int = 0
+    ) -> list[R]:
         """Results for ``items``, in order, computed in a shared batch."""
         if not items:
             return []
         future: Future[list[R]] = Future()
-        self._requests.put((list(items), future))
+        self._requests.put(Request(priority, next(self._order), list(items), future))
         try:
             return future.result(timeout=timeout)
         except FutureTimeout:
             raise TimeoutError(f"the model did not answer within {timeout} s") from None
 
     def _gather(self) -> list[tuple[list[T], Future[list[R]]]]:
-        batch = [self._requests.get()]
-        count = len(batch[0][0])
+        first = self._requests.get()
+        batch = [(first.items, first.future)]
+        count = len(first.items)
         deadline = time.monotonic() + self.max_wait
         while count < self.max_items:
             remaining = deadline - time.monotonic()
@@ -66,8 +84,11 @@ class MicroBatcher(Generic[T, R]):
                 request = self._requests.get(timeout=remaining)
             except queue.Empty:
                 break
-            batch.append(request)
-            count += len(request[0])
+            if request.priority != first.priority:  # its own batch, after this one
+                self._requests.put(request)
+                break
+            batch.append((request.items, request.future))
+            count += len(request.items)
         return batch
 
     def _loop(self) -> None:

@@ -86,7 +86,7 @@ def reconnect_options() -> dict[str, object]:
         # supervisor starts a fresh one. Sooner would only reload the model in vain.
         "broker_connection_retry": True,
         "broker_connection_max_retries": 100,
-        # Publishing (the API's queries, a worker's next chain step) retries for about 3 s,
+        # Publishing (the API's queries, a worker's next chain step) retries for 3.5 s,
         # so a short blip costs a delay, not a 503; a longer outage is a 503 after that.
         "task_publish_retry": True,
         "task_publish_retry_policy": {
@@ -95,9 +95,9 @@ def reconnect_options() -> dict[str, object]:
             "interval_step": 0.5,
             "interval_max": 1,
         },
-        # The result backend (its own redis-py pool) retries with exponential backoff
-        # (50 ms doubling, at most 5 s apart, for about half a minute) instead of failing a
-        # task that finished while Redis was away.
+        # The result backend (its own redis-py pool) retries with exponential backoff and
+        # jitter (from 50 ms, doubling, at most 5 s apart; 35 s at most in all) instead of
+        # failing a task that finished while Redis was away.
         "result_backend_always_retry": True,
         "result_backend_max_retries": 12,
         "result_backend_base_sleep_between_retries_ms": 50,

@@ -20,6 +20,7 @@ from core.metrics import BATCH_SIZE
 from core.settings import Settings, get_settings
 
 T = TypeVar("T")
+INGEST_PRIORITY = 1  # after queries (0) in the model's batcher
 
 
 class Lazy(Generic[T]):
@@ -85,12 +86,39 @@ class Runtime:
         return MilvusIndex(self.settings.milvus_uri, token=self.settings.milvus_token)
 
     def query_batcher(self, model: str) -> Any:
-        """Embeds the queries of concurrent tasks together: one forward per batch."""
-        return self._batcher(
-            ("query", model),
-            lambda queries: self.embedder(model).encode_queries(queries),
-            self.settings.embed_batch_size,
-        )
+        """The one caller of ``model``: embeds the queries of concurrent tasks together (one
+        forward per batch), and ingestion's candidates when no query waits."""
+
+        def embed(items: list[Any]) -> Any:
+            from recall.prompts import Query
+
+            embedder = self.embedder(model)
+            if isinstance(items[0], Query):  # a batch holds one priority, so one kind
+                return embedder.encode_queries(items)
+            return embedder.encode_candidates(items)
+
+        return self._batcher(("query", model), embed, self.settings.embed_batch_size)
+
+    def candidate_encoder(self, model: str) -> Callable[[list[Any]], Any]:
+        """Embeds ingestion candidates through ``query_batcher``, in pieces at a lower
+        priority than queries: a query waits for at most one piece, never a whole chunk.
+        A piece that does not answer within the task time limit raises TimeoutError."""
+        import numpy as np
+
+        from ingestion.chunks import chunked
+
+        piece = self.settings.embed_batch_size * 4
+
+        def encode(candidates: list[Any]) -> Any:
+            batcher = self.query_batcher(model)
+            limit = self.settings.task_time_limit
+            parts = [
+                batcher.submit(part, timeout=limit, priority=INGEST_PRIORITY)
+                for part in chunked(candidates, piece)
+            ]
+            return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+        return encode
 
     def pair_batcher(self, model: str) -> Any:
         """Scores the (query, candidate) pairs of concurrent rerank tasks together."""

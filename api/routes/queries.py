@@ -75,6 +75,7 @@ def submit_query(name: str) -> Any:
     g.collection = name
     require("search", name)
     svc = services()
+    _paging()  # a bad offset or limit is a 400 before any job is made
     raw, upload = request_parts(request, svc.settings.max_image_bytes)
     body = QueryRequest.model_validate(raw)
     if upload is not None and body.image is not None:
@@ -264,6 +265,7 @@ def read_query(job_id: str) -> Any:
 def delete_query(job_id: str) -> Any:
     """Cancel a running job (its queued steps are revoked), or delete a finished one."""
     svc = services()
+    _paging()  # a bad offset or limit is a 400 before anything is revoked
     with session_scope(svc.sessions) as session:
         job = _job(session, job_id)
         if job.status not in RUNNING:

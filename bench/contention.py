@@ -1,0 +1,129 @@
+"""Query latency while a large ingestion runs, against the same queries on an idle stack.
+
+    python -m bench.contention [--documents 100000] [--queries 60]
+
+One stack (milvus-lite, a recall worker that also consumes the ingest queue, a rerank
+worker, the API) and one collection with a few hundred documents to search. First the
+queries run on the idle stack; then an ingestion of ``--documents`` text documents into a
+second collection is submitted (1,000 a request, as fast as the API takes them) and the
+same number of new queries run while it is being written. Prints both p50s and their ratio
+(target <= 1.5): queries are polled before ingestion work, have their own backpressure, and
+wait in the model's batcher for at most one piece of a chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+import requests
+
+from cli.stack import Stack, free_port
+from core.tiny_models import build_all
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+STAGES: dict[str, list[float]] = {}
+
+
+def _query_ms(http: requests.Session, base: str, text: str) -> float:
+    started = time.perf_counter()
+    response = http.post(
+        f"{base}/v1/collections/searched/queries",
+        json={"text": text, "rerank": {"enabled": False}, "wait": 30},
+    )
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status_code != 200 or response.json()["status"] != "done":
+        raise RuntimeError(f"query failed: {response.status_code} {response.text[:200]}")
+    for stage, seconds in response.json()["timings"].items():
+        STAGES.setdefault(stage, []).append(seconds * 1000)
+    return elapsed
+
+
+def _ingest(http: requests.Session, base: str, documents: int, stop: threading.Event) -> int:
+    """Submit the documents 1,000 a request; back off when the ingest queue is full."""
+    sent = 0
+    while sent < documents and not stop.is_set():
+        batch = [
+            {"id": f"i{n}", "text": f"ingested document number {n} about topic {n % 97}"}
+            for n in range(sent, min(documents, sent + 1000))
+        ]
+        response = http.post(f"{base}/v1/collections/ingested/documents", json={"documents": batch})
+        if response.status_code == 429:
+            time.sleep(float(response.headers.get("Retry-After", "1")))
+            continue
+        response.raise_for_status()
+        sent += len(batch)
+    return sent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--documents", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--database-url", default=None, help="default: SQLite in a temp folder")
+    parser.add_argument("--models", type=Path, default=Path(".umarvel/tiny-models"))
+    args = parser.parse_args()
+    models = build_all(args.models)
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            "UMARVEL_DATABASE_URL": args.database_url or f"sqlite:///{tmp}/bench.db",
+            "UMARVEL_REDIS_URL": REDIS_URL,
+            "UMARVEL_MILVUS_URI": f"http://127.0.0.1:{free_port()}",
+            "UMARVEL_MEDIA_ROOT": f"{tmp}/media",
+            "UMARVEL_RECALL_MODEL": str(models["qwen3_vl"].resolve()),
+            "UMARVEL_RERANK_MODEL": str(models["qwen2_vl"].resolve()),
+            "UMARVEL_QUERY_EMBEDDING_TTL_SECONDS": "0",  # every query embeds
+        }
+        with Stack(Path(tmp), env) as stack:
+            stack.wait_ready()
+            http = requests.Session()
+            http.headers["Authorization"] = f"Bearer {stack.create_key(('admin',))}"
+            base = stack.api_url
+            for name in ("searched", "ingested"):
+                http.post(f"{base}/v1/collections", json={"name": name}).raise_for_status()
+            docs = [{"id": f"s{n}", "text": f"searched document {n}"} for n in range(300)]
+            job = http.post(
+                f"{base}/v1/collections/searched/documents", json={"documents": docs}
+            ).json()
+            while http.get(base + job["url"]).json()["state"] != "done":
+                time.sleep(0.2)
+            _query_ms(http, base, "warm-up")
+            idle = [_query_ms(http, base, f"idle query {n}") for n in range(args.queries)]
+            idle_stages = {k: statistics.median(v) for k, v in STAGES.items()}
+            STAGES.clear()
+
+            stop = threading.Event()
+            ingester = threading.Thread(
+                target=_ingest, args=(http, base, args.documents, stop), daemon=True
+            )
+            started = time.perf_counter()
+            ingester.start()
+            time.sleep(2.0)  # the first chunks are being embedded
+            busy = [_query_ms(http, base, f"busy query {n}") for n in range(args.queries)]
+            indexed = http.get(f"{base}/v1/collections/ingested").json()["documents"]
+            stop.set()
+            ingester.join()
+    idle_p50, busy_p50 = statistics.median(idle), statistics.median(busy)
+    print(
+        f"{args.queries} queries each, tiny models, 2-core CPU; during the busy queries "
+        f"{indexed['indexed']} documents were indexed and {indexed['pending']} waited "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
+    print(f"query p50 idle {idle_p50:.1f} ms, during ingestion {busy_p50:.1f} ms")
+    busy_stages = {k: statistics.median(v) for k, v in STAGES.items()}
+    for stage in sorted(busy_stages):
+        before = idle_stages.get(stage, 0.0)
+        print(f"  {stage}: p50 idle {before:.1f} ms, busy {busy_stages[stage]:.1f} ms")
+    print(f"ratio {busy_p50 / idle_p50:.2f}x (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
