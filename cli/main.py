@@ -145,6 +145,13 @@ def _run_celery(argv: list[str]) -> None:
     help="A recall worker also consumes the ingest queue (after queries, which come first); "
     "--no-ingest when dedicated ingest workers run.",
 )
+@click.option(
+    "--nice",
+    type=int,
+    default=None,
+    help="CPU niceness of the process (default: 10 for an ingest worker, else 0): on cores "
+    "it shares with the query path, ingestion yields to queries.",
+)
 @click.option("--name", default=None, help="Celery node name (default: QUEUE@%h).")
 @click.option(
     "--concurrency",
@@ -154,7 +161,12 @@ def _run_celery(argv: list[str]) -> None:
 )
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(
-    queue: str, with_ingest: bool, name: str | None, concurrency: int | None, loglevel: str
+    queue: str,
+    with_ingest: bool,
+    nice: int | None,
+    name: str | None,
+    concurrency: int | None,
+    loglevel: str,
 ) -> None:
     """Start a Celery worker that consumes QUEUE.
 
@@ -167,6 +179,9 @@ def worker(
     configure_logging(loglevel)
     concurrency = concurrency or get_settings().worker_concurrency
     queues = f"{queue},ingest" if queue == "recall" and with_ingest else queue
+    niceness = (10 if queue == "ingest" else 0) if nice is None else nice
+    if niceness:
+        os.nice(niceness)
     os.environ["UMARVEL_WORKER_QUEUE"] = queues  # warm-up and heartbeat for these queues
 
     _run_celery(

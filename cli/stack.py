@@ -24,7 +24,8 @@ import requests
 
 from core.settings import Settings
 
-# One worker process per model: the recall worker also consumes the ingest queue.
+# One worker process per model: the recall worker also consumes the ingest queue, unless
+# the stack runs a dedicated ingest worker.
 WORKER_QUEUES = ("recall", "rerank")
 
 
@@ -124,6 +125,7 @@ class Stack:
     env: dict[str, str]
     start_milvus: bool = True
     worker_suffix: str = ""
+    worker_queues: tuple[str, ...] = WORKER_QUEUES
     log_dir: Path | None = None
     api_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -185,7 +187,7 @@ class Stack:
         from core.db import upgrade
 
         upgrade(settings.database_url)
-        for queue in WORKER_QUEUES:
+        for queue in self.worker_queues:
             self._spawn_worker(queue)
         api = self._spawn(
             "api", [sys.executable, "-m", "cli.main", "api", "--port", str(self.api_port)]
@@ -193,7 +195,7 @@ class Stack:
         wait_until(
             lambda: requests.get(f"{self.api_url}/healthz", timeout=1).ok, timeout, "API", api
         )
-        self._wait_for_workers(WORKER_QUEUES, timeout)
+        self._wait_for_workers(self.worker_queues, timeout)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until ``/readyz`` answers 200: every queue has a worker with a warm model."""
@@ -247,6 +249,8 @@ class Stack:
     def _spawn_worker(self, queue: str) -> None:
         name = f"{queue}{self.worker_suffix}@%h"
         args = [sys.executable, "-m", "cli.main", "worker", queue, "--name", name]
+        if queue == "recall" and "ingest" in self.worker_queues:
+            args.append("--no-ingest")
         port = self.metrics_ports.setdefault(queue, free_port())
         self._spawn(f"worker-{queue}", args, {"UMARVEL_WORKER_METRICS_PORT": str(port)})
 

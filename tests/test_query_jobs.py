@@ -142,3 +142,28 @@ def test_multipart_queries(client: FlaskClient) -> None:
         content_type="multipart/form-data",
     )
     assert "could not be decoded" in error(corrupt, 400)["message"]
+
+
+def test_a_job_whose_tasks_were_lost_fails_instead_of_running_forever(
+    migrated_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=migrated_url,
+        redis_url=redis_url,
+        media_root=tmp_path / "media",
+        task_time_limit=5,
+        visibility_timeout=10,
+    )
+    client = create_app(settings).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + make_key(client.application, ["admin"])
+    assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201
+    job = client.post("/v1/collections/docs/queries", json={"text": "lost"}).json
+    assert client.get(job["url"]).json["status"] == "queued"  # no worker: it waits
+    sessions = client.application.extensions["umarvel"].sessions
+    with sessions.begin() as session:  # its messages vanished 11 s ago
+        session.get(QueryJob, job["id"]).created_at = utcnow() - timedelta(seconds=11)
+    lost = client.get(job["url"]).json
+    assert (lost["status"], lost["is_running"]) == ("failed", False)
+    assert "lost" in lost["error"]
+    again = client.post("/v1/collections/docs/queries", json={"text": "lost"}).json
+    assert again["id"] != job["id"]  # the in-flight claim was released: a new job runs it

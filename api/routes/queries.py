@@ -38,6 +38,7 @@ bp = Blueprint("queries", __name__)
 POLL_SECONDS = 0.5  # a safety net only: workers publish when a job finishes
 RETRY_AFTER_SECONDS = 2
 RUNNING = RUNNING_QUERY
+LOST_MESSAGE = "the query's tasks were lost (the broker restarted?); send the query again"
 
 
 def _normalise(
@@ -238,9 +239,15 @@ def _job(session: Any, job_id: str) -> QueryJob:
         raise NotFound(f"query job {job_id!r} does not exist")
     g.job_id, g.collection = job.id, session.get_one(Collection, job.collection_id).name
     require("search", g.collection)
-    ttl = timedelta(seconds=services().settings.job_ttl_seconds)
+    svc = services()
+    ttl = timedelta(seconds=svc.settings.job_ttl_seconds)
     if job.finished_at is not None and job.finished_at + ttl < utcnow():
         advance_query(job, QueryStatus.EXPIRED)
+    # Its steps cannot still be running past twice their time limit: their messages were
+    # lost (a broker that restarted empty). Say so rather than let clients wait forever.
+    lost = job.created_at + timedelta(seconds=2 * svc.settings.task_time_limit) < utcnow()
+    if lost and advance_query(job, QueryStatus.FAILED, LOST_MESSAGE):
+        svc.cache.release(job.cache_key)
     return job
 
 
