@@ -248,8 +248,8 @@ def ready(queue: str) -> None:
     import socket
 
     from core.cache import make_redis
+    from core.heartbeats import read_heartbeats
     from core.settings import get_settings
-    from workers.heartbeat import read_heartbeats
 
     host = socket.gethostname()
     beats = read_heartbeats(make_redis(get_settings().redis_url), queue)

@@ -13,10 +13,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from cli.stack import Stack
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "UMARVEL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -151,3 +155,23 @@ def pipeline_env(
     rt = Runtime(settings)
     yield client, rt
     rt.index.close()
+
+
+@contextmanager
+def live_stack(
+    models: dict[str, Path],
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    **overrides: str,
+) -> Iterator[Stack]:
+    """A running stack (milvus-lite, both workers, the API) on a fresh PostgreSQL database
+    and the test Redis (flushed), configured by ``UMARVEL_*`` ``overrides``."""
+    import redis
+
+    from cli.stack import Stack
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    with fresh_postgres_database() as database_url:
+        env = {**stack_env(database_url, workdir, models, **overrides), **(extra_env or {})}
+        with Stack(workdir, env, worker_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
+            yield running

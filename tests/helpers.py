@@ -53,3 +53,20 @@ def ingest_in_process(client: Any, rt: Any, docs: list[dict[str, Any]]) -> str:
     job_id = str(response.json["id"])
     run_entries(rt, job_id)
     return job_id
+
+
+def admin_session(stack: Any) -> Any:
+    """An HTTP session carrying a new admin key of ``stack``."""
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {stack.create_key(('admin',))}"
+    return session
+
+
+def sweep_now(rt: Any) -> list[int]:
+    """One outbox sweep, as if the sweep interval had passed since the last."""
+    from ingestion import sweep
+
+    rt.redis.delete(sweep.LOCK)
+    return list(sweep.sweep(rt, 30))

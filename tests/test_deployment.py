@@ -24,6 +24,7 @@ def test_every_service_is_there(compose: dict[str, Any]) -> None:
     wanted = {
         "api",
         "recall-worker",
+        "ingest-worker",
         "rerank-worker",
         "beat",
         "flower",
@@ -55,7 +56,8 @@ def test_commands_exist_in_the_cli(compose: dict[str, Any]) -> None:
                 break
             assert word in group.commands, f"{name}: 'umarvel {word}' is not a CLI command"
             group = group.commands[word]
-    assert commands["recall-worker"][2] == "recall"
+    assert commands["recall-worker"][2:] == ["recall", "--no-ingest"]
+    assert commands["ingest-worker"][2] == "ingest"
     assert commands["rerank-worker"][2] == "rerank"
 
 
@@ -74,7 +76,7 @@ def test_env_example_documents_every_setting() -> None:
 
 
 def test_workers_reserve_gpus_and_serve_metrics(compose: dict[str, Any]) -> None:
-    for name in ("recall-worker", "rerank-worker"):
+    for name in ("recall-worker", "ingest-worker", "rerank-worker"):
         service = compose["services"][name]
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
@@ -93,7 +95,7 @@ def test_api_serves_the_wsgi_app_and_checks_readiness(compose: dict[str, Any]) -
 
 
 def test_workers_are_healthy_only_when_warm(compose: dict[str, Any]) -> None:
-    for queue in ("recall", "rerank"):
+    for queue in ("recall", "ingest", "rerank"):
         test = compose["services"][f"{queue}-worker"]["healthcheck"]["test"]
         assert test == ["CMD", "umarvel", "ready", queue]
     assert "ready" in cli.commands

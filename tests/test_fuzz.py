@@ -17,18 +17,16 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 
 from cli.samples import b64, shape_image
 from cli.stack import Stack
-from tests.conftest import REDIS_URL, fresh_postgres_database, stack_env
+from tests.conftest import live_stack
 
 pytestmark = pytest.mark.integration
 
@@ -53,22 +51,17 @@ HOOKS = Path(__file__).with_name("fuzz_hooks.py")
 def stack(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    workdir = tmp_path_factory.mktemp("fuzz-stack")
-    with fresh_postgres_database() as database_url:
-        env = stack_env(
-            database_url,
-            workdir,
-            tiny_models,
-            heartbeat_seconds="0.5",
-            # Generated queries may ask to wait; a short limit keeps each answer quick.
-            max_wait_seconds="2",
-        )
+    with live_stack(
+        tiny_models,
+        tmp_path_factory.mktemp("fuzz-stack"),
         # A generated recall_model for a reindex must fail at once, not try to download.
-        env["HF_HUB_OFFLINE"] = "1"
-        with Stack(workdir, env, worker_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
-            running.wait_ready()
-            yield running
+        extra_env={"HF_HUB_OFFLINE": "1"},
+        heartbeat_seconds="0.5",
+        # Generated queries may ask to wait; a short limit keeps each answer quick.
+        max_wait_seconds="2",
+    ) as running:
+        running.wait_ready()
+        yield running
 
 
 def _until_done(http: requests.Session, url: str, timeout: float = 120.0) -> dict[str, Any]:

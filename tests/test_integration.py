@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ from cli.samples import b64, sample_documents, shape_image
 from cli.stack import Stack, wait_until
 from core.models import Collection, Document, QueryJob
 from recall.index import MilvusIndex
-from tests.conftest import REDIS_URL, fresh_postgres_database, stack_env
+from tests.conftest import REDIS_URL, live_stack
+from tests.helpers import admin_session
 
 pytestmark = pytest.mark.integration
 
@@ -30,27 +30,19 @@ pytestmark = pytest.mark.integration
 def stack(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    workdir = tmp_path_factory.mktemp("stack")
-    with fresh_postgres_database() as database_url:
-        # Qwen3-VL recalls, Qwen2-VL reranks: both architectures run end to end.
-        env = stack_env(
-            database_url,
-            workdir,
-            tiny_models,
-            heartbeat_seconds="0.5",
-            max_queue_depth="12",
-            reindex_drop_delay_seconds="1",
-        )
-        with Stack(workdir, env, worker_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
-            yield running
+    # Qwen3-VL recalls, Qwen2-VL reranks: both architectures run end to end.
+    overrides = {
+        "heartbeat_seconds": "0.5",
+        "max_queue_depth": "12",
+        "reindex_drop_delay_seconds": "1",
+    }
+    with live_stack(tiny_models, tmp_path_factory.mktemp("stack"), **overrides) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def http(stack: Stack) -> requests.Session:
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {stack.create_key(('admin',))}"
-    return session
+    return admin_session(stack)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-import redis
 import requests
 from PIL import Image
 from sqlalchemy import create_engine, select
@@ -30,7 +29,8 @@ from sqlalchemy import create_engine, select
 from cli.samples import b64, shape_image
 from cli.stack import Stack, wait_until
 from recall.index import MilvusIndex
-from tests.conftest import REDIS_URL, fresh_postgres_database, stack_env
+from tests.conftest import live_stack
+from tests.helpers import admin_session
 
 pytestmark = pytest.mark.integration
 
@@ -42,21 +42,15 @@ QUOTED = ["O'Brien", 'say "hi"', "back\\slash", "[bracket]", "a, b", "id == id"]
 def stack(
     tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    redis.Redis.from_url(REDIS_URL).flushdb()
     workdir = tmp_path_factory.mktemp("untrusted")
-    with fresh_postgres_database() as database_url:
-        env = stack_env(
-            database_url, workdir, tiny_models, heartbeat_seconds="0.5", media_grace_seconds="0"
-        )
-        with Stack(workdir, env, worker_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
-            yield running
+    overrides = {"heartbeat_seconds": "0.5", "media_grace_seconds": "0"}
+    with live_stack(tiny_models, workdir, **overrides) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def http(stack: Stack) -> requests.Session:
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {stack.create_key(('admin',))}"
-    return session
+    return admin_session(stack)
 
 
 def _client(stack: Stack, scopes: tuple[str, ...], collections: tuple[str, ...] = ()) -> Any:

@@ -19,26 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 from core.contract import Queue
+from core.heartbeats import heartbeat_key
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PREFIX = "umarvel:heartbeat"
 QUEUE_ENV = "UMARVEL_WORKER_QUEUE"
-
-
-def heartbeat_key(queue: str, hostname: str) -> str:
-    return f"{PREFIX}:{queue}:{hostname}"
-
-
-def read_heartbeats(client: Any, queue: str) -> list[dict[str, Any]]:
-    beats = []
-    for key in client.scan_iter(match=f"{PREFIX}:{queue}:*"):
-        raw = client.get(key)
-        if raw is not None:
-            beats.append(json.loads(raw))
-    return beats
-
 
 def warm_up(queue: str, rt: Any) -> str:
     """Load the queue's model and run one inference; returns the model id."""

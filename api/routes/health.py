@@ -12,7 +12,7 @@ from api.responses import Liveness, Readiness
 from api.services import services
 from core.contract import Queue
 from core.db import session_scope
-from workers.heartbeat import read_heartbeats
+from core.heartbeats import read_heartbeats
 
 bp = Blueprint("health", __name__)
 

@@ -16,12 +16,12 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from core.models import Collection, Document, OutboxEntry, utcnow
-from ingestion import engine, outbox, sweep
+from ingestion import engine, outbox
 from ingestion.outbox import Kind
 from recall.index import milvus_name
 from recall.prompts import Candidate
 from recall.service import RecallService
-from tests.helpers import entries, error, ingest_in_process, run_entries
+from tests.helpers import entries, error, ingest_in_process, run_entries, sweep_now
 from workers.runtime import Runtime
 
 
@@ -215,11 +215,6 @@ def test_a_failing_new_generation_never_fails_ingestion(
     assert [entry.payload["documents"] for entry in retry] == [[b_id]]
 
 
-def _sweep(rt: Runtime) -> list[int]:
-    rt.redis.delete(sweep.LOCK)  # as if the sweep interval had passed
-    return sweep.sweep(rt, 30)
-
-
 def test_a_lost_plan_or_switch_is_recovered(
     env: tuple[FlaskClient, Runtime], redis_url: str
 ) -> None:
@@ -228,8 +223,8 @@ def test_a_lost_plan_or_switch_is_recovered(
     job = client.post("/v1/collections/docs/reindex").json
     redis.Redis.from_url(redis_url).delete("ingest")  # the plan's message was lost
     (plan,) = entries(rt, job["id"])
-    assert _sweep(rt) == []  # suspected once: it could have been in transit
-    assert _sweep(rt) == [plan.id]
+    assert sweep_now(rt) == []  # suspected once: it could have been in transit
+    assert sweep_now(rt) == [plan.id]
     assert _queued(redis_url) == [plan.id]
     run_entries(rt, job["id"])
     run_entries(rt, job["id"])
@@ -240,7 +235,7 @@ def test_a_lost_plan_or_switch_is_recovered(
         session.execute(update(Document).values(generation=3))  # built, never switched
         for entry in entries(rt, job["id"]):
             outbox.complete(session, entry.id)
-    _sweep(rt)
+    sweep_now(rt)
     assert client.get("/v1/collections/docs").json["generation"] == 3
 
 

@@ -10,14 +10,8 @@ import redis
 from flask.testing import FlaskClient
 
 from core.models import OutboxEntry, utcnow
-from ingestion import sweep
-from tests.helpers import entries
+from tests.helpers import entries, sweep_now
 from workers.runtime import Runtime
-
-
-def _sweep(rt: Runtime) -> list[int]:
-    rt.redis.delete(sweep.LOCK)  # as if the sweep interval had passed
-    return sweep.sweep(rt, 30)
 
 
 def test_lost_messages_are_found_in_two_sweeps_and_sent_again(
@@ -28,18 +22,18 @@ def test_lost_messages_are_found_in_two_sweeps_and_sent_again(
     client.post("/v1/collections/docs/documents", json={"documents": docs})
     broker = redis.Redis.from_url(redis_url)
     assert broker.llen("ingest") == 3  # chunks of 2, 2 and 1
-    assert _sweep(rt) == []
-    assert _sweep(rt) == []
+    assert sweep_now(rt) == []
+    assert sweep_now(rt) == []
 
     # One message is held by a worker (in kombu's unacked hash), one is lost outright.
     held = broker.rpop("ingest")
     broker.hset("unacked", "tag-1", json.dumps([json.loads(held), "", "ingest"]))
     broker.rpop("ingest")
     lost = entries(rt)[1].id
-    assert _sweep(rt) == []  # suspected once: it could have been in transit
-    assert _sweep(rt) == [lost]
-    assert _sweep(rt) == []  # its new message covers it
-    assert _sweep(rt) == []
+    assert sweep_now(rt) == []  # suspected once: it could have been in transit
+    assert sweep_now(rt) == [lost]
+    assert sweep_now(rt) == []  # its new message covers it
+    assert sweep_now(rt) == []
 
 
 def test_entries_not_due_are_left_alone(
@@ -51,8 +45,8 @@ def test_entries_not_due_are_left_alone(
     with rt.sessions.begin() as session:
         for row in session.query(OutboxEntry):
             row.not_before = utcnow() + timedelta(minutes=5)
-    assert _sweep(rt) == []
-    assert _sweep(rt) == []
+    assert sweep_now(rt) == []
+    assert sweep_now(rt) == []
 
 
 def test_after_redis_restarts_empty_everything_owed_is_sent_again(
@@ -65,5 +59,5 @@ def test_after_redis_restarts_empty_everything_owed_is_sent_again(
     client.delete("/v1/collections/docs/documents/j0-0")
     owed = {entry.id for entry in entries(rt)}
     redis.Redis.from_url(redis_url).flushdb()  # the broker lost every message
-    assert _sweep(rt) == []
-    assert set(_sweep(rt)) == owed
+    assert sweep_now(rt) == []
+    assert set(sweep_now(rt)) == owed
