@@ -7,7 +7,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.models import Document
+from core.models import Document, IngestJob, utcnow
+from core.states import JobState
 
 
 def document_view(doc: Document) -> dict[str, Any]:
@@ -46,3 +47,28 @@ def enrich(
         extra.pop("status", None)
         enriched.append({"rank": first_rank + len(enriched), **hit, **extra})
     return enriched
+
+
+def ingest_job_view(job: IngestJob) -> dict[str, Any]:
+    """An ingestion or reindex job with its progress: rate (documents indexed per second)
+    and time left."""
+    rate = eta = None
+    if job.started_at is not None and job.done:
+        elapsed = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
+        rate = job.done / max(elapsed, 1e-3)
+        remaining = job.total - job.done - job.failed
+        eta = remaining / rate if not JobState(job.state).finished else 0.0
+    return {
+        "id": job.id,
+        "url": f"/v1/ingest-jobs/{job.id}",
+        "kind": job.kind,
+        "state": job.state,
+        "total": job.total,
+        "done": job.done,
+        "failed": job.failed,
+        "rate": None if rate is None else round(rate, 2),  # documents indexed per second
+        "eta_seconds": None if eta is None else round(eta, 1),
+        "errors": job.errors,
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }

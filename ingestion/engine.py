@@ -50,7 +50,7 @@ def _give_up(rt: Resources, entry: Entry, message: str) -> None:
 
 FAILURES: dict[Kind, Failure] = {
     Kind.INGEST: ingest.fail_chunk,
-    Kind.PLAN: lambda rt, entry, message: reindex.abort(rt, str(entry.job_id), message),
+    Kind.PLAN: reindex.chunk_failed,  # a build that cannot be planned is given up too
     Kind.REINDEX: reindex.chunk_failed,
     Kind.DELETE: _give_up,
     Kind.DROP: _give_up,

@@ -149,20 +149,14 @@ def fail_chunk(rt: Resources, entry: outbox.Entry, message: str) -> None:
     with rt.sessions.begin() as session:
         job = session.get(IngestJob, entry.job_id)
         if job is not None:
-            waiting = select(Document.id, Document.external_id).where(
+            waiting = (
                 Document.id.in_(entry.payload["documents"]),
                 Document.ingest_job_id == job.id,
                 Document.status == DocumentStatus.PENDING,
             )
-            names = [external for _, external in session.execute(waiting)]
+            names = list(session.scalars(select(Document.external_id).where(*waiting)))
             session.execute(
-                update(Document)
-                .where(
-                    Document.id.in_(entry.payload["documents"]),
-                    Document.ingest_job_id == job.id,
-                    Document.status == DocumentStatus.PENDING,
-                )
-                .values(status=DocumentStatus.FAILED, error=message)
+                update(Document).where(*waiting).values(status=DocumentStatus.FAILED, error=message)
             )
             job = session.get_one(IngestJob, job.id, with_for_update=True)
             job.errors = [*job.errors, *({"id": n, "message": message} for n in names)]

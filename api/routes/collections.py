@@ -17,6 +17,7 @@ from api.services import services
 from core.db import session_scope
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.models import Collection, Document
+from core.results import ingest_job_view
 from ingestion import outbox, reindex
 from ingestion.outbox import Kind
 from recall.filters import validate_fields
@@ -189,8 +190,6 @@ def delete_collection(name: str) -> Any:
 def reindex_collection(name: str) -> Any:
     """Build the next generation (optionally with a new recall model) beside the served
     one; search keeps answering from the old one until the new one is complete."""
-    from api.routes.documents import render_job
-
     g.collection = name
     require("admin", name)
     body = ReindexRequest.model_validate(json_body(request) if request.content_length else {})
@@ -208,6 +207,6 @@ def reindex_collection(name: str) -> Any:
         model = allowed_model(body.recall_model) if body.recall_model else collection.recall_model
         job, plan = reindex.start(session, collection, model)
         g.job_id = job.id
-        payload = render_job(job)
+        payload = ingest_job_view(job)
     outbox.dispatch(svc.send, [plan])
     return payload, 202, {"Location": payload["url"]}

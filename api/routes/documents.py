@@ -29,8 +29,8 @@ from core.db import session_scope
 from core.errors import InvalidRequest, NotFound, PayloadTooLarge, UmarvelError
 from core.images import decode_image
 from core.metrics import INGEST_DOCUMENTS
-from core.models import Collection, Document, IngestJob, utcnow
-from core.results import document_view
+from core.models import Collection, Document, IngestJob
+from core.results import document_view, ingest_job_view
 from core.states import DocumentStatus, JobState, advance
 from ingestion import outbox
 from ingestion.chunks import chunked
@@ -228,32 +228,9 @@ def ingest_documents(name: str) -> Any:
         entries = outbox.add_documents(
             session, Kind.INGEST, job.id, chunked([row.id for row in rows], size)
         )
-        payload = render_job(job)
+        payload = ingest_job_view(job)
     outbox.dispatch(svc.send, entries)
     return payload, 202, {"Location": payload["url"]}
-
-
-def render_job(job: IngestJob) -> dict[str, Any]:
-    rate = eta = None
-    if job.started_at is not None and job.done:
-        elapsed = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
-        rate = job.done / max(elapsed, 1e-3)
-        remaining = job.total - job.done - job.failed
-        eta = remaining / rate if not JobState(job.state).finished else 0.0
-    return {
-        "id": job.id,
-        "url": f"/v1/ingest-jobs/{job.id}",
-        "kind": job.kind,
-        "state": job.state,
-        "total": job.total,
-        "done": job.done,
-        "failed": job.failed,
-        "rate": None if rate is None else round(rate, 2),  # documents indexed per second
-        "eta_seconds": None if eta is None else round(eta, 1),
-        "errors": job.errors,
-        "created_at": job.created_at.isoformat(),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }
 
 
 @bp.get("/v1/ingest-jobs/<job_id>")
@@ -264,7 +241,7 @@ def read_ingest_job(job_id: str) -> Any:
         if job is None:
             raise NotFound(f"ingestion job {job_id!r} does not exist")
         require("admin", session.get_one(Collection, job.collection_id).name)
-        return render_job(job)
+        return ingest_job_view(job)
 
 
 def _document(session: Any, collection: Collection, document_id: str) -> Document:
