@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_ENV = "UMARVEL_WORKER_QUEUE"
 
+
 def warm_up(queue: str, rt: Any) -> str:
     """Load the queue's model and run one inference; returns the model id."""
     settings: Settings = rt.settings
