@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -33,6 +33,31 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from core.tiny_models import build_all
 
     return build_all(tmp_path_factory.mktemp("tiny-models"))
+
+
+# One embedder and one reranker per architecture, loaded once for each test module.
+@pytest.fixture(scope="module")
+def embedders(tiny_models: dict[str, Path]) -> dict[str, Any]:
+    from recall import Embedder
+
+    return {arch: Embedder.from_pretrained(str(path)) for arch, path in tiny_models.items()}
+
+
+@pytest.fixture
+def embedder(embedders: dict[str, Any], arch: str) -> Any:
+    return embedders[arch]
+
+
+@pytest.fixture(scope="module")
+def rerankers(tiny_models: dict[str, Path]) -> dict[str, Any]:
+    from rerank import Reranker
+
+    return {arch: Reranker.from_pretrained(str(path)) for arch, path in tiny_models.items()}
+
+
+@pytest.fixture
+def reranker(rerankers: dict[str, Any], arch: str) -> Any:
+    return rerankers[arch]
 
 
 @pytest.fixture(scope="session", params=["qwen2_vl", "qwen3_vl"])

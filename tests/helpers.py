@@ -70,3 +70,17 @@ def sweep_now(rt: Any) -> list[int]:
 
     rt.redis.delete(sweep.LOCK)
     return list(sweep.sweep(rt, 30))
+
+
+def poll(http: Any, url: str, done: Any, timeout: float = 120.0) -> dict[str, Any]:
+    """GET ``url`` until ``done(body)`` holds; fails after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = http.get(url).json()
+        if done(body):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not finish: {body}")

@@ -29,16 +29,6 @@ CANDIDATES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def embedders(tiny_models: dict[str, Path]) -> dict[str, Embedder]:
-    return {arch: Embedder.from_pretrained(str(path)) for arch, path in tiny_models.items()}
-
-
-@pytest.fixture
-def embedder(embedders: dict[str, Embedder], arch: str) -> Embedder:
-    return embedders[arch]
-
-
 def test_special_tokens_take_the_next_ids(embedder: Embedder) -> None:
     tokenizer = embedder.processor.tokenizer
     n = tokenizer.convert_tokens_to_ids("<emb>")

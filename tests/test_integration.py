@@ -21,7 +21,7 @@ from cli.stack import Stack, wait_until
 from core.models import Collection, Document, QueryJob
 from recall.index import MilvusIndex
 from tests.conftest import REDIS_URL, live_stack
-from tests.helpers import admin_session
+from tests.helpers import admin_session, poll
 
 pytestmark = pytest.mark.integration
 
@@ -56,18 +56,8 @@ def ingested(stack: Stack, http: requests.Session) -> dict[str, Any]:
     job = http.post(
         f"{stack.api_url}/v1/collections/shapes/documents", json={"documents": docs}
     ).json()
-    job = _until(http, stack.api_url + job["url"], lambda j: j["state"] in ("done", "failed"))
+    job = poll(http, stack.api_url + job["url"], lambda j: j["state"] in ("done", "failed"))
     return {"job": job, "ids": {d["id"] for d in docs}, "docs": docs}
-
-
-def _until(http: requests.Session, url: str, done: Any, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = http.get(url).json()
-        if done(body):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not finish: {body}")
 
 
 def _text_collection(
@@ -78,7 +68,7 @@ def _text_collection(
     assert http.post(base, json={"name": name}).status_code == 201
     docs = [{"id": f"{prefix}{i}", "text": text} for i, text in enumerate(texts)]
     job = http.post(f"{base}/{name}/documents", json={"documents": docs}).json()
-    _until(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
+    poll(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
 
 
 def _query(stack: Stack, http: requests.Session, body: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +76,7 @@ def _query(stack: Stack, http: requests.Session, body: dict[str, Any]) -> dict[s
     assert response.status_code in (200, 202), response.text
     answer = response.json()
     if answer["is_running"]:
-        answer = _until(http, stack.api_url + answer["url"], lambda j: not j["is_running"])
+        answer = poll(http, stack.api_url + answer["url"], lambda j: not j["is_running"])
     return answer
 
 
@@ -180,7 +170,7 @@ def test_a_write_invalidates_cached_results(
     job = http.post(
         f"{stack.api_url}/v1/collections/shapes/documents", json={"documents": [doc]}
     ).json()
-    _until(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
+    poll(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
     after = _query(stack, http, body)
     assert not after["cached"]
     assert after["id"] != first["id"]
@@ -196,20 +186,20 @@ def test_partial_results_and_cancel_while_reranking(
     stack.kill("worker-rerank")  # rerank tasks now wait in their queue
     try:
         job = http.post(url, json={"text": "partial results please", "top_k": 3}).json()
-        job = _until(http, stack.api_url + job["url"], lambda j: j["status"] == "reranking")
+        job = poll(http, stack.api_url + job["url"], lambda j: j["status"] == "reranking")
         assert job["is_partial"]
         assert job["is_running"]
         indexed = http.get(f"{stack.api_url}/v1/collections/shapes").json()["documents"]["indexed"]
         assert len(job["results"]) == indexed  # every recall candidate (k=50), before rerank
         assert all("p_yes" not in hit for hit in job["results"])
         other = http.post(url, json={"text": "cancel me while reranking"}).json()
-        _until(http, stack.api_url + other["url"], lambda j: j["status"] == "reranking")
+        poll(http, stack.api_url + other["url"], lambda j: j["status"] == "reranking")
         cancelled = http.delete(stack.api_url + other["url"])
         assert cancelled.status_code == 200
         assert cancelled.json()["status"] == "cancelled"
     finally:
         stack.start_worker("rerank")
-    done = _until(http, stack.api_url + job["url"], lambda j: j["status"] == "done")
+    done = poll(http, stack.api_url + job["url"], lambda j: j["status"] == "done")
     assert len(done["results"]) == 3
     assert all(hit["p_yes"] is not None for hit in done["results"])
     assert http.get(stack.api_url + other["url"]).json()["status"] == "cancelled"
@@ -238,7 +228,7 @@ def test_identical_queries_in_flight_share_one_job(
     first = http.post(url, json=body).json()
     second = http.post(url, json=body).json()  # in flight, or already cached: the same job
     assert second["id"] == first["id"]
-    done = _until(http, stack.api_url + first["url"], lambda j: j["status"] == "done")
+    done = poll(http, stack.api_url + first["url"], lambda j: j["status"] == "done")
     assert len(done["results"]) == 2
 
 
@@ -273,7 +263,7 @@ def test_workers_and_api_expose_metrics(
         f"{stack.api_url}/v1/collections/shapes/documents",
         json={"documents": [{"id": "measured", "text": "a measured document"}]},
     ).json()
-    _until(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
+    poll(http, stack.api_url + job["url"], lambda j: j["state"] == "done")
     _query(stack, http, {"text": "measure me", "top_k": 2, "wait": 20})
     recall = requests.get(f"http://127.0.0.1:{stack.metrics_ports['recall']}/metrics").text
     rerank = requests.get(f"http://127.0.0.1:{stack.metrics_ports['rerank']}/metrics").text
@@ -492,7 +482,7 @@ def test_reindex_swaps_generations_while_search_answers(
         time.sleep(0.5)
         new_model = str(tiny_models["qwen2_vl"])
         job = http.post(f"{base}/swap/reindex", json={"recall_model": new_model}).json()
-        done = _until(
+        done = poll(
             http,
             stack.api_url + job["url"],
             lambda j: j["state"] != "running" and j["state"] != "queued",

@@ -7,7 +7,6 @@ tiny real models of both architectures.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,26 +52,6 @@ BENIGN_CANDIDATES = [
     Candidate(text="word " * 3000),  # truncated at 1024 tokens
     Candidate(text="word " * 3000, image=RED),  # truncated after its image
 ]
-
-
-@pytest.fixture(scope="module")
-def embedders(tiny_models: dict[str, Path]) -> dict[str, Embedder]:
-    return {arch: Embedder.from_pretrained(str(path)) for arch, path in tiny_models.items()}
-
-
-@pytest.fixture
-def embedder(embedders: dict[str, Embedder], arch: str) -> Embedder:
-    return embedders[arch]
-
-
-@pytest.fixture(scope="module")
-def rerankers(tiny_models: dict[str, Path]) -> dict[str, Reranker]:
-    return {arch: Reranker.from_pretrained(str(path)) for arch, path in tiny_models.items()}
-
-
-@pytest.fixture
-def reranker(rerankers: dict[str, Reranker], arch: str) -> Reranker:
-    return rerankers[arch]
 
 
 def _assert_same_batch(got: Any, expected: Any) -> None:

@@ -21,16 +21,6 @@ CANDIDATES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def rerankers(tiny_models: dict[str, Path]) -> dict[str, Reranker]:
-    return {arch: Reranker.from_pretrained(str(path)) for arch, path in tiny_models.items()}
-
-
-@pytest.fixture
-def reranker(rerankers: dict[str, Reranker], arch: str) -> Reranker:
-    return rerankers[arch]
-
-
 def test_instruction_text_is_exact() -> None:
     assert "candidate" + " " * 24 + "meets" in RERANK_INSTRUCTION
     assert "responed with 'No'." in RERANK_INSTRUCTION

@@ -30,7 +30,7 @@ from cli.samples import b64, shape_image
 from cli.stack import Stack, wait_until
 from recall.index import MilvusIndex
 from tests.conftest import live_stack
-from tests.helpers import admin_session
+from tests.helpers import admin_session, poll
 
 pytestmark = pytest.mark.integration
 
@@ -59,16 +59,6 @@ def _client(stack: Stack, scopes: tuple[str, ...], collections: tuple[str, ...] 
     return session
 
 
-def _until(http: requests.Session, url: str, done: Any, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = http.get(url).json()
-        if done(body):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not finish: {body}")
-
-
 def _collection(stack: Stack, http: requests.Session, name: str, **fields: Any) -> str:
     response = http.post(f"{stack.api_url}/v1/collections", json={"name": name, **fields})
     assert response.status_code == 201, response.text
@@ -78,7 +68,7 @@ def _collection(stack: Stack, http: requests.Session, name: str, **fields: Any) 
 def _ingest(stack: Stack, http: requests.Session, base: str, docs: list[dict]) -> dict:
     response = http.post(f"{base}/documents", json={"documents": docs})
     assert response.status_code == 202, response.text
-    return _until(http, stack.api_url + response.json()["url"], lambda j: j["state"] == "done")
+    return poll(http, stack.api_url + response.json()["url"], lambda j: j["state"] == "done")
 
 
 def _query(stack: Stack, http: requests.Session, base: str, body: dict) -> dict:
@@ -86,7 +76,7 @@ def _query(stack: Stack, http: requests.Session, base: str, body: dict) -> dict:
     assert response.status_code in (200, 202), response.text
     answer = response.json()
     if answer["is_running"]:
-        answer = _until(http, stack.api_url + answer["url"], lambda j: not j["is_running"])
+        answer = poll(http, stack.api_url + answer["url"], lambda j: not j["is_running"])
     return answer
 
 
@@ -300,7 +290,7 @@ def test_hostile_items_fail_alone_with_a_reason(
         headers={"Content-Type": "application/x-ndjson"},
     )
     assert response.status_code == 202, response.text
-    job = _until(http, stack.api_url + response.json()["url"], lambda j: j["state"] == "done")
+    job = poll(http, stack.api_url + response.json()["url"], lambda j: j["state"] == "done")
     assert (job["total"], job["done"], job["failed"]) == (12, 2, 10)
     failed = {e["index"]: e for e in job["errors"]}
     assert sorted(failed) == list(range(1, 11))
