@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from core.states import DocumentStatus, JobState, QueryStatus
+from core.states import DocumentStatus, JobKind, JobState, QueryStatus
 
 FieldType = Literal["int", "float", "str", "bool"]
 
@@ -116,7 +116,7 @@ class ItemError(Answer):
 class IngestJobOut(Answer):
     id: str
     url: str
-    kind: Literal["ingest", "reindex"]
+    kind: JobKind
     state: JobState
     total: int
     done: int

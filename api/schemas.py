@@ -99,7 +99,13 @@ class QueryRequest(Strict):
     top_k: int | None = Field(None, ge=1, le=1_000_000)
     rerank: RerankOptions = RerankOptions()
     filter: dict[str, Any] | None = None
-    wait: float = Field(0.0, ge=0, le=86_400)
+    wait: float | None = Field(
+        None,
+        ge=0,
+        le=86_400,
+        description="Seconds to wait for the result before answering 202 with the job "
+        "(default UMARVEL_QUERY_WAIT_SECONDS; 0: at once).",
+    )
 
     @field_validator("text")
     @classmethod

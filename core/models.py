@@ -144,7 +144,7 @@ class IngestJob(Base):
     collection_id: Mapped[int] = mapped_column(
         ForeignKey("collections.id", ondelete="CASCADE"), index=True
     )
-    # "ingest" (documents sent by a client) or "reindex" (a new generation of every document).
+    # core.states.JobKind: "ingest", "reindex" or "repair".
     kind: Mapped[str] = mapped_column(String(16), default="ingest", server_default="ingest")
     # The generation a reindex job builds (never reused, even after a failed attempt).
     generation: Mapped[int | None] = mapped_column(Integer)

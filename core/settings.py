@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     default_rerank_k: int = Field(50, ge=1, description="Recall candidates passed to rerank.")
     default_rerank_weight: float = Field(0.1, description="w in cosine + w * p_yes.")
     max_wait_seconds: float = Field(30.0, ge=0, description="Longest 'wait' a query may ask for.")
+    query_wait_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How long a query POST that gives no 'wait' waits for its result before "
+        "answering 202 with the job (0: answer 202 at once).",
+    )
     result_ttl_seconds: int = Field(3600, ge=1, description="Lifetime of cached query results.")
     job_ttl_seconds: int = Field(
         86400, ge=1, description="Finished query jobs expire, and are cleaned up, after this."
@@ -137,6 +143,13 @@ class Settings(BaseSettings):
         description="How often a recall worker re-queues ingestion work the broker lost to a "
         "worker killed mid-delivery (0: never).",
     )
+    reconcile_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How often a worker of the ingest queue compares each quiet collection's "
+        "Milvus rows with the documents SQL holds as indexed, re-embeds what Milvus lost and "
+        "deletes vectors SQL no longer has (0: never).",
+    )
     reindex_drop_delay_seconds: float = Field(
         30.0,
         ge=0,
@@ -158,12 +171,14 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _visibility_outlasts_tasks(self) -> Settings:
+    def _limits_agree(self) -> Settings:
         if self.visibility_timeout <= self.task_time_limit:
             raise ValueError(
                 "UMARVEL_VISIBILITY_TIMEOUT must exceed UMARVEL_TASK_TIME_LIMIT, or Redis "
                 "re-delivers tasks that are still running"
             )
+        if self.query_wait_seconds > self.max_wait_seconds:
+            raise ValueError("UMARVEL_QUERY_WAIT_SECONDS must not exceed UMARVEL_MAX_WAIT_SECONDS")
         return self
 
     @property

@@ -13,6 +13,12 @@ from typing import Any
 from core.models import IngestJob, QueryJob, utcnow
 
 
+class JobKind(StrEnum):
+    INGEST = "ingest"  # documents sent by a client
+    REINDEX = "reindex"  # a new generation of every document
+    REPAIR = "repair"  # documents whose vectors Milvus lost (ingestion.reconcile)
+
+
 class JobState(StrEnum):
     """An ingestion or reindex job."""
 

@@ -8,6 +8,6 @@ accepted, and the workers' one ingestion task calls ``engine.run``.
   failure means.
 - ``ingest``: an ingestion chunk. ``reindex``: building and switching a generation.
   ``vectors``: deletes and drops. ``writer``: the write that keeps the newest revision.
-- ``sweep``: sends again what the broker lost.
+- ``sweep``: sends again what the broker lost. ``reconcile``: re-embeds what Milvus lost.
 - ``chunks``: the one chunker.
 """

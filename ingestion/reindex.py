@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import Conflict
 from core.models import Collection, Document, IngestJob, OutboxEntry
-from core.states import RUNNING_JOB, DocumentStatus, JobState, advance
+from core.states import RUNNING_JOB, DocumentStatus, JobKind, JobState, advance
 from ingestion import outbox
 from ingestion.chunks import chunked
 from ingestion.outbox import Kind
@@ -43,7 +43,7 @@ def start(session: Session, collection: Collection, model: str) -> tuple[IngestJ
     generation = highest_generation(session, collection) + 1
     job = IngestJob(
         collection_id=collection.id,
-        kind="reindex",
+        kind=JobKind.REINDEX,
         generation=generation,
         total=live_documents(session, collection.id),
     )

@@ -140,6 +140,24 @@ class MilvusIndex:
         result = self._retry(lambda: self.client.query(name, filter="", output_fields=["count(*)"]))
         return int(result[0]["count(*)"])
 
+    def ids(self, name: str, batch: int = 5000) -> list[str]:
+        """Every primary key in ``name`` (for reconciliation against SQL), read in pages."""
+        self.ensure_loaded(name)
+
+        def read() -> list[str]:
+            pages = self.client.query_iterator(
+                name, batch_size=batch, filter="", output_fields=[PK_FIELD]
+            )
+            found: list[str] = []
+            try:
+                while page := pages.next():
+                    found += [str(row[PK_FIELD]) for row in page]
+            finally:
+                pages.close()
+            return found
+
+        return self._retry(read)
+
     def search(
         self,
         name: str,

@@ -173,6 +173,7 @@ def pipeline_env(
         allowed_recall_models=[str(tiny_models["qwen2_vl"]), str(tmp_path / "no-such-model")],
         ingest_chunk_size=2,
         device="cpu",
+        query_wait_seconds=0,  # no worker answers in process: a POST answers 202 at once
     )
     client = create_app(settings).test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + make_key(client.application, ["admin"])

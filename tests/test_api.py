@@ -27,6 +27,7 @@ def client(migrated_url: str, redis_url: str, tmp_path: Path) -> FlaskClient:
         media_root=tmp_path / "media",
         max_image_bytes=50_000,
         max_image_pixels=200 * 200,
+        query_wait_seconds=0,  # no worker runs here
     )
     app = create_app(settings)
     client = app.test_client()

@@ -35,6 +35,8 @@ def stack(
         "heartbeat_seconds": "0.5",
         "max_queue_depth": "12",
         "reindex_drop_delay_seconds": "1",
+        # A POST that gives no wait waits this long (1 s by default; more on a loaded CI).
+        "query_wait_seconds": "10",
     }
     with live_stack(tiny_models, tmp_path_factory.mktemp("stack"), **overrides) as running:
         yield running
@@ -179,20 +181,35 @@ def test_a_write_invalidates_cached_results(
     assert "extra" in {r["document_id"] for r in after["results"]}
 
 
+def test_a_plain_post_answers_with_its_results(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
+    url = f"{stack.api_url}/v1/collections/shapes/queries"
+    started = time.monotonic()
+    answered = http.post(url, json={"text": "a plain question", "top_k": 2})
+    assert answered.status_code == 200, answered.text
+    assert (answered.json()["status"], len(answered.json()["results"])) == ("done", 2)
+    assert time.monotonic() - started < 10  # the wait ends when the job does
+    at_once = http.post(url, json={"text": "a question for later", "wait": 0})
+    assert at_once.status_code == 202
+    assert at_once.json()["is_running"]
+    poll(http, stack.api_url + at_once.json()["url"], lambda j: j["status"] == "done")
+
+
 def test_partial_results_and_cancel_while_reranking(
     stack: Stack, http: requests.Session, ingested: dict[str, Any]
 ) -> None:
     url = f"{stack.api_url}/v1/collections/shapes/queries"
     stack.kill("worker-rerank")  # rerank tasks now wait in their queue
     try:
-        job = http.post(url, json={"text": "partial results please", "top_k": 3}).json()
+        job = http.post(url, json={"text": "partial results please", "top_k": 3, "wait": 0}).json()
         job = poll(http, stack.api_url + job["url"], lambda j: j["status"] == "reranking")
         assert job["is_partial"]
         assert job["is_running"]
         indexed = http.get(f"{stack.api_url}/v1/collections/shapes").json()["documents"]["indexed"]
         assert len(job["results"]) == indexed  # every recall candidate (k=50), before rerank
         assert all("p_yes" not in hit for hit in job["results"])
-        other = http.post(url, json={"text": "cancel me while reranking"}).json()
+        other = http.post(url, json={"text": "cancel me while reranking", "wait": 0}).json()
         poll(http, stack.api_url + other["url"], lambda j: j["status"] == "reranking")
         cancelled = http.delete(stack.api_url + other["url"])
         assert cancelled.status_code == 200

@@ -31,6 +31,7 @@ def settings(migrated_url: str, redis_url: str, tmp_path: Path) -> Settings:
         media_root=tmp_path / "media",
         max_queue_depth=3,
         job_ttl_seconds=60,
+        query_wait_seconds=0,  # no worker runs here; tests that wait say so
     )
 
 

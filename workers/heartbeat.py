@@ -104,14 +104,18 @@ def _run(queue: str, hostname: str, rt: Any, consuming: Callable[[], bool] | Non
 
 def _sweep(rt: Any) -> None:
     """Every UMARVEL_REDRIVE_SECONDS, send again the outbox entries whose messages were lost
-    (``ingestion.sweep``). Its own thread: a long sweep never delays the heartbeat; an
-    error (Redis or SQL away) is logged, never raised, and the next sweep tries again."""
-    from ingestion import sweep
+    (``ingestion.sweep``), and every UMARVEL_RECONCILE_SECONDS compare Milvus with SQL
+    (``ingestion.reconcile``). Its own thread: a long sweep never delays the heartbeat; an
+    error (Redis, SQL or Milvus away) is logged, never raised, and the next sweep tries
+    again."""
+    from ingestion import reconcile, sweep
 
     seconds = rt.settings.redrive_seconds
     while True:
         time.sleep(seconds)
         try:
             sweep.sweep(rt, seconds)
+            if reconcile.due(rt):
+                reconcile.reconcile(rt)
         except Exception:
             log.warning("outbox sweep failed", exc_info=True)

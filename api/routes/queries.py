@@ -1,7 +1,9 @@
 """Asynchronous query jobs, modelled on Elasticsearch's async search.
 
 ``POST`` answers 200 with the results when they are cached or finish within ``wait``
-seconds, else 202 with the job's id and URL; ``GET`` returns status and results.
+seconds (``UMARVEL_QUERY_WAIT_SECONDS``, 1 s, when the request gives none: a plain POST
+answers, as synchronous search engines do), else 202 with the job's id and URL; ``GET``
+returns status and results.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def submit_query(name: str) -> Any:
         raise InvalidRequest("a query needs text, an image, or both")
     if body.text and len(body.text) > svc.settings.max_text_chars:
         raise InvalidRequest(f"text is longer than {svc.settings.max_text_chars} characters")
-    if body.wait > svc.settings.max_wait_seconds:
+    wait = svc.settings.query_wait_seconds if body.wait is None else body.wait
+    if wait > svc.settings.max_wait_seconds:
         raise InvalidRequest(f"wait must be at most {svc.settings.max_wait_seconds} seconds")
     image_key = None
     data = decode_base64(body.image, "image") if body.image is not None else upload
@@ -131,7 +134,7 @@ def submit_query(name: str) -> Any:
     g.job_id = holder
     if holder == job_id:
         _enqueue(svc, job_id, normalised["rerank"]["enabled"])
-    return _answer(svc, holder, body.wait)
+    return _answer(svc, holder, wait)
 
 
 def _enqueue(svc: Services, job_id: str, rerank: bool) -> None:
