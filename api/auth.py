@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, g, request
 
 from api.services import services
-from core.auth import authenticate, authorize
+from core.auth import Grant, authenticate, authorize, bearer_digest
 from core.db import session_scope
-from core.models import ApiKey
+from core.fences import KEYS_RECORD
 
 PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "metrics"})
 
@@ -22,18 +24,24 @@ def register_auth(app: Flask) -> None:
         svc = services()
         if not svc.settings.auth_enabled:
             return
-        with session_scope(svc.sessions) as session:
-            g.api_key = authenticate(session, request.headers.get("Authorization"))
+        digest = bearer_digest(request.headers.get("Authorization"))
+
+        def load() -> dict[str, Any]:
+            with session_scope(svc.sessions) as session:
+                return Grant.of(authenticate(session, digest)).to_json()
+
+        # A live key's grant is kept in Redis, fenced against revocation (core.fences).
+        g.api_key = Grant.from_json(svc.fences.through(KEYS_RECORD, digest, load))
 
 
 def require(scope: str, collection: str | None = None) -> None:
     """403 unless the request's key has ``scope`` (for ``collection``, when given)."""
-    key: ApiKey | None = g.get("api_key")
+    key: Grant | None = g.get("api_key")
     if key is not None:
         authorize(key, scope, collection)
 
 
 def visible(collection: str) -> bool:
     """Whether the request's key may see ``collection`` at all."""
-    key: ApiKey | None = g.get("api_key")
+    key: Grant | None = g.get("api_key")
     return key is None or key.collections is None or collection in key.collections

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.cache import ResultCache, make_redis
 from core.contract import Task
 from core.db import make_engine, make_session_factory
+from core.fences import Fences
 from core.media import LocalMediaStore, MediaStore
 from core.settings import Settings
 from workers.celery_app import make_celery
@@ -22,6 +23,7 @@ class Services:
     settings: Settings
     sessions: sessionmaker[Session]
     redis: Any
+    fences: Fences
     cache: ResultCache
     celery: Celery
     media: MediaStore
@@ -31,8 +33,9 @@ class Services:
         redis = make_redis(settings.redis_url)
         return cls(
             settings=settings,
-            sessions=make_session_factory(make_engine(settings.database_url)),
+            sessions=make_session_factory(make_engine(settings.database_url), redis),
             redis=redis,
+            fences=Fences(redis),
             cache=ResultCache(redis, settings.result_ttl_seconds),
             celery=make_celery(settings),
             media=LocalMediaStore(settings.media_root),

@@ -111,10 +111,13 @@ def keys_revoke(ident: str) -> None:
 
 
 def _session() -> Any:
+    from core.cache import make_redis
     from core.db import make_engine, make_session_factory, session_scope
     from core.settings import get_settings
 
-    return session_scope(make_session_factory(make_engine(get_settings().database_url)))
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    return session_scope(make_session_factory(engine, make_redis(settings.redis_url)))
 
 
 def _run_celery(argv: list[str]) -> None:
@@ -278,6 +281,23 @@ def jobs_cleanup() -> None:
     rt = Runtime(get_settings())
     click.echo(f"deleted {cleanup_jobs(rt)} expired query jobs")
     click.echo(f"deleted {cleanup_media(rt)} unreferenced media objects")
+
+
+@main.group()
+def cache() -> None:
+    """The Redis copies of keys and collections that the query path reads."""
+
+
+@cache.command("clear")
+def cache_clear() -> None:
+    """Forget every copy of API keys and collections (after rows were changed by hand in
+    SQL; changes made through the API, the CLI or the workers need nothing)."""
+    from core.cache import make_redis
+    from core.fences import Fences
+    from core.settings import get_settings
+
+    removed = Fences(make_redis(get_settings().redis_url)).clear()
+    click.echo(f"forgot {removed} copies")
 
 
 @main.command()

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -50,18 +51,46 @@ def create_key(
     return row, secret
 
 
-def authenticate(session: Session, header: str | None) -> ApiKey:
-    """The live key named by an ``Authorization: Bearer <key>`` header, or 401."""
+@dataclass(frozen=True)
+class Grant:
+    """What a live key may do: all that a request needs of it (and what Redis keeps)."""
+
+    id: int
+    scopes: tuple[str, ...]
+    collections: tuple[str, ...] | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> Grant:
+        collections = None if key.collections is None else tuple(key.collections)
+        return cls(key.id, tuple(key.scopes), collections)
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Grant:
+        collections = value["collections"]
+        return cls(
+            value["id"], tuple(value["scopes"]), None if collections is None else tuple(collections)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "scopes": list(self.scopes), "collections": self.collections}
+
+
+def bearer_digest(header: str | None) -> str:
+    """The hash of the key in an ``Authorization: Bearer <key>`` header, or 401."""
     if not header or not header.startswith("Bearer "):
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    digest = hash_key(header[len("Bearer ") :].strip())
+    return hash_key(header[len("Bearer ") :].strip())
+
+
+def authenticate(session: Session, digest: str) -> ApiKey:
+    """The live key whose hash is ``digest``, or 401."""
     key = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
     if key is None or not hmac.compare_digest(key.key_hash, digest) or key.revoked_at:
         raise Unauthorized("the API key is not valid (unknown or revoked)")
     return key
 
 
-def authorize(key: ApiKey, scope: str, collection: str | None = None) -> None:
+def authorize(key: ApiKey | Grant, scope: str, collection: str | None = None) -> None:
     """403 unless ``key`` has ``scope`` (admin includes search) for ``collection``."""
     if scope not in key.scopes and "admin" not in key.scopes:
         raise Forbidden(f"this API key lacks the {scope!r} scope")

@@ -76,11 +76,9 @@ def run_chunk(rt: Resources, entry: outbox.Entry) -> dict[str, Any]:
             outbox.dispatch(rt.send, [retry])
     with rt.sessions.begin() as session:
         _record(session, job.id, served_write, generation)
-        session.execute(
-            update(Collection)  # searchable now: answers cached before are stale
-            .where(Collection.id == collection_id)
-            .values(version=Collection.version + 1)
-        )
+        searched = session.get(Collection, collection_id)
+        if searched is not None:  # searchable now: answers cached before are stale
+            searched.version = Collection.version + 1  # in SQL: concurrent chunks add up
         refresh_progress(session, job.id)
         outbox.complete(session, entry.id)
     seconds = time.perf_counter() - started

@@ -10,14 +10,17 @@ from sqlalchemy import select
 
 from cli.main import main
 from core.auth import hash_key
+from core.cache import make_redis
 from core.db import make_engine, make_session_factory, session_scope
+from core.fences import Fences, collection_record
 from core.models import ApiKey
 from core.settings import get_settings
 
 
 @pytest.fixture
-def runner(migrated_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+def runner(migrated_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setenv("UMARVEL_DATABASE_URL", migrated_url)
+    monkeypatch.setenv("UMARVEL_REDIS_URL", redis_url)
     get_settings.cache_clear()
     yield CliRunner()
     get_settings.cache_clear()
@@ -45,6 +48,17 @@ def test_keys_create_list_revoke(runner: CliRunner, migrated_url: str) -> None:
     missing = runner.invoke(main, ["keys", "revoke", "nope"])
     assert missing.exit_code == 1
     assert "Error: no API key 'nope'" in missing.output
+
+
+def test_cache_clear_forgets_the_copies(runner: CliRunner, redis_url: str) -> None:
+    fences = Fences(make_redis(redis_url))
+    fences.client.flushdb()
+    record = collection_record("docs")
+    assert fences.fill(record, "searched", "0", {"version": 1})
+    assert fences.read([(record, "searched")])[0].value == {"version": 1}
+    cleared = runner.invoke(main, ["cache", "clear"])
+    assert (cleared.exit_code, cleared.output.strip()) == (0, "forgot 1 copies")
+    assert fences.read([(record, "searched")])[0].value is None
 
 
 def test_bad_scope_is_refused(runner: CliRunner) -> None:

@@ -341,7 +341,11 @@ def test_auth_through_the_running_stack(stack: Stack, ingested: dict[str, Any]) 
     assert create.status_code == 403
     revoked = subprocess.run(
         [sys.executable, "-m", "cli.main", "keys", "revoke", search[:12]],
-        env={**os.environ, "UMARVEL_DATABASE_URL": stack.settings().database_url},
+        env={
+            **os.environ,
+            "UMARVEL_DATABASE_URL": stack.settings().database_url,
+            "UMARVEL_REDIS_URL": stack.settings().redis_url,  # its copies of keys live there
+        },
         capture_output=True,
         text=True,
         check=False,

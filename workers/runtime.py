@@ -55,7 +55,8 @@ class Runtime:
 
     @cached_property
     def sessions(self) -> Any:
-        return make_session_factory(make_engine(self.settings.database_url, nullpool=True))
+        engine = make_engine(self.settings.database_url, nullpool=True)
+        return make_session_factory(engine, self.redis)
 
     @cached_property
     def redis(self) -> Any:

@@ -14,14 +14,15 @@ from sqlalchemy import select
 from api.auth import require
 from api.openapi import IMAGE, documented, responses
 from api.services import services
+from core.auth import Grant
 from core.db import session_scope
 from core.errors import NotFound
-from core.models import ApiKey, Collection, Document, QueryJob
+from core.models import Collection, Document, QueryJob
 
 bp = Blueprint("media", __name__)
 
 
-def _may_read(session: Any, key: ApiKey | None, media_key: str) -> bool:
+def _may_read(session: Any, key: Grant | None, media_key: str) -> bool:
     if key is None:  # authentication is off
         return True
     collections = select(Collection.name).join(Document, Document.collection_id == Collection.id)

@@ -9,6 +9,7 @@ returns status and results.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from core.cache import job_channel, notify_finished, result_key
 from core.contract import QUERY_QUEUES, Task, step_ids
 from core.db import session_scope
 from core.errors import InvalidRequest, NotFound, Unavailable
+from core.fences import collection_record
 from core.images import decode_image
 from core.metrics import CACHE_REQUESTS
 from core.models import Collection, QueryJob, new_id, utcnow
@@ -43,8 +45,32 @@ RUNNING = RUNNING_QUERY
 LOST_MESSAGE = "the query's tasks were lost (the broker restarted?); send the query again"
 
 
+@dataclass(frozen=True)
+class Searched:
+    """What the query path needs of a collection: kept in Redis, fenced (core.fences)."""
+
+    id: int
+    name: str
+    uid: str
+    version: int
+    recall_model: str
+    rerank_enabled: bool
+    rerank_k: int
+    rerank_weight: float
+    metadata_fields: dict[str, str]
+
+
+def _searched(svc: Services, name: str) -> Searched:
+    def load() -> dict[str, Any]:
+        with session_scope(svc.sessions) as session:
+            row = get_collection(session, name)
+            return {field.name: getattr(row, field.name) for field in fields(Searched)}
+
+    return Searched(**svc.fences.through(collection_record(name), "searched", load))
+
+
 def _normalise(
-    svc: Services, collection: Collection, body: QueryRequest, image_key: str | None
+    svc: Services, collection: Searched, body: QueryRequest, image_key: str | None
 ) -> dict[str, Any]:
     """The request as the workers need it, with every default filled in: also the cache key."""
     settings = svc.settings
@@ -98,39 +124,40 @@ def submit_query(name: str) -> Any:
         )
         image_key = svc.media.put(data)
 
-    with session_scope(svc.sessions) as session:
-        collection = get_collection(session, name)
-        normalised = _normalise(svc, collection, body, image_key)
-        key = result_key(
-            collection.uid,
-            collection.version,
-            collection.recall_model,
-            svc.settings.rerank_model,
-            normalised,
-        )
-        cached = svc.cache.get(key)
-        CACHE_REQUESTS.labels("hit" if cached is not None else "miss").inc()
-        if cached is not None:
-            return _render_cached(session, collection, cached), 200
-        check_backpressure(svc, QUERY_QUEUES, svc.settings.max_queue_depth)
-        job_id = new_id()
-        holder = svc.cache.claim(key, job_id, ttl_seconds=svc.settings.task_time_limit * 2)
-        if holder == job_id:
-            session.add(
-                QueryJob(
-                    id=job_id,
-                    collection_id=collection.id,
-                    request=normalised,
-                    query_image_key=image_key,
-                    cache_key=key,
-                    api_key_id=g.api_key.id if g.get("api_key") is not None else None,
+    # A cached answer is found without SQL: the key's grant and the collection come from
+    # fenced copies in Redis, the answer from the result cache.
+    collection = _searched(svc, name)
+    normalised = _normalise(svc, collection, body, image_key)
+    key = result_key(
+        collection.uid,
+        collection.version,
+        collection.recall_model,
+        svc.settings.rerank_model,
+        normalised,
+    )
+    cached = svc.cache.get(key)
+    CACHE_REQUESTS.labels("hit" if cached is not None else "miss").inc()
+    if cached is not None:
+        return _render_cached(collection, cached), 200
+    check_backpressure(svc, QUERY_QUEUES, svc.settings.max_queue_depth)
+    job_id = new_id()
+    holder = svc.cache.claim(key, job_id, ttl_seconds=svc.settings.task_time_limit * 2)
+    if holder == job_id:
+        try:
+            with session_scope(svc.sessions) as session:
+                session.add(
+                    QueryJob(
+                        id=job_id,
+                        collection_id=collection.id,
+                        request=normalised,
+                        query_image_key=image_key,
+                        cache_key=key,
+                        api_key_id=g.api_key.id if g.get("api_key") is not None else None,
+                    )
                 )
-            )
-            try:
-                session.flush()
-            except Exception:
-                svc.cache.release(key)  # no job will ever finish under this claim
-                raise
+        except Exception:
+            svc.cache.release(key)  # no job will ever finish under this claim
+            raise
     g.job_id = holder
     if holder == job_id:
         _enqueue(svc, job_id, normalised["rerank"]["enabled"])
@@ -215,7 +242,7 @@ def render_job(session: Any, job: QueryJob) -> dict[str, Any]:
     return payload
 
 
-def _render_cached(session: Any, collection: Collection, cached: dict[str, Any]) -> dict[str, Any]:
+def _render_cached(collection: Searched, cached: dict[str, Any]) -> dict[str, Any]:
     page, paging = _page(cached["results"])
     return {
         "id": cached["job_id"],

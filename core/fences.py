@@ -1,0 +1,217 @@
+"""Collections and API keys, read from Redis on the query path, never stale.
+
+A cached query answer needs the caller's key (scopes, collections) and the collection's
+metadata (uid, version, models, rerank defaults, fields), both SQL rows. Reading them from
+Redis instead saves the query path two SQL round trips; SQL stays the record, and a copy in
+Redis is used only while it provably matches it.
+
+Each record ("collection:<name>", or "keys" for every API key) has a *fence*, a counter,
+and a *busy* count of writers in flight. A copy carries the fence value its reader saw
+before reading SQL, and is filled only if that fence has not moved and no writer is busy
+(one Lua script, atomic in Redis). A session that changes a record moves the fence and
+counts itself busy before it commits (a failure there aborts the commit), and moves the
+fence again and leaves after it commits. So:
+
+- a copy filled before a writer began is dropped by the writer's first move;
+- a reader whose SQL read overlapped the writer's commit saw a fence that the writer's
+  second move leaves behind;
+- if Redis fails between the commit and the second move, the writer stays counted busy
+  (for ``BUSY_SECONDS``): no copy is filled meanwhile, and readers go to SQL.
+
+The session events in ``watch`` do the writers' part for every ORM change to a
+``Collection`` or ``ApiKey`` row; bulk ``UPDATE``/``DELETE`` statements on those tables are
+refused, as they would slip past them. A row changed by hand in SQL is seen once its
+copies expire (``TTL_SECONDS``), or at once after ``umarvel cache clear``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+
+from core.cache import PREFIX
+from core.errors import Unavailable
+from core.models import ApiKey, Collection
+
+log = logging.getLogger(__name__)
+
+TTL_SECONDS = 300  # a copy's lifetime: bounds what a change made by hand in SQL leaves
+BUSY_SECONDS = 300  # how long a writer that could not say it finished counts as busy
+TOUCHED = "fenced_records"  # Session.info: records this transaction changes
+BEGUN = "fenced_begun"  # Session.info: records whose writers are counted busy
+
+# KEYS: fence, busy, copy. ARGV: the fence the reader saw, the copy, its lifetime.
+_FILL = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then return 0 end
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+# KEYS: fence, busy. The writer's last move; never counts below zero.
+_LEAVE = """
+redis.call('INCR', KEYS[1])
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
+return 1
+"""
+
+KEYS_RECORD = "keys"
+
+
+def collection_record(name: str) -> str:
+    return f"collection:{name}"
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What a reader found for one record: the copy (when usable) and the fence it saw."""
+
+    value: Any | None
+    fence: str
+
+
+class Fences:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._fill = client.register_script(_FILL)
+        self._leave = client.register_script(_LEAVE)
+
+    @staticmethod
+    def _keys(record: str) -> tuple[str, str]:
+        return f"{PREFIX}:fence:{record}", f"{PREFIX}:busy:{record}"
+
+    @staticmethod
+    def copy_key(record: str, entry: str) -> str:
+        return f"{PREFIX}:copy:{record}:{entry}"
+
+    def read(self, wanted: Sequence[tuple[str, str]]) -> list[Lookup]:
+        """(record, entry) pairs, in one round trip; a copy is usable only when it carries
+        the current fence and no writer is busy."""
+        keys: list[str] = []
+        for record, entry in wanted:
+            keys += [*self._keys(record), self.copy_key(record, entry)]
+        values = self.client.mget(keys)
+        found = []
+        for position in range(0, len(values), 3):
+            fence, busy, raw = values[position : position + 3]
+            seen = _text(fence) or "0"
+            copy = json.loads(raw) if raw is not None else None
+            if copy is not None and copy["fence"] == seen and int(busy or 0) <= 0:
+                found.append(Lookup(copy["value"], seen))
+            else:
+                found.append(Lookup(None, seen))
+        return found
+
+    def fill(self, record: str, entry: str, seen: str, value: Any) -> bool:
+        """Store ``value`` (read from SQL after ``seen`` was read) unless a writer came by."""
+        fence, busy = self._keys(record)
+        copy = json.dumps({"fence": seen, "value": value})
+        keys = [fence, busy, self.copy_key(record, entry)]
+        return bool(self._fill(keys=keys, args=[seen, copy, TTL_SECONDS]))
+
+    def through(self, record: str, entry: str, load: Callable[[], Any]) -> Any:
+        """The copy of ``entry`` when usable, else ``load()`` (from SQL), kept for next
+        time. Redis failing costs only the saving: ``load`` answers."""
+        try:
+            (found,) = self.read([(record, entry)])
+        except redis.RedisError:
+            return load()
+        if found.value is not None:
+            return found.value
+        value = load()
+        with contextlib.suppress(redis.RedisError):
+            self.fill(record, entry, found.fence, value)
+        return value
+
+    def begin(self, records: Iterable[str]) -> None:
+        """Before a commit that changes ``records``: copies stop being used or filled."""
+        pipe = self.client.pipeline()
+        for record in records:
+            fence, busy = self._keys(record)
+            pipe.incr(fence)
+            pipe.incr(busy)
+            pipe.expire(busy, BUSY_SECONDS)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise Unavailable(f"Redis is unreachable; nothing was changed: {exc}") from exc
+
+    def leave(self, records: Iterable[str]) -> None:
+        """After the commit (or a rollback): copies may be filled again from SQL."""
+        for record in records:
+            try:
+                self._leave(keys=list(self._keys(record)))
+            except redis.RedisError:
+                log.warning(
+                    "record %s stays fenced for up to %d s (Redis unreachable after a commit)",
+                    record,
+                    BUSY_SECONDS,
+                    exc_info=True,
+                )
+
+    def clear(self) -> int:
+        """Forget every copy (after rows were changed by hand in SQL); returns how many."""
+        removed = 0
+        for key in self.client.scan_iter(f"{PREFIX}:copy:*", count=1000):
+            removed += int(self.client.delete(key))
+        return removed
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _record_of(row: object) -> str | None:
+    if isinstance(row, Collection):
+        return collection_record(row.name)
+    if isinstance(row, ApiKey):
+        return KEYS_RECORD
+    return None
+
+
+FENCED_TABLES = frozenset({Collection.__tablename__, ApiKey.__tablename__})
+
+
+def watch(factory: sessionmaker[Session], fences: Fences) -> None:
+    """Fence every change the factory's sessions make to collections and API keys."""
+
+    @event.listens_for(factory, "before_flush")
+    def _note(session: Session, _context: Any, _instances: Any) -> None:
+        touched: set[str] = session.info.setdefault(TOUCHED, set())
+        for row in (*session.dirty, *session.deleted):
+            record = _record_of(row)
+            if record is not None:
+                touched.add(record)
+
+    @event.listens_for(factory, "do_orm_execute")
+    def _refuse_bulk(state: ORMExecuteState) -> None:
+        table = getattr(state.statement, "table", None)
+        if (state.is_update or state.is_delete) and getattr(table, "name", None) in FENCED_TABLES:
+            raise RuntimeError(
+                f"change {table.name} rows through the ORM: bulk statements bypass the "  # type: ignore[union-attr]
+                "metadata fences (core.fences)"
+            )
+
+    @event.listens_for(factory, "before_commit")
+    def _begin(session: Session) -> None:
+        session.flush()  # the commit's own flush comes after this hook
+        records = sorted(session.info.get(TOUCHED, ()))
+        if records:
+            fences.begin(records)
+            session.info[BEGUN] = records
+
+    def _end(session: Session, *_: Any) -> None:
+        session.info.pop(TOUCHED, None)
+        begun = session.info.pop(BEGUN, None)
+        if begun:
+            fences.leave(begun)
+
+    event.listen(factory, "after_commit", _end)
+    event.listen(factory, "after_rollback", _end)
