@@ -19,6 +19,8 @@ COPY workers workers
 COPY recall recall
 COPY rerank rerank
 COPY cli cli
+COPY evaluation evaluation
+COPY ingestion ingestion
 COPY migrations migrations
 RUN pip install --quiet . \
     && useradd --create-home umarvel \

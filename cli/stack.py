@@ -59,6 +59,71 @@ def redis_reachable(url: str) -> bool:
 
 
 @dataclass
+class MilvusStandalone:
+    """The real Milvus standalone server of the PyPI ``milvus`` package (``milvus-server``:
+    Milvus 2.3.5 with an embedded etcd and local storage) in ``workdir``, for tests and
+    benchmarks against a server rather than milvus-lite. Its etcd ports (2379, 2380) are
+    fixed, so one runs per machine; it is stopped by its process group."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    ETCD_PORTS = (2379, 2380)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 240.0) -> MilvusStandalone:
+        binary = Path(sys.executable).with_name("milvus-server")
+        if not binary.exists():
+            raise RuntimeError("milvus-server is not installed (pip install -e '.[dev]')")
+        taken = [port for port in self.ETCD_PORTS if _port_open(port)]
+        if taken:
+            raise RuntimeError(f"ports {taken} are taken: another Milvus standalone runs here")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.workdir / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(binary), "--data", str(self.workdir / "data"), "--proxy-port", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(self._answers, timeout, "Milvus standalone", self.proc)
+        return self
+
+    def _answers(self) -> bool:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=self.uri, timeout=2)
+        try:
+            client.list_collections()
+            return True
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM the process group (the launcher and the server it runs), SIGKILL it if
+        anything is left after ``timeout``: the launcher exits first, the server may not."""
+        if self.proc is None:
+            return
+        _signal_group(self.proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _signal_group(self.proc, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> MilvusStandalone:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
 class RedisServer:
     """A throw-away ``redis-server`` on a loopback port, without persistence, that the caller
     owns: fault tests kill it and start it again, empty, on the same port."""
@@ -299,6 +364,16 @@ class Stack:
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _port_open(port: int) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from core.errors import InvalidRequest
@@ -93,8 +94,14 @@ def _literal(kind: str, value: Any) -> str:
     return repr(float(value) if kind == "float" else value)
 
 
-def compile_filter(spec: Any, fields: dict[str, str]) -> str | None:
-    """The Milvus boolean expression for ``spec``, or None for no filter."""
+def compile_filter(
+    spec: Any, fields: dict[str, str], present: Callable[[str], str] | None = None
+) -> str | None:
+    """The Milvus boolean expression for ``spec``, or None for no filter.
+
+    ``present(field)`` names a boolean field that says whether ``field`` holds a value, for
+    servers that store no nulls (``recall.index``): each clause then also requires it, so
+    a missing value satisfies no comparison there either."""
     if spec is None or spec == {}:
         return None
     if not isinstance(spec, dict):
@@ -111,7 +118,8 @@ def compile_filter(spec: Any, fields: dict[str, str]) -> str | None:
         if not condition:
             raise InvalidRequest(f"filter on {field!r} has no condition")
         for op, value in condition.items():
-            clauses.append(_clause(field, kind, op, value))
+            clause = _clause(field, kind, op, value)
+            clauses.append(clause if present is None else f"({present(field)} and {clause})")
     return " and ".join(clauses)
 
 

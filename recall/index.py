@@ -4,23 +4,46 @@ One Milvus collection per (collection, generation): ``<prefix><name>_<uid12>_g<g
 The primary key is the document's external id, so an upsert replaces and a replay is
 harmless. Metadata fields declared on the collection become typed scalar fields (filters
 on them are free, unlike filters on a JSON field).
+
+What differs between servers is handled here, so callers never ask which one they have:
+
+- **Consistency.** Every read is ``Strong``: a count, an id listing or a search sees every
+  write acknowledged before it (Milvus' default, ``Bounded``, may not; milvus-lite is
+  always strong).
+- **Missing metadata values.** milvus-lite and Milvus 2.5+ store nulls. Older servers
+  (the PyPI ``milvus`` standalone is 2.3.5) silently ignore ``nullable``; there each field
+  also gets a boolean ``_has_<field>`` (user field names start with a letter, so never
+  collide), a missing value is stored as the type's zero with ``_has_<field>`` false, and
+  ``expression`` makes each filter clause require it: a missing value satisfies no
+  comparison on either kind of server.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property, partial
 from typing import Any, TypeVar
 
 import numpy as np
 
 from core.errors import Unavailable
-from recall.filters import PK_FIELD, STR_MAX_BYTES, ids_expression
+from recall.filters import (
+    PK_FIELD,
+    STR_MAX_BYTES,
+    compile_filter,
+    ids_expression,
+    string_literal,
+)
 
 T = TypeVar("T")
 NOT_LOADED = 101  # Milvus' error code for a search on an unloaded collection
 
 VECTOR_FIELD = "vector"
+PRESENT_PREFIX = "_has_"
+STRONG = "Strong"
+ZERO = {"int": 0, "float": 0.0, "str": "", "bool": False}
 PK_MAX_LENGTH = 512  # UTF-8 bytes
 HNSW_BUILD = {"M": 16, "efConstruction": 200}
 
@@ -80,6 +103,20 @@ class MilvusIndex:
         self._loaded.clear()
         return call()
 
+    @cached_property
+    def stores_nulls(self) -> bool:
+        """milvus-lite and Milvus 2.5+ store null scalars; older servers do not."""
+        version = str(self._retry(self.client.get_server_version))
+        if version.startswith("milvus_lite"):
+            return True
+        found = re.match(r"v?(\d+)\.(\d+)", version)
+        return found is None or (int(found[1]), int(found[2])) >= (2, 5)
+
+    def expression(self, spec: Any, fields: dict[str, str]) -> str | None:
+        """The filter ``spec`` as this server's expression (``recall.filters``)."""
+        present = None if self.stores_nulls else (lambda field: f"{PRESENT_PREFIX}{field} == true")
+        return compile_filter(spec, fields, present)
+
     def exists(self, name: str) -> bool:
         return bool(self._retry(lambda: self.client.has_collection(name)))
 
@@ -93,11 +130,14 @@ class MilvusIndex:
         schema.add_field(PK_FIELD, DataType.VARCHAR, is_primary=True, max_length=PK_MAX_LENGTH)
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
         types = {"int": DataType.INT64, "float": DataType.DOUBLE, "bool": DataType.BOOL}
+        nullable = {"nullable": True} if self.stores_nulls else {}
         for field, kind in (fields or {}).items():
             if kind == "str":
-                schema.add_field(field, DataType.VARCHAR, max_length=STR_MAX_BYTES, nullable=True)
+                schema.add_field(field, DataType.VARCHAR, max_length=STR_MAX_BYTES, **nullable)
             else:
-                schema.add_field(field, types[kind], nullable=True)
+                schema.add_field(field, types[kind], **nullable)
+            if not self.stores_nulls:
+                schema.add_field(f"{PRESENT_PREFIX}{field}", DataType.BOOL)
         index_params = self.client.prepare_index_params()
         # Build parameters must be nested under "params": milvus-lite drops them otherwise.
         index_params.add_index(
@@ -107,7 +147,9 @@ class MilvusIndex:
             params={"params": dict(HNSW_BUILD)},
         )
         try:
-            self.client.create_collection(name, schema=schema, index_params=index_params)
+            self.client.create_collection(
+                name, schema=schema, index_params=index_params, consistency_level=STRONG
+            )
         except MilvusException:
             if not self.exists(name):  # lost a creation race: fine; anything else: raise
                 raise
@@ -122,9 +164,16 @@ class MilvusIndex:
             self.client.load_collection(name)
         self._loaded.add(name)
 
-    def upsert(self, name: str, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
-            self._retry(lambda: self.client.upsert(name, data=list(rows)))
+    def upsert(
+        self, name: str, rows: Sequence[dict[str, Any]], fields: dict[str, str] | None = None
+    ) -> None:
+        """Rows of id, vector and the metadata ``fields`` (a missing value is ``None``)."""
+        if not rows:
+            return
+        data = list(rows)
+        if fields and not self.stores_nulls:
+            data = [_with_presence(row, fields) for row in data]
+        self._retry(lambda: self.client.upsert(name, data=data))
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Delete exactly these primary keys, whatever characters they hold."""
@@ -137,26 +186,44 @@ class MilvusIndex:
 
     def count(self, name: str) -> int:
         self.ensure_loaded(name)
-        result = self._retry(lambda: self.client.query(name, filter="", output_fields=["count(*)"]))
+        result = self._retry(
+            lambda: self.client.query(
+                name, filter="", output_fields=["count(*)"], consistency_level=STRONG
+            )
+        )
         return int(result[0]["count(*)"])
 
     def ids(self, name: str, batch: int = 5000) -> list[str]:
-        """Every primary key in ``name`` (for reconciliation against SQL), read in pages."""
+        """Every primary key in ``name`` (for reconciliation against SQL), in key order,
+        read in pages of ``batch``. Not pymilvus' ``query_iterator``: it writes the last key
+        of a page into the next page's filter unescaped, so an id holding a quote breaks it.
+        The same server-side ordering is asked for here, with the key as a literal."""
+        from pymilvus.client.constants import ITERATOR_FIELD, REDUCE_STOP_FOR_BEST
+
         self.ensure_loaded(name)
+        ordered = {ITERATOR_FIELD: "True", REDUCE_STOP_FOR_BEST: "True"}
+        found: list[str] = []
+        after: str | None = None
 
-        def read() -> list[str]:
-            pages = self.client.query_iterator(
-                name, batch_size=batch, filter="", output_fields=[PK_FIELD]
+        def page(expression: str) -> Any:
+            return self.client.query(
+                name,
+                filter=expression,
+                output_fields=[PK_FIELD],
+                limit=batch,
+                consistency_level=STRONG,
+                **ordered,
             )
-            found: list[str] = []
-            try:
-                while page := pages.next():
-                    found += [str(row[PK_FIELD]) for row in page]
-            finally:
-                pages.close()
-            return found
 
-        return self._retry(read)
+        while True:
+            following = (
+                f'{PK_FIELD} != ""' if after is None else f"{PK_FIELD} > {string_literal(after)}"
+            )
+            keys = [str(row[PK_FIELD]) for row in self._retry(partial(page, following))]
+            if not keys:  # a short page is not the end: the server may stop a page early
+                return found
+            found += keys
+            after = max(keys)
 
     def search(
         self,
@@ -183,6 +250,7 @@ class MilvusIndex:
                 filter=expression or "",
                 search_params=params,
                 output_fields=[PK_FIELD],
+                consistency_level=STRONG,
             )
 
         try:
@@ -201,3 +269,13 @@ class MilvusIndex:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _with_presence(row: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
+    """A row for a server without nulls: each missing value as its type's zero, flagged."""
+    stored = dict(row)
+    for field, kind in fields.items():
+        value = row.get(field)
+        stored[f"{PRESENT_PREFIX}{field}"] = value is not None
+        stored[field] = ZERO[kind] if value is None else value
+    return stored

@@ -114,6 +114,6 @@ class RecallService:
                 row[name] = document.metadata.get(name)
             rows.append(row)
         self.index.create(collection, self.embedder.dim, fields)
-        self.index.upsert(collection, rows)
+        self.index.upsert(collection, rows, fields)
         # Unflushed rows search ~10x slower on milvus-lite; flushing makes them durable too.
         self.index.flush(collection)

@@ -126,6 +126,48 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         stack.stop()
 
 
+@pytest.fixture(scope="session")
+def milvus_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus standalone server (the PyPI ``milvus`` package), once per session."""
+    from cli.stack import MilvusStandalone
+
+    with MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone")) as server:
+        yield server.uri
+
+
+MILVUS_KINDS = ("lite", "standalone")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``milvus_kind``: milvus-lite for every test; a Milvus standalone server as well for
+    tests marked ``both_milvus`` (the adapter's, and a subset of the integration tests)."""
+    if "milvus_kind" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("both_milvus") is not None
+        kinds = MILVUS_KINDS if both else MILVUS_KINDS[:1]
+        metafunc.parametrize("milvus_kind", kinds, scope="module")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Against a Milvus server, with PostgreSQL only: the production pairing (SQLite runs
+    against milvus-lite already), and each such test costs seconds of collection setup."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        pairing = (params.get("milvus_kind"), params.get("database_url"))
+        (dropped if pairing == ("standalone", "sqlite") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(scope="module")
+def milvus_uri(milvus_kind: str, request: pytest.FixtureRequest) -> str:
+    """The URI of the server this test runs against (see ``pytest_generate_tests``)."""
+    if milvus_kind == "standalone":
+        return str(request.getfixturevalue("milvus_standalone"))
+    return str(request.getfixturevalue("milvus_server")["uri"])
+
+
 def stack_env(
     database_url: str, workdir: Path, models: dict[str, Path], **overrides: str
 ) -> dict[str, str]:
@@ -153,7 +195,7 @@ def pipeline_env(
     redis_url: str,
     tmp_path: Path,
     tiny_models: dict[str, Path],
-    milvus_server: dict[str, object],
+    milvus_uri: str,
 ) -> Iterator[tuple[object, object]]:
     """The API as a test client and a worker runtime, in process, with a collection "docs":
     worker steps are called directly, in an order the test chooses."""
@@ -166,7 +208,7 @@ def pipeline_env(
         database_url=migrated_url,
         redis_url=redis_url,
         media_root=tmp_path / "media",
-        milvus_uri=str(milvus_server["uri"]),
+        milvus_uri=milvus_uri,
         milvus_prefix=f"r{uuid.uuid4().hex[:6]}_",
         recall_model=str(tiny_models["qwen3_vl"]),
         # The other architecture, and a path with no model (a build that fails).

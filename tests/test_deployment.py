@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,12 @@ def test_every_service_is_there(compose: dict[str, Any]) -> None:
         "milvus",
     }
     assert wanted <= set(compose["services"])
+
+
+def test_milvus_is_the_version_the_suite_runs_against(compose: dict[str, Any]) -> None:
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (tested,) = [pin.split("==")[1] for pin in dev["dev"] if pin.startswith("milvus==")]
+    assert compose["services"]["milvus"]["image"] == f"milvusdb/milvus:v{tested}"
 
 
 def _umarvel_commands(compose: dict[str, Any]) -> dict[str, list[str]]:
@@ -107,5 +114,9 @@ def test_dockerfile_builds_the_package_on_a_cuda_base() -> None:
     assert "python3.11" in text
     assert "pip install --quiet ." in text
     assert "USER umarvel" in text
-    for package in ("core", "api", "workers", "recall", "rerank", "cli", "migrations"):
+    # Every package the wheel is built from (pyproject's list), or the image cannot start.
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = [pattern.rstrip("*") for pattern in found["packages"]["find"]["include"]]
+    assert {"core", "api", "workers", "ingestion", "recall", "rerank"} <= set(packages)
+    for package in packages:
         assert f"COPY {package} {package}" in text

@@ -134,6 +134,7 @@ def recall_step(rt: Runtime, job_id: str) -> str:
             target = _milvus_collection(rt, collection)
             model = collection.recall_model
             collection_name = collection.name
+            fields = dict(collection.metadata_fields)
             request = dict(job.request)
             query, _ = _query_of(rt, job)
         rerank = request["rerank"]
@@ -147,7 +148,8 @@ def recall_step(rt: Runtime, job_id: str) -> str:
             _store_vector(rt, cache_key, vector)
         embedded = time.perf_counter() - started
         service = RecallService(rt.embedder(model), rt.index)
-        result = service.search(target, query, k, request.get("expression"), vector=vector)
+        expression = rt.index.expression(request.get("filter"), fields)
+        result = service.search(target, query, k, expression, vector=vector)
         result.timings["embed"] = embedded
         for stage, seconds in result.timings.items():
             STAGE_SECONDS.labels(stage).observe(seconds)

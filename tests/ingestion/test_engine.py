@@ -33,7 +33,7 @@ def test_a_transient_failure_is_retried_later(
     (entry,) = entries(rt, job["id"])
     original = MilvusIndex.upsert
 
-    def flaky(self: MilvusIndex, name: str, rows: Any) -> None:
+    def flaky(self: MilvusIndex, name: str, rows: Any, fields: Any = None) -> None:
         raise ConnectionResetError("Milvus connection reset")
 
     monkeypatch.setattr(MilvusIndex, "upsert", flaky)

@@ -5,6 +5,7 @@ left alone, and a late delete never removes a document that was sent again."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flask.testing import FlaskClient
 
 from core.models import Collection
@@ -29,6 +30,7 @@ def _collection_id(rt: Runtime) -> int:
         return session.query(Collection).filter_by(name="docs").one().id
 
 
+@pytest.mark.both_milvus
 def test_vectors_milvus_lost_are_embedded_again_by_a_repair_job(
     pipeline_env: tuple[FlaskClient, Runtime],
 ) -> None:
@@ -73,6 +75,7 @@ def test_a_lost_milvus_collection_is_rebuilt_from_sql(
     assert rt.index.count(name) == 3
 
 
+@pytest.mark.both_milvus
 def test_vectors_sql_no_longer_has_are_deleted(pipeline_env: tuple[FlaskClient, Runtime]) -> None:
     client, rt = pipeline_env
     ingest_in_process(client, rt, _docs(2))
