@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     milvus_prefix: str = Field(
         "umarvel_", description="Prefix of every Milvus collection this deployment owns."
     )
+    milvus_search_consistency: Literal["Strong", "Bounded"] = Field(
+        "Strong",
+        description="Consistency of searches on a Milvus server: Strong sees every write "
+        "acknowledged before it (and waits for the server's next time tick, about 200 ms); "
+        "Bounded answers at once but may miss the last seconds of writes, in answers that "
+        "are then cached. milvus-lite is always strong.",
+    )
     media_root: Path = Field(Path(".umarvel/media"), description="Folder of the media store.")
     ingest_roots: list[Path] = Field(
         default_factory=list,

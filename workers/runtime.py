@@ -84,7 +84,11 @@ class Runtime:
     def index(self) -> Any:
         from recall.index import MilvusIndex
 
-        return MilvusIndex(self.settings.milvus_uri, token=self.settings.milvus_token)
+        return MilvusIndex(
+            self.settings.milvus_uri,
+            token=self.settings.milvus_token,
+            search_consistency=self.settings.milvus_search_consistency,
+        )
 
     def query_batcher(self, model: str) -> Any:
         """The one caller of ``model``: embeds the queries of concurrent tasks together (one
