@@ -77,6 +77,9 @@ def main() -> None:
         help="an ingest worker process of its own (the recall worker serves queries only)",
     )
     parser.add_argument("--chunk-size", type=int, default=None, help="UMARVEL_INGEST_CHUNK_SIZE")
+    parser.add_argument(
+        "--yield-seconds", type=float, default=None, help="UMARVEL_INGEST_YIELD_SECONDS"
+    )
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temp folder")
     parser.add_argument("--models", type=Path, default=Path(".umarvel/tiny-models"))
     args = parser.parse_args()
@@ -94,6 +97,8 @@ def main() -> None:
         }
         if args.chunk_size:
             env["UMARVEL_INGEST_CHUNK_SIZE"] = str(args.chunk_size)
+        if args.yield_seconds is not None:
+            env["UMARVEL_INGEST_YIELD_SECONDS"] = str(args.yield_seconds)
         queues = ("recall", "rerank", "ingest") if args.dedicated_ingest else ("recall", "rerank")
         with Stack(Path(tmp), env, worker_queues=queues) as stack:
             stack.wait_ready()
@@ -126,7 +131,9 @@ def main() -> None:
                 stack.start_worker("ingest")
             while _counts(http, base)["indexed"] < 1000:  # writing, not loading its model
                 time.sleep(0.5)
+            before_busy, busy_started = _counts(http, base)["indexed"], time.perf_counter()
             busy = [_query_ms(http, base, f"busy query {n}") for n in range(args.queries)]
+            busy_seconds = time.perf_counter() - busy_started
             indexed = _counts(http, base)
     idle_p50, busy_p50 = statistics.median(idle), statistics.median(busy)
     layout = "a dedicated ingest worker" if args.dedicated_ingest else "one recall worker"
@@ -136,6 +143,8 @@ def main() -> None:
         f"({accepted:.0f} s to accept them all, {time.perf_counter() - started:.0f} s in all)"
     )
     print(f"query p50 idle {idle_p50:.1f} ms, during ingestion {busy_p50:.1f} ms")
+    rate = (indexed["indexed"] - before_busy) / busy_seconds
+    print(f"ingestion while the queries ran: {rate:.0f} documents/s over {busy_seconds:.1f} s")
     busy_stages = {k: statistics.median(v) for k, v in STAGES.items()}
     for stage in sorted(busy_stages):
         before = idle_stages.get(stage, 0.0)

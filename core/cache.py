@@ -7,8 +7,10 @@ to a collection bumps its version, so a stale result is never served.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import time
 from typing import Any
 
 import redis
@@ -87,3 +89,27 @@ def job_channel(job_id: str) -> str:
 def notify_finished(client: redis.Redis, job_id: str) -> None:
     """Wake the requests waiting on ``job_id`` (they re-read its state from SQL)."""
     client.publish(job_channel(job_id), b"1")
+
+
+QUERIES_ACTIVE = f"{PREFIX}:queries-active"
+ACTIVE_MS = 300  # a query step marks query traffic for this long
+
+
+def mark_queries_active(client: redis.Redis) -> None:
+    """A query step is running: ingestion pieces wait for a gap (``yield_to_queries``)."""
+    with contextlib.suppress(redis.RedisError):
+        client.set(QUERIES_ACTIVE, b"1", px=ACTIVE_MS)
+
+
+def yield_to_queries(client: redis.Redis, longest: float, poll: float = 0.02) -> float:
+    """Wait, at most ``longest`` seconds, until no query step has run for ``ACTIVE_MS``;
+    returns the seconds waited. Ingestion thus takes the gaps in query traffic, and under
+    a query stream that never pauses it still moves, one piece per ``longest`` seconds."""
+    started = time.monotonic()
+    deadline = started + longest
+    try:
+        while time.monotonic() < deadline and client.exists(QUERIES_ACTIVE):
+            time.sleep(poll)
+    except redis.RedisError:
+        pass  # Redis away: nothing to yield to that we can see
+    return time.monotonic() - started

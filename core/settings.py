@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     query_embedding_ttl_seconds: int = Field(
         86400, ge=0, description="Lifetime of cached query embeddings (0: no cache)."
     )
+    ingest_yield_seconds: float = Field(
+        0.5,
+        ge=0,
+        description="Longest an ingestion piece (4 embedding batches) waits for a gap in query "
+        "traffic before it runs anyway (0: never waits).",
+    )
     ingest_chunk_size: int = Field(
         256, ge=1, description="Documents per ingestion (and reindex) task."
     )

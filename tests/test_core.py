@@ -111,3 +111,30 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     missing = [n for n in Settings.model_fields if f"`UMARVEL_{n.upper()}`" not in readme]
     assert missing == []
+
+
+def test_ingestion_waits_for_a_gap_in_query_traffic(redis_url: str) -> None:
+    import threading
+    import time
+
+    from core.cache import make_redis, mark_queries_active, yield_to_queries
+
+    client = make_redis(redis_url)
+    assert yield_to_queries(client, longest=2.0) < 0.1  # no query: no wait
+    mark_queries_active(client)  # one query step: wait for its mark to lapse, no longer
+    assert 0.1 < yield_to_queries(client, longest=2.0) < 1.0
+    stop = threading.Event()
+
+    def stream() -> None:  # queries without a pause
+        while not stop.is_set():
+            mark_queries_active(client)
+            time.sleep(0.05)
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    try:
+        waited = yield_to_queries(client, longest=0.5)
+    finally:
+        stop.set()
+        streaming.join()
+    assert 0.5 <= waited < 1.5  # ingestion still moves, one piece per ``longest``

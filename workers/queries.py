@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, select
 
-from core.cache import ResultCache, notify_finished
+from core.cache import ResultCache, mark_queries_active, notify_finished
 from core.metrics import STAGE_SECONDS
 from core.models import Collection, Document, QueryJob, utcnow
 from core.results import enrich
@@ -124,6 +124,7 @@ def cleanup_media(rt: Runtime, batch: int = 500) -> int:
 
 def recall_step(rt: Runtime, job_id: str) -> str:
     """Embed the query, search Milvus, store the hits on the job; finish it without rerank."""
+    mark_queries_active(rt.redis)
     with _recording_failure(rt, job_id):
         with rt.sessions.begin() as session:
             job = session.get(QueryJob, job_id)
@@ -174,6 +175,7 @@ def recall_step(rt: Runtime, job_id: str) -> str:
 
 def rerank_step(rt: Runtime, job_id: str) -> str:
     """Score the recall hits with the reranker, fuse, store the final ranking and cache it."""
+    mark_queries_active(rt.redis)
     with _recording_failure(rt, job_id):
         with rt.sessions.begin() as session:
             job = session.get(QueryJob, job_id)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
-from core.cache import ResultCache, make_redis
+from core.cache import ResultCache, make_redis, yield_to_queries
 from core.contract import Task
 from core.db import make_engine, make_session_factory
 from core.media import LocalMediaStore
@@ -107,7 +107,9 @@ class Runtime:
     def candidate_encoder(self, model: str) -> Callable[[list[Any]], Any]:
         """Embeds ingestion candidates through ``query_batcher``, in pieces at a lower
         priority than queries: a query waits for at most one piece, never a whole chunk.
-        A piece that does not answer within the task time limit raises TimeoutError."""
+        Each piece first waits (up to ``UMARVEL_INGEST_YIELD_SECONDS``) for a gap in query
+        traffic, which query steps in any process mark in Redis. A piece that does not
+        answer within the task time limit raises TimeoutError."""
         import numpy as np
 
         from ingestion.chunks import chunked
@@ -117,10 +119,11 @@ class Runtime:
         def encode(candidates: list[Any]) -> Any:
             batcher = self.query_batcher(model)
             limit = self.settings.task_time_limit
-            parts = [
-                batcher.submit(part, timeout=limit, priority=INGEST_PRIORITY)
-                for part in chunked(candidates, piece)
-            ]
+            parts = []
+            for part in chunked(candidates, piece):
+                # Queries anywhere (another process shares the CPU, SQL and Milvus) first.
+                yield_to_queries(self.redis, self.settings.ingest_yield_seconds)
+                parts.append(batcher.submit(part, timeout=limit, priority=INGEST_PRIORITY))
             return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
         return encode
