@@ -28,7 +28,6 @@ def test_every_service_is_there(compose: dict[str, Any]) -> None:
         "ingest-worker",
         "rerank-worker",
         "beat",
-        "flower",
         "migrate",
         "redis",
         "postgres",
@@ -37,6 +36,46 @@ def test_every_service_is_there(compose: dict[str, Any]) -> None:
         "milvus",
     }
     assert wanted <= set(compose["services"])
+
+
+def test_each_worker_has_a_gpu_of_its_own(compose: dict[str, Any]) -> None:
+    devices = []
+    for name in ("recall-worker", "ingest-worker", "rerank-worker"):
+        (device,) = compose["services"][name]["deploy"]["resources"]["reservations"]["devices"]
+        assert "count" not in device, f"{name}: count: 1 lands every worker on GPU 0"
+        devices.append(tuple(device["device_ids"]))
+    assert len(set(devices)) == 3, devices
+    env_example = (ROOT / ".env.example").read_text()
+    for variable in ("RECALL_GPU", "INGEST_GPU", "RERANK_GPU"):
+        assert re.search(rf"^{variable}=\d+$", env_example, re.MULTILINE)
+
+
+def test_nothing_talks_to_redis_without_its_password(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "flower" not in services  # it would publish the broker without authentication
+    redis_service = services["redis"]
+    assert redis_service["command"][-2:] == ["--requirepass", "${REDIS_PASSWORD}"]
+    assert redis_service["environment"]["REDISCLI_AUTH"] == "${REDIS_PASSWORD}"
+    urls = [compose["x-umarvel"]["environment"]["UMARVEL_REDIS_URL"]]
+    urls += [
+        s["environment"]["UMARVEL_REDIS_URL"]
+        for s in services.values()
+        if "UMARVEL_REDIS_URL" in s.get("environment", {})
+    ]
+    assert urls
+    assert all(url.startswith("redis://:${REDIS_PASSWORD}@redis:") for url in urls)
+    assert re.search(r"^REDIS_PASSWORD=$", (ROOT / ".env.example").read_text(), re.MULTILINE)
+
+
+def test_images_are_pinned(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        image = service.get("image", "")
+        if image.startswith("umarvel-search:") or not image:
+            continue  # built here
+        tag = image.rsplit(":", 1)[-1]
+        assert tag != "latest", name
+        # A version (7.2.5, v2.3.5) or a dated release (MinIO's RELEASE.2023-03-20T...).
+        assert re.search(r"\d+\.\d+|\d{4}-\d{2}-\d{2}", tag), f"{name}: {image} names no release"
 
 
 def test_milvus_is_the_version_the_suite_runs_against(compose: dict[str, Any]) -> None:
