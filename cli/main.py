@@ -284,6 +284,50 @@ def jobs_cleanup() -> None:
 
 
 @main.group()
+def outbox() -> None:
+    """Ingestion work accepted and not yet done (the outbox)."""
+
+
+@outbox.command("list")
+@click.option("--failing", is_flag=True, help="only entries that have failed at least once")
+@click.option("--json", "as_json", is_flag=True, help="one JSON array instead of a table")
+def outbox_list(failing: bool, as_json: bool) -> None:
+    """Entries owed, oldest first: kind, job, attempts, when they run next, last error.
+    Deletes and drops that keep failing are retried hourly and show here."""
+    import json
+
+    from sqlalchemy import select
+
+    from core.models import OutboxEntry
+
+    query = select(OutboxEntry).order_by(OutboxEntry.id)
+    if failing:
+        query = query.where(OutboxEntry.attempts > 0)
+    with _session() as session:
+        rows = [
+            {
+                "id": row.id,
+                "kind": row.kind,
+                "job_id": row.job_id,
+                "attempts": row.attempts,
+                "not_before": row.not_before.isoformat(),
+                "last_error": row.last_error,
+            }
+            for row in session.scalars(query)
+        ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        error = (row["last_error"] or "").replace("\n", " ")[:120]
+        click.echo(
+            f"{row['id']:>8}  {row['kind']:<8} {row['job_id'] or '-':<32} "
+            f"{row['attempts']:>3}  {row['not_before']}  {error}"
+        )
+    click.echo(f"{len(rows)} entries")
+
+
+@main.group()
 def cache() -> None:
     """The Redis copies of keys and collections that the query path reads."""
 

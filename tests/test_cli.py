@@ -61,6 +61,31 @@ def test_cache_clear_forgets_the_copies(runner: CliRunner, redis_url: str) -> No
     assert fences.read([(record, "searched")])[0].value is None
 
 
+def test_outbox_list_shows_failing_entries(runner: CliRunner, migrated_url: str) -> None:
+    import json
+
+    from core.models import OutboxEntry
+
+    sessions = make_session_factory(make_engine(migrated_url))
+    with session_scope(sessions) as session:
+        session.add(OutboxEntry(kind="drop", payload={"storage": "gone", "generations": [1]}))
+        session.add(
+            OutboxEntry(
+                kind="delete",
+                payload={"storage": "s", "generations": [1], "ids": ["a"]},
+                attempts=8,
+                last_error="MilvusException: collection not loaded",
+            )
+        )
+    listed = runner.invoke(main, ["outbox", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.strip().endswith("2 entries")
+    failing = runner.invoke(main, ["outbox", "list", "--failing", "--json"])
+    (row,) = json.loads(failing.output)
+    assert (row["kind"], row["attempts"]) == ("delete", 8)
+    assert row["last_error"] == "MilvusException: collection not loaded"
+
+
 def test_bad_scope_is_refused(runner: CliRunner) -> None:
     result = runner.invoke(main, ["keys", "create", "x", "--scope", "root"])
     assert result.exit_code == 2
