@@ -14,14 +14,18 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from bench.common import sample_items
+from cli.samples import shape_image
 from core.batching import image_tokens
 from core.modeling import Loaded
 from core.tiny_models import Arch, build_config, build_processor, build_tokenizer
 from recall import Candidate, Embedder, EmbedderConfig, prompts
 from rerank import RerankCandidate, Reranker, RerankerConfig, RerankQuery
+from rerank.reranker import shared_prefix_length
 
 # Published config values (Qwen/Qwen3-VL-4B-Instruct, Qwen/Qwen2-VL-7B-Instruct).
 REAL_SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -153,20 +157,41 @@ def main() -> None:
         seconds = timed(lambda items=items: embedder.encode_candidates(items), sync)
         flops = 2 * lm_params * tokens + 2 * vision_params * patches
         _report(label, len(items), seconds, tokens, flops, peak)
-    query = RerankQuery(text="a red circle", instruction="Find an image that matches the caption.")
-    pairs = [RerankCandidate(t, img) for t, img in sample_items(args.items, "mixed")]
-    prepared_pairs = [reranker._prepare(query, None, c) for c in pairs]
-    tokens = sum(p.cost for p in prepared_pairs)
-    patches = merge * sum(_image_tokens(image_processor, p.images) for p in prepared_pairs)
-    seconds = timed(lambda: reranker.score(query, pairs), sync)
-    _report(
-        "rerank pairs",
-        len(pairs),
-        seconds,
-        tokens,
-        2 * lm_params * tokens + 2 * vision_params * patches,
-        peak,
-    )
+    candidates = [RerankCandidate(t, img) for t, img in sample_items(args.items, "mixed")]
+    queries = {
+        "text": RerankQuery(text="a red circle", instruction="Find an image."),
+        "image": RerankQuery(
+            image=shape_image("red", "circle", 448), instruction="Find a caption."
+        ),
+    }
+    for kind, query in queries.items():
+        scored = [reranker._prepare(query, reranker._image(query.image), c) for c in candidates]
+        tokens = sum(p.cost for p in scored)
+        patches = merge * sum(_image_tokens(image_processor, p.images) for p in scored)
+        # What the shared-prefix path computes: the prefix (and query image) once.
+        split = shared_prefix_length(scored, reranker.tokens.image_id)
+        head = scored[0].ids[:split]
+        head_images = scored[0].images[: head.count(reranker.tokens.image_id)]
+        head_tokens = len(head) + _image_tokens(image_processor, head_images) - len(head_images)
+        head_patches = merge * _image_tokens(image_processor, head_images)
+        work = {
+            False: (tokens, patches),
+            True: (
+                tokens - (len(scored) - 1) * head_tokens,
+                patches - (len(scored) - 1) * head_patches,
+            ),
+        }
+        for shared, (computed, computed_patches) in work.items():
+            reranker.config = replace(reranker.config, shared_prefix=shared)
+            seconds = timed(partial(reranker.score, query, candidates), sync)
+            _report(
+                f"rerank {kind} {'shared' if shared else 'full'}",
+                len(candidates),
+                seconds,
+                computed,
+                2 * lm_params * computed + 2 * vision_params * computed_patches,
+                peak,
+            )
 
 
 def _image_tokens(image_processor: Any, images: list[Any]) -> int:
@@ -182,7 +207,7 @@ def _report(
     achieved = flops / seconds
     share = f"{achieved / peak:.1%} of peak" if peak else "peak unknown"
     print(
-        f"{label:<13} {n / seconds:>9.1f} items/s  {tokens / seconds:>10.0f} tokens/s  "
+        f"{label:<20} {n / seconds:>9.1f} items/s  {tokens / seconds:>10.0f} tokens/s  "
         f"{achieved / 1e12:>7.2f} TFLOP/s ({share})"
     )
 

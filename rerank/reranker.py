@@ -1,5 +1,11 @@
 """The pointwise MLLM reranker: P(Yes) from one forward pass (SPEC section 7).
 
+The k pairs of one query share their prompt up to ``Candidate:``. With ``shared_prefix``
+(the default) that prefix, query image included, runs once; its key/value cache is then
+continued by each candidate's suffix, with the positions (Qwen-VL's M-RoPE image grid
+included) the unshared forward would give them. The scores are the unshared forward's
+(tests/test_rerank.py compares both, and generate()'s first step, on both architectures).
+
 Usage::
 
     from rerank import Reranker, RerankQuery, RerankCandidate
@@ -48,14 +54,17 @@ class RerankerConfig:
     repetition_penalty: bool = True
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 64_000_000
+    # Run a query's shared prompt prefix once and reuse its key/value cache for its pairs.
+    shared_prefix: bool = True
 
 
 @dataclass(frozen=True)
 class _Pair:
     text: str  # the rendered chat template
     ids: tuple[int, ...]  # its tokens, before the image placeholders are expanded
-    images: list[Any]
+    images: list[Any]  # the query's image first, if it has one
     cost: int
+    query_images: int  # how many of ``images`` are the query's
 
 
 class Reranker:
@@ -104,17 +113,28 @@ class Reranker:
 
     def _score_pairs(self, pairs: Sequence[tuple[RerankQuery, RerankCandidate]]) -> list[float]:
         query_images: dict[int, Any] = {}
+        by_query: dict[int, list[int]] = {}
         prepared = []
-        for query, candidate in pairs:
+        for index, (query, candidate) in enumerate(pairs):
             if id(query) not in query_images:
                 query_images[id(query)] = self._image(query.image)
             prepared.append(self._prepare(query, query_images[id(query)], candidate))
+            by_query.setdefault(id(query), []).append(index)
         scores = [0.0] * len(prepared)
-        costs = [pair.cost for pair in prepared]
-        for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
-            values = self._forward([prepared[i] for i in chunk])
-            for index, value in zip(chunk, values, strict=True):
+        unshared: list[int] = []
+        for indices in by_query.values():
+            group = [prepared[i] for i in indices]
+            split = shared_prefix_length(group, self.tokens.image_id)
+            if not (self.config.shared_prefix and len(group) > 1 and split):
+                unshared += indices
+                continue
+            for index, value in zip(indices, self._shared(group, split), strict=True):
                 scores[index] = value
+        costs = [prepared[i].cost for i in unshared]
+        for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
+            values = self._forward([prepared[unshared[i]] for i in chunk])
+            for i, value in zip(chunk, values, strict=True):
+                scores[unshared[i]] = value
         return scores
 
     def _image(self, value: ImageInput | None) -> Any:
@@ -141,7 +161,7 @@ class Reranker:
         tokens = len(prompt.ids)
         for img in images:
             tokens += image_tokens(self.processor.image_processor, img.height, img.width)
-        return _Pair(prompt.text, prompt.ids, images, tokens)
+        return _Pair(prompt.text, prompt.ids, images, tokens, int(query_image is not None))
 
     def _forward(self, pairs: list[_Pair]) -> list[float]:
         import torch
@@ -156,6 +176,60 @@ class Reranker:
             two = self._yes_no_logits(logits.float(), batch["input_ids"])
             return torch.softmax(two, dim=-1)[:, 0].cpu().tolist()
 
+    def _shared(self, pairs: list[_Pair], split: int) -> list[float]:
+        """P(Yes) of one query's pairs whose first ``split`` ids (and images) are the same."""
+        import torch
+        from transformers import DynamicCache
+
+        head = pairs[0].ids[:split]
+        head_images = pairs[0].images[: head.count(self.tokens.image_id)]
+        prefix = self.tokens.batch([head], head_images, padding_side="left").to(self.device)
+        scores = [0.0] * len(pairs)
+        with torch.inference_mode():
+            cached = self.model(**prefix, use_cache=True, logits_to_keep=1).cache
+            layers = [(layer.keys, layer.values) for layer in cached.layers]
+            # The suffix continues where the prefix's positions end (M-RoPE included).
+            offset = self._positions(prefix).max() + 1
+            costs = [pair.cost for pair in pairs]
+            for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
+                tails = [pairs[i].ids[split:] for i in chunk]
+                images = [img for i in chunk for img in pairs[i].images[len(head_images) :]]
+                batch = self.tokens.batch(tails, images, padding_side="left").to(self.device)
+                rows = len(chunk)
+                positions = self._positions(batch) + offset
+                batch["attention_mask"] = torch.cat(
+                    [prefix["attention_mask"].expand(rows, -1), batch["attention_mask"]], dim=-1
+                )
+                cache = DynamicCache(
+                    ddp_cache_data=[
+                        (keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
+                        for keys, values in layers
+                    ],
+                    config=self.model.config,
+                )
+                logits = self.model(
+                    **batch, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+                ).logits[:, -1, :]
+                ids = torch.cat([prefix["input_ids"].expand(rows, -1), batch["input_ids"]], dim=-1)
+                two = self._yes_no_logits(logits.float(), ids)
+                values = torch.softmax(two, dim=-1)[:, 0].cpu().tolist()
+                for index, value in zip(chunk, values, strict=True):
+                    scores[index] = value
+        return scores
+
+    def _positions(self, batch: Any) -> torch.Tensor:
+        """The model's own (3, batch, length) M-RoPE positions of a batch without a cache."""
+        model = self.model
+        if hasattr(model, "get_base_model"):  # an unmerged PEFT model
+            model = model.get_base_model()
+        positions, _ = model.model.get_rope_index(
+            batch["input_ids"],
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch.get("image_grid_thw"),
+            attention_mask=batch["attention_mask"],
+        )
+        return positions
+
     def _yes_no_logits(self, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """[Yes, No] logits, with generate()'s repetition penalty where it would apply."""
         import torch
@@ -169,3 +243,21 @@ class Reranker:
                 value = torch.where(seen, penalised, value)
             columns.append(value)
         return torch.stack(columns, dim=-1)
+
+
+def shared_prefix_length(pairs: Sequence[_Pair], image_id: int) -> int:
+    """How many leading prompt ids all ``pairs`` share, their query's image included but no
+    candidate's, leaving each at least one id of its own (0: nothing to share)."""
+    first = pairs[0].ids
+    limit = min(len(pair.ids) for pair in pairs) - 1
+    length = 0
+    while length < limit and all(pair.ids[length] == first[length] for pair in pairs):
+        length += 1
+    # Image placeholders are all the same id: stop before the first one not the query's.
+    seen = 0
+    for index, token in enumerate(first[:length]):
+        if token == image_id:
+            seen += 1
+            if seen > pairs[0].query_images:
+                return index
+    return length

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -66,13 +67,18 @@ def test_rendered_prompts(
     assert rendered == expected
 
 
-def _generate_p_yes(reranker: Reranker, penalty: float) -> list[float]:
+def _generate_p_yes(
+    reranker: Reranker,
+    penalty: float,
+    query: RerankQuery = QUERY,
+    candidates: list[RerankCandidate] = CANDIDATES,
+) -> list[float]:
     """The reference: P(Yes) from generate()'s processed first-step scores."""
-    pairs = [reranker._prepare(QUERY, reranker._image(QUERY.image), c) for c in CANDIDATES]
+    pairs = [reranker._prepare(query, reranker._image(query.image), c) for c in candidates]
     images = [img for pair in pairs for img in pair.images]
     batch = reranker.processor(
         text=[p.text for p in pairs],
-        images=images,
+        images=images or None,
         padding=True,
         padding_side="left",
         return_tensors="pt",
@@ -99,6 +105,74 @@ def test_p_yes_equals_generate_first_step(
     expected = _generate_p_yes(reranker, penalty)
     got = reranker.score(QUERY, CANDIDATES)
     assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 1e-5
+
+
+# Queries and candidates of each modality. Candidate texts that begin alike make the
+# shared prefix run past "Candidate:"; several images make it stop before the first
+# candidate image.
+MODAL_QUERIES = {
+    "text": RerankQuery(text="a red circle", instruction="find an image"),
+    "image": RerankQuery(image=RED, instruction="find a caption"),
+    "image+text": RerankQuery(text="but blue", image=RED, instruction="Retrieve an image."),
+}
+MODAL_CANDIDATES = {
+    "text": [RerankCandidate(text="A red circle."), RerankCandidate(text="A blue square, long")],
+    "image": [RerankCandidate(image=BLUE), RerankCandidate(image=shape_image("green", "circle"))],
+    "image+text": [
+        RerankCandidate(text="A square", image=BLUE),
+        RerankCandidate(text="A red circle on white", image=RED),
+    ],
+}
+
+
+@pytest.mark.parametrize("query_kind", list(MODAL_QUERIES))
+def test_shared_prefix_scores_equal_unshared_and_generate(
+    tiny_models: dict[str, Path], arch: str, query_kind: str
+) -> None:
+    """All 9 modality pairs: the shared-prefix scores are the unshared forward's and
+    generate()'s first step's, for groups of one candidate modality and mixed ones."""
+    path = str(tiny_models[arch])
+    shared = Reranker.from_pretrained(path)
+    unshared = Reranker.from_pretrained(path, config=RerankerConfig(shared_prefix=False))
+    query = MODAL_QUERIES[query_kind]
+    mixed = [c for group in MODAL_CANDIDATES.values() for c in group]
+    for candidates in [*MODAL_CANDIDATES.values(), mixed]:
+        got = shared.score(query, candidates)
+        plain = unshared.score(query, candidates)
+        expected = _generate_p_yes(shared, shared.penalty, query, candidates)
+        assert max(abs(a - b) for a, b in zip(got, plain, strict=True)) <= 1e-5
+        assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 1e-5
+        # A random model's P(Yes) can sit near 1, where it hides small errors: the log-odds
+        # (the Yes - No logit margin) must agree too.
+        margin = max(abs(_log_odds(a) - _log_odds(b)) for a, b in zip(got, plain, strict=True))
+        assert margin <= 1e-4
+    # The scores depend on the candidate: sharing did not hand every pair the same answer.
+    assert len({round(p, 6) for p in shared.score(query, mixed)}) > 1
+
+
+def _log_odds(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def test_shared_prefix_covers_the_query_and_no_candidate_image(reranker: Reranker) -> None:
+    from rerank.reranker import shared_prefix_length
+
+    image_id = reranker.tokens.image_id
+    query = MODAL_QUERIES["image+text"]
+    image = reranker._image(query.image)
+    pairs = [reranker._prepare(query, image, c) for c in MODAL_CANDIDATES["image"]]
+    split = shared_prefix_length(pairs, image_id)
+    head = pairs[0].ids[:split]
+    assert head.count(image_id) == 1  # the query's image, not the candidates' alike ones
+    assert pairs[0].ids[split] == image_id
+    texts = [reranker._prepare(query, image, c) for c in MODAL_CANDIDATES["text"]]
+    split = shared_prefix_length(texts, image_id)
+    # "A red ..." and "A blue ...": the shared ids run past "Candidate:" into the texts.
+    shared_text = reranker.processor.tokenizer.decode(texts[0].ids[:split]).split("Candidate:")
+    assert len(shared_text) == 2
+    assert shared_text[1].startswith("A")
+    assert all(c.text.startswith(shared_text[1]) for c in MODAL_CANDIDATES["text"] if c.text)
+    assert shared_prefix_length(texts[:1], image_id) == len(texts[0].ids) - 1
 
 
 def test_penalty_comes_from_the_generation_config(tiny_models: dict[str, Path]) -> None:
