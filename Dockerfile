@@ -13,6 +13,7 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
+COPY client client
 COPY core core
 COPY api api
 COPY workers workers
