@@ -13,7 +13,7 @@ from core.cache import ResultCache, make_redis
 from core.contract import Task
 from core.db import make_engine, make_session_factory
 from core.fences import Fences
-from core.media import LocalMediaStore, MediaStore
+from core.media import MediaStore, open_media_store
 from core.settings import Settings
 from workers.celery_app import make_celery
 
@@ -38,7 +38,7 @@ class Services:
             fences=Fences(redis),
             cache=ResultCache(redis, settings.result_ttl_seconds),
             celery=make_celery(settings),
-            media=LocalMediaStore(settings.media_root),
+            media=open_media_store(settings),
         )
 
     def send(self, task: Task, args: list[Any], countdown: float = 0.0) -> None:

@@ -1,4 +1,9 @@
-"""Content-addressed media store: the same bytes are stored once, under their SHA-256."""
+"""Content-addressed media store: the same bytes are stored once, under their SHA-256.
+
+Two backends: ``LocalMediaStore`` (a folder) and ``core.media_s3.S3MediaStore`` (a bucket of
+an S3-compatible object store). ``open_media_store`` builds the one the settings name; the
+API, the workers and the CLI build their store through it and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from core.errors import NotFound
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 _HEX = set("0123456789abcdef")
 
@@ -31,6 +39,24 @@ class MediaStore(Protocol):
         ...
 
 
+class MediaConfigError(ValueError):
+    """The settings do not describe a usable media store (raised when it is built)."""
+
+
+def is_media_key(key: str) -> bool:
+    """A media key is the 64 lowercase hex digits of a SHA-256."""
+    return len(key) == 64 and set(key) <= _HEX
+
+
+def open_media_store(settings: Settings) -> MediaStore:
+    """The media store ``settings.media_backend`` names, configured from ``settings``."""
+    if settings.media_backend == "s3":
+        from core.media_s3 import S3MediaStore
+
+        return S3MediaStore.from_settings(settings)
+    return LocalMediaStore(settings.media_root)
+
+
 class LocalMediaStore:
     """Files under ``root/ab/cd/<sha256>``; writes are atomic (temp file, then rename)."""
 
@@ -38,7 +64,7 @@ class LocalMediaStore:
         self.root = Path(root)
 
     def _path(self, key: str) -> Path:
-        if len(key) != 64 or not set(key) <= _HEX:
+        if not is_media_key(key):
             raise NotFound(f"no media object {key!r}")
         return self.root / key[:2] / key[2:4] / key
 
@@ -78,7 +104,7 @@ class LocalMediaStore:
         cutoff = time.time() - seconds
         for path in self.root.glob("??/??/*"):
             name = path.name
-            if len(name) == 64 and set(name) <= _HEX:
+            if is_media_key(name):
                 try:
                     if path.stat().st_mtime < cutoff:
                         yield name

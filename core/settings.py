@@ -49,7 +49,29 @@ class Settings(BaseSettings):
         "Bounded answers at once but may miss the last seconds of writes, in answers that "
         "are then cached. milvus-lite is always strong.",
     )
+    media_backend: Literal["local", "s3"] = Field(
+        "local",
+        description="Where stored media live: 'local' (the folder UMARVEL_MEDIA_ROOT) or 's3' "
+        "(a bucket of an S3-compatible object store: AWS S3, MinIO, GCS's S3 API).",
+    )
     media_root: Path = Field(Path(".umarvel/media"), description="Folder of the media store.")
+    media_s3_endpoint: str = Field(
+        "", description="URL of the S3-compatible endpoint (empty: AWS S3 itself)."
+    )
+    media_s3_bucket: str = Field("", description="Bucket of the media store (backend 's3').")
+    media_s3_region: str = Field("us-east-1", description="Region of the media bucket.")
+    media_s3_access_key: str = Field(
+        "", description="Access key id for the media bucket (required with backend 's3')."
+    )
+    media_s3_secret_key: str = Field(
+        "", description="Secret access key for the media bucket (required with backend 's3')."
+    )
+    media_s3_prefix: str = Field(
+        "", description="Prefix of every media object in the bucket (empty: the bucket's root)."
+    )
+    media_s3_create_bucket: bool = Field(
+        False, description="Create the media bucket when it is missing (off: it must exist)."
+    )
     ingest_roots: list[Path] = Field(
         default_factory=list,
         description="Server folders documents may name by image_path (JSON list).",

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 from core.cache import ResultCache, make_redis, yield_to_queries
 from core.contract import Task
 from core.db import make_engine, make_session_factory
-from core.media import LocalMediaStore
+from core.media import MediaStore, open_media_store
 from core.metrics import BATCH_SIZE
 from core.settings import Settings, get_settings
 
@@ -67,8 +67,8 @@ class Runtime:
         return ResultCache(self.redis, self.settings.result_ttl_seconds)
 
     @cached_property
-    def media(self) -> LocalMediaStore:
-        return LocalMediaStore(self.settings.media_root)
+    def media(self) -> MediaStore:
+        return open_media_store(self.settings)
 
     @cached_property
     def celery(self) -> Any:
