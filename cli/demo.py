@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-import requests
 
-from cli.samples import b64, sample_documents, shape_image
+from cli.samples import sample_documents, shape_image
 from cli.stack import Stack, free_port
+from client import Client
 
 TINY_WARNING = (
     "NOTE: these are tiny models with RANDOM weights, built offline: the rankings below are\n"
@@ -22,10 +22,10 @@ TINY_WARNING = (
 
 QUERIES: list[tuple[str, dict[str, Any], str]] = [
     ("text", {"text": "a red circle"}, "red-circle"),
-    ("image", {"image": b64(shape_image("blue", "square"))}, "blue-square"),
+    ("image", {"image": shape_image("blue", "square")}, "blue-square"),
     (
         "image+text",
-        {"image": b64(shape_image("green", "triangle")), "text": "the same in red"},
+        {"image": shape_image("green", "triangle"), "text": "the same in red"},
         "red-triangle",
     ),
 ]
@@ -67,40 +67,28 @@ def run_demo(workdir: Path, models: Path, recall_model: str | None, rerank: str 
 
 
 def _run(url: str, key: str, tiny: bool) -> None:
-    http = requests.Session()
-    http.headers["Authorization"] = f"Bearer {key}"
-    response = http.post(f"{url}/v1/collections", json={"name": "demo", "description": "shapes"})
-    response.raise_for_status()
+    api = Client(url, key)
+    api.collections.create("demo", description="shapes")
     docs = sample_documents()
-    job = http.post(f"{url}/v1/collections/demo/documents", json={"documents": docs}).json()
-    click.echo(f"ingesting {len(docs)} documents (job {job['id']}) ...")
-    while job["state"] not in ("done", "failed"):
-        time.sleep(0.2)
-        job = http.get(f"{url}{job['url']}").json()
-    click.echo(f"ingestion {job['state']}: {job['done']} indexed, {job['failed']} failed")
+    click.echo(f"ingesting {len(docs)} documents ...")
+    summary = api.documents.ingest("demo", docs)
+    state = "done" if all(job.state == "done" for job in summary.jobs) else "failed"
+    click.echo(f"ingestion {state}: {summary.done} indexed, {summary.failed} failed")
     if tiny:
         click.echo("\n" + TINY_WARNING)
     for label, query, _ in QUERIES:
         started = time.perf_counter()
-        response = http.post(
-            f"{url}/v1/collections/demo/queries", json={**query, "top_k": 5, "wait": 30}
-        )
-        answer = response.json()
-        if response.status_code >= 400:
-            raise click.ClickException(f"{label} query failed: {answer['error']['message']}")
-        while answer.get("is_running"):
-            time.sleep(0.1)
-            answer = http.get(f"{url}{answer['url']}").json()
+        result = api.search("demo", **query, top_k=5, wait=30)
         elapsed = time.perf_counter() - started
         shown = {k: v for k, v in query.items() if k != "image"}
         has_image = " + image" if "image" in query else ""
-        click.echo(f"\n{label} query {shown}{has_image}: {answer['status']} in {elapsed:.2f} s")
+        click.echo(f"\n{label} query {shown}{has_image}: {result.status} in {elapsed:.2f} s")
         click.echo(f"  {'rank':>4}  {'document':<16} {'cosine':>8} {'p_yes':>7} {'score':>8}")
-        for hit in answer.get("results", []):
+        for hit in result.hits:
+            p_yes = "-" if hit.p_yes is None else f"{hit.p_yes:.4f}"
             click.echo(
-                f"  {hit['rank']:>4}  {hit['document_id']:<16} {hit['cosine']:>8.4f} "
-                f"{hit['p_yes'] if hit['p_yes'] is None else format(hit['p_yes'], '.4f'):>7} "
-                f"{hit['score']:>8.4f}"
+                f"  {hit.rank:>4}  {hit.document_id:<16} {hit.cosine:>8.4f} {p_yes:>7} "
+                f"{hit.score:>8.4f}"
             )
 
 
@@ -114,5 +102,5 @@ def _evaluate(url: str, key: str, out: Path) -> None:
         for n, (_, query, relevant) in enumerate(QUERIES, start=1)
     ]
     click.echo("\nquality of the three queries, labelled (umarvel eval collection):")
-    summary = collection.evaluate(collection.Client(url, key), "demo", labelled)
+    summary = collection.evaluate(Client(url, key), "demo", labelled)
     write_outputs(out, summary, collection.table(summary), collection.chart)

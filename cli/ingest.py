@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import requests
 
+from client import Client, IngestSummary
 from core.jsonl import read_jsonl
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
@@ -73,63 +73,38 @@ class State:
 def run_ingest(
     source: Path,
     collection: str,
-    api: str,
-    key: str,
+    api: Client,
     batch_size: int,
     state_path: Path,
     wait: bool = True,
-) -> dict[str, int]:
+) -> IngestSummary:
     items = folder_items(source) if source.is_dir() else manifest_items(source)
     state = State.load(state_path)
-    http = requests.Session()
-    http.headers["Authorization"] = f"Bearer {key}"
-    url = f"{api.rstrip('/')}/v1/collections/{collection}/documents"
     stream = islice(items, state.sent, None)  # resume after what was accepted
     if state.sent:
         click.echo(f"resuming after {state.sent} documents ({state_path})")
     while batch := list(islice(stream, batch_size)):
-        response = _post(http, url, batch)
-        state.jobs = [*(state.jobs or []), response["id"]]
+        job = api.documents.submit(collection, batch)  # 429 and 503 retried by the client
+        state.jobs = [*(state.jobs or []), job.id]
         state.sent += len(batch)
         state.save()
         click.echo(f"sent {state.sent} documents", err=True)
-    return _follow(http, api, state.jobs or [], wait)
+    return _follow(api, state.jobs or [], wait)
 
 
-def _post(http: requests.Session, url: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
-    for attempt in range(5):
-        response = http.post(url, json={"documents": batch}, timeout=300)
-        if response.status_code in (429, 503):
-            time.sleep(float(response.headers.get("Retry-After", 2**attempt)))
-            continue
-        if response.status_code != 202:
-            message = response.json().get("error", {}).get("message", response.text)
-            raise click.ClickException(f"the API refused a batch: {message}")
-        return dict(response.json())
-    raise click.ClickException("the API stayed overloaded; run the same command again later")
-
-
-def _follow(http: requests.Session, api: str, jobs: list[str], wait: bool) -> dict[str, int]:
-    """Totals over the jobs, with a progress bar until every job has finished."""
-
-    def totals() -> tuple[dict[str, int], bool]:
-        sums = {"total": 0, "done": 0, "failed": 0}
-        finished = True
-        for job_id in jobs:
-            job = http.get(f"{api.rstrip('/')}/v1/ingest-jobs/{job_id}", timeout=30).json()
-            for name in sums:
-                sums[name] += int(job[name])
-            finished &= job["state"] in ("done", "failed")
-        return sums, finished
-
-    sums, finished = totals()
-    if wait and not finished:
-        with click.progressbar(length=sums["total"], label="indexing") as bar:
-            shown = 0
-            while not finished:
-                time.sleep(0.5)
-                sums, finished = totals()
-                progress = sums["done"] + sums["failed"]
-                bar.update(progress - shown)
-                shown = progress
-    return sums
+def _follow(api: Client, job_ids: list[str], wait: bool) -> IngestSummary:
+    """The jobs' totals, with a progress bar until every job has finished."""
+    summary = IngestSummary([api.jobs.ingest_job(job_id) for job_id in job_ids])
+    if not wait or all(job.finished for job in summary.jobs):
+        return summary
+    with click.progressbar(length=summary.total, label="indexing") as bar:
+        shown = 0
+        while not all(job.finished for job in summary.jobs):
+            time.sleep(0.5)
+            summary = IngestSummary(
+                [job if job.finished else api.jobs.ingest_job(job.id) for job in summary.jobs]
+            )
+            progress = summary.done + summary.failed
+            bar.update(progress - shown)
+            shown = progress
+    return summary

@@ -9,22 +9,61 @@ from typing import Any
 
 import click
 
+from cli import remote
+from cli.remote import api_options, client_for
+
 
 class _Group(click.Group):
-    """Project errors end the command with their message, never a traceback."""
+    """Expected failures end the command with one line and exit status 1, never a traceback:
+    the project's errors, the API's (through the client), an unreachable or unmigrated
+    database, an unreachable Redis."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from redis.exceptions import ConnectionError as RedisDown
+        from sqlalchemy.exc import DBAPIError
+
+        from client.errors import UmarvelClientError
         from core.errors import UmarvelError
 
         try:
             return super().invoke(ctx)
-        except UmarvelError as exc:
+        except (UmarvelError, UmarvelClientError) as exc:
             raise click.ClickException(exc.message) from None
+        except DBAPIError as exc:
+            raise click.ClickException(_database_problem(exc)) from None
+        except RedisDown as exc:
+            raise click.ClickException(f"cannot reach Redis (UMARVEL_REDIS_URL): {exc}") from None
+
+
+def _database_problem(exc: Any) -> str:
+    from sqlalchemy.engine import make_url
+
+    from core.settings import get_settings
+
+    url = make_url(get_settings().database_url).render_as_string(hide_password=True)
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    if "does not exist" in reason or "no such table" in reason:
+        return f"the database {url} is not migrated: run `umarvel db upgrade` ({reason})"
+    return f"cannot use the database {url} (UMARVEL_DATABASE_URL): {reason}"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("umarvel-search")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="umarvel")
 def main() -> None:
-    """umarvel-search: multimodal search with U-MARVEL recall and MLLM rerank."""
+    """umarvel-search: multimodal search with U-MARVEL recall and MLLM rerank.
+
+    Commands that talk to a running API read UMARVEL_API and UMARVEL_API_KEY; the others
+    read the same UMARVEL_* settings as the API and the workers.
+    """
 
 
 @main.command("tiny-models")
@@ -216,8 +255,7 @@ def beat(loglevel: str) -> None:
 @main.command()
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--collection", required=True, help="Target collection (it must exist).")
-@click.option("--api", default="http://127.0.0.1:8000", show_default=True, envvar="UMARVEL_API")
-@click.option("--key", required=True, envvar="UMARVEL_API_KEY", help="An admin API key.")
+@api_options
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 10_000))
 @click.option(
     "--state",
@@ -227,6 +265,7 @@ def beat(loglevel: str) -> None:
     help="Progress file for resuming (default: SOURCE.ingest-state.json).",
 )
 @click.option("--no-wait", is_flag=True, help="Return once every batch is queued.")
+@click.option("--json", "as_json", is_flag=True, help="The totals and errors as one JSON object.")
 def ingest(
     source: Path,
     collection: str,
@@ -235,13 +274,29 @@ def ingest(
     batch_size: int,
     state_path: Path | None,
     no_wait: bool,
+    as_json: bool,
 ) -> None:
-    """Ingest a folder of images (captions in <stem>.txt) or a JSONL manifest, resumably."""
+    """Ingest a folder of images (captions in <stem>.txt) or a JSONL manifest, resumably.
+
+    Exits 1 when any document failed (each failure is listed)."""
+    import json
+
     from cli.ingest import run_ingest
 
     state = state_path or source.with_name(source.name + ".ingest-state.json")
-    sums = run_ingest(source, collection, api, key, batch_size, state, wait=not no_wait)
-    click.echo(f"{sums['done']} indexed, {sums['failed']} failed of {sums['total']}")
+    summary = run_ingest(
+        source, collection, client_for(api, key), batch_size, state, wait=not no_wait
+    )
+    errors = [{"index": e.index, "id": e.id, "message": e.message} for e in summary.errors]
+    if as_json:
+        totals = {"total": summary.total, "done": summary.done, "failed": summary.failed}
+        click.echo(json.dumps({**totals, "jobs": [j.id for j in summary.jobs], "errors": errors}))
+    else:
+        for error in errors:
+            click.echo(f"failed: {error['id'] or error['index']}: {error['message']}", err=True)
+        click.echo(f"{summary.done} indexed, {summary.failed} failed of {summary.total}")
+    if summary.failed:
+        raise SystemExit(1)
 
 
 @main.command()
@@ -497,8 +552,7 @@ def eval_sample_mbeir(root: Path, tasks: tuple[str, ...], pool_size: int) -> Non
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help='JSONL: {"query": ..., "relevant": [ids]} per line.',
 )
-@click.option("--api", default="http://127.0.0.1:8000", show_default=True, envvar="UMARVEL_API")
-@click.option("--key", required=True, envvar="UMARVEL_API_KEY", help="A key with search scope.")
+@api_options
 @click.option("--k", "ks", multiple=True, type=click.IntRange(1, 1000), help="Default 1, 5, 10.")
 @click.option(
     "--output",
@@ -517,7 +571,7 @@ def eval_collection(
     bars = ProgressBars()
     try:
         summary = collection.evaluate(
-            collection.Client(api, key),
+            client_for(api, key),
             name,
             queries,
             tuple(sorted(set(ks))) or (1, 5, 10),
@@ -590,6 +644,9 @@ def demo(workdir: str, models: str, recall_model: str | None, rerank_model: str 
 
     sys.exit(run_demo(Path(workdir), Path(models), recall_model, rerank_model))
 
+
+main.add_command(remote.collections)
+main.add_command(remote.search)
 
 if __name__ == "__main__":
     main()

@@ -6,25 +6,24 @@ The queries file is JSONL, one labelled query per line::
     {"query": {"text": "like this", "image_path": "q/3.png", "instruction": "..."},
      "relevant": {"doc-2": 2, "doc-9": 1}}
 
-``query`` is a text or an object with the query request's fields (``image_path`` is read
-beside the file and sent as base64). ``relevant`` lists the relevant document ids, or maps
-them to graded relevance for nDCG. Each query runs twice, without and with rerank, through
-the same endpoint clients use; the report has Recall@k (the share of relevant documents in
-the top k), MRR, nDCG@10 and the latency of each stage.
+``query`` is a text or an object with the query's fields: ``text``, ``image_path`` (read
+beside the file), ``instruction``, ``use_default_instruction``, ``filter``. ``relevant``
+lists the relevant document ids, or maps them to graded relevance for nDCG. Each query runs
+twice, without and with rerank, through the same endpoint clients use; the report has
+Recall@k (the share of relevant documents in the top k), MRR, nDCG@10 and the latency of
+each stage.
 """
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
-
-from core.errors import InvalidRequest, UmarvelError
+from client import Client
+from core.errors import InvalidRequest
 from core.jsonl import read_jsonl
 from evaluation import metrics
 
@@ -47,18 +46,27 @@ def read_queries(path: Path) -> Iterator[Labelled]:
         yield Labelled(number, _request(row["query"], path, number), _grades(row, path, number))
 
 
+QUERY_FIELDS = frozenset({"text", "image_path", "instruction", "use_default_instruction", "filter"})
+
+
 def _request(query: Any, path: Path, number: int) -> dict[str, Any]:
+    """Keyword arguments of ``Client.search``."""
     if isinstance(query, str):
         return {"text": query}
     if not isinstance(query, dict):
         raise InvalidRequest(f"{path}:{number}: 'query' must be a text or an object")
+    unknown = sorted(set(query) - QUERY_FIELDS)
+    if unknown:
+        raise InvalidRequest(
+            f"{path}:{number}: unknown query fields {unknown}; use {sorted(QUERY_FIELDS)}"
+        )
     request = dict(query)
     image_path = request.pop("image_path", None)
     if image_path is not None:
         image = Path(image_path)
         image = image if image.is_absolute() else path.parent / image
         try:
-            request["image"] = base64.b64encode(image.read_bytes()).decode()
+            request["image"] = image.read_bytes()
         except OSError as exc:
             raise InvalidRequest(f"{path}:{number}: cannot read {image}: {exc.strerror}") from None
     return request
@@ -72,50 +80,6 @@ def _grades(row: dict[str, Any], path: Path, number: int) -> dict[str, float]:
         # A grade of 0 is a judged non-relevant document: it counts for no metric.
         return {str(doc): float(grade) for doc, grade in relevant.items() if grade > 0}
     raise InvalidRequest(f"{path}:{number}: 'relevant' must be a list of ids or an id->grade map")
-
-
-class Client:
-    """The query endpoint of a running API, waiting for each job to finish."""
-
-    def __init__(self, api: str, key: str, timeout: float = 120.0) -> None:
-        self.api = api.rstrip("/")
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {key}"
-        self.timeout = timeout
-
-    def query(self, collection: str, body: dict[str, Any]) -> dict[str, Any]:
-        url = f"{self.api}/v1/collections/{collection}/queries"
-        answer = self._call("POST", url, json={**body, "wait": 10})
-        deadline = time.monotonic() + self.timeout
-        while answer.get("is_running"):
-            if time.monotonic() > deadline:
-                raise UmarvelError(
-                    f"query job {answer.get('id')} did not finish in {self.timeout}s"
-                )
-            time.sleep(0.05)
-            answer = self._call("GET", self.api + answer["url"])
-        if answer.get("status") != "done":
-            raise UmarvelError(
-                f"query job {answer.get('id')} ended {answer.get('status')}: {answer}"
-            )
-        return answer
-
-    def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = self.http.request(method, url, timeout=30, **kwargs)
-        except requests.RequestException as exc:
-            raise UmarvelError(f"cannot reach the API at {self.api}: {exc}") from None
-        if response.status_code not in (200, 202):
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text[:200]
-            raise UmarvelError(f"the API answered {response.status_code}: {message}")
-        try:
-            body: dict[str, Any] = response.json()
-        except ValueError:
-            raise UmarvelError(f"the API at {self.api} did not answer JSON") from None
-        return body
 
 
 @dataclass
@@ -146,19 +110,18 @@ def evaluate(
             continue
         record: dict[str, Any] = {"line": item.line}
         for mode, enabled in MODES.items():
-            body = {**item.request, "top_k": depth, "rerank": {"enabled": enabled}}
             started = time.perf_counter()
-            answer = client.query(collection, body)
+            answer = client.search(collection, **item.request, top_k=depth, rerank=enabled)
             elapsed = time.perf_counter() - started
-            ranking = [hit["document_id"] for hit in answer.get("results", [])]
+            ranking = [hit.document_id for hit in answer.hits]
             s = scores[mode]
             for k in ks:
                 s.recall[k].append(metrics.recall_at_k(ranking, item.relevant, k))
             s.mrr.append(metrics.reciprocal_rank(ranking, item.relevant))
             s.ndcg.append(metrics.ndcg_at_k(ranking, item.relevant, NDCG_K))
             s.latency.append(elapsed)
-            s.cached += bool(answer.get("cached"))
-            for stage, seconds in (answer.get("timings") or {}).items():
+            s.cached += answer.cached
+            for stage, seconds in answer.timings.items():
                 s.stages.setdefault(stage, []).append(float(seconds))
             record[mode] = {"top": ranking[:depth], "seconds": round(elapsed, 4)}
         records.append(record)

@@ -98,3 +98,89 @@ def test_tiny_models_command(tmp_path: Path) -> None:
     for arch in ("qwen2_vl", "qwen3_vl"):
         assert (tmp_path / arch / "model.safetensors").stat().st_size < 5_000_000
         assert (tmp_path / arch / "chat_template.jinja").exists()
+
+
+API_COMMANDS = [
+    ["collections", "create"],
+    ["collections", "list"],
+    ["collections", "show"],
+    ["collections", "delete"],
+    ["search"],
+    ["ingest"],
+    ["eval", "collection"],
+]
+
+
+@pytest.mark.parametrize("command", API_COMMANDS, ids=" ".join)
+def test_api_commands_document_their_environment(command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "UMARVEL_API_KEY" in result.output
+    assert "UMARVEL_API" in result.output.replace("UMARVEL_API_KEY", "")
+
+
+def test_version_and_the_top_level_help() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"umarvel, version {version('umarvel-search')}"
+    assert "UMARVEL_API_KEY" in CliRunner().invoke(main, ["--help"]).output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["collections", "list"],
+        ["collections", "show", "x", "--json"],
+        ["collections", "create", "x"],
+        ["collections", "delete", "x", "--yes"],
+        ["search", "x", "--text", "a red car", "--json"],
+    ],
+    ids=" ".join,
+)
+def test_an_unreachable_api_is_one_line_and_exit_1(command: list[str]) -> None:
+    from cli.stack import free_port
+
+    api = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(main, [*command, "--api", api, "--key", "k"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: cannot reach the API at {api}")
+    assert "Traceback" not in result.output
+
+
+def test_usage_errors_exit_2_before_any_request() -> None:
+    runner = CliRunner()
+    no_query = runner.invoke(main, ["search", "x", "--key", "k"])
+    assert no_query.exit_code == 2
+    assert "give --text, --image or both" in no_query.output
+    bad_field = runner.invoke(main, ["collections", "create", "x", "--field", "year", "--key", "k"])
+    assert bad_field.exit_code == 2
+    assert "NAME=TYPE" in bad_field.output
+    bad_filter = runner.invoke(main, ["search", "x", "--text", "a", "--filter", "[1", "--key", "k"])
+    assert bad_filter.exit_code == 2
+    assert "not JSON" in bad_filter.output
+    no_key = runner.invoke(main, ["collections", "list"], env={"UMARVEL_API_KEY": None})
+    assert no_key.exit_code == 2
+    assert "--key" in no_key.output
+
+
+def test_an_unmigrated_or_unreachable_database_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    monkeypatch.setenv("UMARVEL_REDIS_URL", redis_url)
+    monkeypatch.setenv("UMARVEL_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    get_settings.cache_clear()
+    try:
+        empty = CliRunner().invoke(main, ["keys", "list"])
+        assert empty.exit_code == 1
+        assert "is not migrated: run `umarvel db upgrade`" in empty.output
+        monkeypatch.setenv("UMARVEL_DATABASE_URL", "postgresql+psycopg://u:secret@127.0.0.1:9/none")
+        get_settings.cache_clear()
+        down = CliRunner().invoke(main, ["keys", "list"])
+        assert down.exit_code == 1
+        assert down.output.startswith("Error: cannot use the database postgresql+psycopg://u:***@")
+        assert "secret" not in down.output
+        assert "Traceback" not in empty.output + down.output
+    finally:
+        get_settings.cache_clear()

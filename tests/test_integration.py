@@ -472,8 +472,127 @@ def test_eval_collection_measures_labelled_queries_through_the_api(
     assert (out / "results.png").stat().st_size
     refused = _cli("eval", "collection", "shapes", *common, "--key", "not-a-key")
     assert refused.returncode == 1
-    assert "the API answered 401" in refused.stderr
+    assert "401 unauthorized" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_python_client_drives_the_whole_api(stack: Stack) -> None:
+    from client import Client, Conflict, InvalidRequest, NotFound, Unauthorized
+
+    api = Client(stack.api_url, stack.create_key(("admin",)), poll_seconds=0.05)
+    created = api.collections.create(
+        "pyclient",
+        description="from Python",
+        metadata_fields={"colour": "str", "n": "int"},
+        rerank={"k": 5},
+    )
+    assert (created.rerank.k, created.documents.total) == (5, 0)
+    with pytest.raises(Conflict, match="already exists"):
+        api.collections.create("pyclient")
+    assert "pyclient" in {c.name for c in api.collections.list()}
+
+    # Images as bytes (the client encodes them), one of them broken.
+    docs = []
+    for doc in sample_documents():
+        colour, shape = doc["id"].split("-")
+        docs.append({**doc, "image": shape_image(colour, shape)} if "image" in doc else doc)
+    docs.append({"id": "broken", "image": b"not an image"})
+    seen: list[int] = []
+    summary = api.documents.ingest(
+        "pyclient", iter(docs), batch_size=4, progress=lambda s: seen.append(s.done + s.failed)
+    )
+    assert (summary.total, summary.done, summary.failed, len(summary.jobs)) == (10, 9, 1, 3)
+    assert [e.id for e in summary.errors] == ["broken"]
+    assert seen == sorted(seen)
+    assert seen[-1] == 10
+
+    text = api.search("pyclient", text="a red circle", top_k=3)
+    assert (text.status, [h.rank for h in text.hits]) == ("done", [1, 2, 3])
+    assert all(h.p_yes is not None for h in text.hits)
+    assert [h.score for h in text.hits] == sorted((h.score for h in text.hits), reverse=True)
+    again = api.search("pyclient", text="a red circle", top_k=3)
+    assert again.cached
+    assert [h.document_id for h in again.hits] == [h.document_id for h in text.hits]
+    image = api.search("pyclient", image=shape_image("blue", "square"), top_k=3, rerank=False)
+    assert len(image.hits) == 3
+    assert all(h.p_yes is None for h in image.hits)
+    composed = api.search(
+        "pyclient", text="the same in red", image=shape_image("green", "triangle"), top_k=3
+    )
+    assert len(composed.hits) == 3
+    assert "rerank" in composed.timings
+    red = api.search("pyclient", text="a shape", filter={"colour": "red"}, top_k=9, rerank=False)
+    assert {h.metadata["colour"] for h in red.hits} == {"red"}
+    assert len(red.hits) == 3
+
+    assert api.documents.get("pyclient", "red-circle").status == "indexed"
+    api.documents.delete("pyclient", "red-circle")
+    with pytest.raises(NotFound):
+        api.documents.get("pyclient", "red-circle")
+    assert api.documents.delete_where("pyclient", {"colour": "blue"}) == 3
+    patched = api.collections.patch("pyclient", description="changed", rerank={"weight": 0.3})
+    assert (patched.description, patched.rerank.weight) == ("changed", 0.3)
+    assert patched.version > created.version
+    job = api.collections.reindex("pyclient", wait=True, timeout=120)
+    assert (job.kind, job.state) == ("reindex", "done")
+    assert api.collections.get("pyclient").generation == created.generation + 1
+
+    running = api.search("pyclient", text="a fresh query", wait=0, until_done=False)
+    after = api.jobs.cancel_query(running.job_id)
+    assert after is None or after.status in ("cancelled", "done")
+
+    with pytest.raises(InvalidRequest):
+        api.search("pyclient", text="x", top_k=0)
+    with pytest.raises(Unauthorized):
+        Client(stack.api_url, "not-a-key").collections.list()
+    api.collections.delete("pyclient")
+    with pytest.raises(NotFound):
+        api.collections.get("pyclient")
+
+
+def test_cli_collections_search_and_failed_ingestion(stack: Stack, tmp_path: Path) -> None:
+    common = ["--api", stack.api_url, "--key", stack.create_key(("admin",))]
+    created = _cli("collections", "create", "clicol", "--field", "colour=str", "--rerank-k", "4",
+                   "--json", *common)  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["rerank"]["k"] == 4
+    listed = _cli("collections", "list", "--json", *common)
+    assert "clicol" in {c["name"] for c in json.loads(listed.stdout)}
+    assert "clicol" in _cli("collections", "list", *common).stdout
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for colour in ("red", "green", "blue"):
+        (folder / f"{colour}.png").write_bytes(shape_image(colour, "circle"))
+    (folder / "bad.png").write_bytes(b"not a png")
+    ingested = _cli("ingest", str(folder), "--collection", "clicol", *common,
+                    "--state", str(tmp_path / "state.json"))  # fmt: skip
+    assert ingested.returncode == 1  # a document failed
+    assert "3 indexed, 1 failed of 4" in ingested.stdout
+    assert "failed: bad.png:" in ingested.stderr
+    shown = json.loads(_cli("collections", "show", "clicol", "--json", *common).stdout)
+    assert shown["documents"]["indexed"] == 3
+    assert "recall model" in _cli("collections", "show", "clicol", *common).stdout
+
+    searched = _cli("search", "clicol", "--text", "a red circle", "--top-k", "2", "--json", *common)
+    assert searched.returncode == 0, searched.stderr
+    answer = json.loads(searched.stdout)
+    assert answer["status"] == "done"
+    assert len(answer["results"]) == 2
+    by_image = _cli("search", "clicol", "--image", str(folder / "blue.png"), "--text", "in red",
+                    *common)  # fmt: skip
+    assert by_image.returncode == 0, by_image.stderr
+    assert "blue.png" in by_image.stdout or "red.png" in by_image.stdout
+
+    assert _cli("collections", "delete", "clicol", "--yes", *common).returncode == 0
+    missing = _cli("collections", "show", "clicol", *common)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("Error: 404 not_found:")
+    assert len(missing.stderr.strip().splitlines()) == 1
+    refused = _cli("collections", "list", "--api", stack.api_url, "--key", "nope")
+    assert refused.returncode == 1
+    assert "401" in refused.stderr
+    assert "Traceback" not in refused.stderr + missing.stderr
 
 
 def test_reindex_swaps_generations_while_search_answers(

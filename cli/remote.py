@@ -1,0 +1,252 @@
+"""The commands that talk to a running API through the Python client: ``umarvel
+collections ...`` and ``umarvel search``. Read commands print a table, or JSON with
+``--json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from client import Client, Collection, SearchResult
+
+FIELD_TYPES = ("int", "float", "str", "bool")
+
+
+def api_options(func: Any) -> Any:
+    """``--api`` and ``--key`` of the commands that talk to a running API."""
+    func = click.option(
+        "--key",
+        envvar="UMARVEL_API_KEY",
+        show_envvar=True,
+        required=True,
+        help="An API key (admin scope to change collections and ingest).",
+    )(func)
+    return click.option(
+        "--api",
+        default="http://127.0.0.1:8000",
+        show_default=True,
+        envvar="UMARVEL_API",
+        show_envvar=True,
+        help="The API's base URL.",
+    )(func)
+
+
+def client_for(api: str, key: str) -> Client:
+    return Client(api, key)
+
+
+def _json_option(func: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        func
+    )
+
+
+@click.group()
+def collections() -> None:
+    """Collections of a running API: create, list, show, delete."""
+
+
+@collections.command("create")
+@click.argument("name")
+@click.option("--description", default="", help="Free text shown in listings.")
+@click.option("--recall-model", default=None, help="One of UMARVEL_ALLOWED_RECALL_MODELS.")
+@click.option("--rerank/--no-rerank", default=True, show_default=True, help="Rerank by default.")
+@click.option("--rerank-k", type=click.IntRange(1, 1000), default=None, help="Pairs reranked.")
+@click.option("--rerank-weight", type=float, default=None, help="w in cosine + w * P(Yes).")
+@click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    metavar="NAME=TYPE",
+    help=f"A metadata field search can filter on; TYPE is one of {', '.join(FIELD_TYPES)}. "
+    "Repeat for several.",
+)
+@api_options
+@_json_option
+def collections_create(
+    name: str,
+    description: str,
+    recall_model: str | None,
+    rerank: bool,
+    rerank_k: int | None,
+    rerank_weight: float | None,
+    fields: tuple[str, ...],
+    api: str,
+    key: str,
+    as_json: bool,
+) -> None:
+    """Create the collection NAME (lower-case letters, digits, '_')."""
+    metadata = dict(_field(spec) for spec in fields)
+    defaults: dict[str, Any] = {"enabled": rerank}
+    if rerank_k is not None:
+        defaults["k"] = rerank_k
+    if rerank_weight is not None:
+        defaults["weight"] = rerank_weight
+    created = client_for(api, key).collections.create(
+        name,
+        description=description,
+        recall_model=recall_model,
+        rerank=defaults,
+        metadata_fields=metadata,
+    )
+    _show([created], as_json, one=True)
+
+
+def _field(spec: str) -> tuple[str, str]:
+    name, sep, kind = spec.partition("=")
+    if not sep or not name or kind not in FIELD_TYPES:
+        raise click.BadParameter(
+            f"{spec!r}: give NAME=TYPE with TYPE one of {', '.join(FIELD_TYPES)}",
+            param_hint="--field",
+        )
+    return name, kind
+
+
+@collections.command("list")
+@api_options
+@_json_option
+def collections_list(api: str, key: str, as_json: bool) -> None:
+    """Every collection the key may see, with its document counts."""
+    _show(client_for(api, key).collections.list(), as_json)
+
+
+@collections.command("show")
+@click.argument("name")
+@api_options
+@_json_option
+def collections_show(name: str, api: str, key: str, as_json: bool) -> None:
+    """One collection: models, rerank defaults, fields, version, generation, counts."""
+    found = client_for(api, key).collections.get(name)
+    if as_json:
+        _show([found], as_json, one=True)
+        return
+    rerank = found.rerank
+    counts = found.documents
+    rows = [
+        ("name", found.name),
+        ("description", found.description),
+        ("recall model", found.recall_model),
+        ("rerank", f"{'on' if rerank.enabled else 'off'}, k {rerank.k}, weight {rerank.weight}"),
+        ("metadata fields", ", ".join(f"{k}:{v}" for k, v in found.metadata_fields.items())),
+        ("version", str(found.version)),
+        ("generation", str(found.generation)),
+        (
+            "documents",
+            f"{counts.total} ({counts.indexed} indexed, {counts.pending} pending, "
+            f"{counts.failed} failed)",
+        ),
+        ("reindex", json.dumps(found.reindex) if found.reindex else "-"),
+        ("created", found.created_at),
+    ]
+    for label, value in rows:
+        click.echo(f"{label:<16} {value or '-'}")
+
+
+@collections.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@api_options
+def collections_delete(name: str, yes: bool, api: str, key: str) -> None:
+    """Delete the collection NAME, its documents and its vectors."""
+    if not yes:
+        click.confirm(f"Delete collection {name!r} and every document in it?", abort=True)
+    client_for(api, key).collections.delete(name)
+    click.echo(f"deleted collection {name}")
+
+
+def _show(found: list[Collection], as_json: bool, one: bool = False) -> None:
+    if as_json:
+        rows = [c.raw for c in found]
+        click.echo(json.dumps(rows[0] if one else rows))
+        return
+    click.echo(f"{'name':<24} {'documents':>9} {'indexed':>8} {'version':>7} {'gen':>4}  model")
+    for c in found:
+        click.echo(
+            f"{c.name:<24} {c.documents.total:>9} {c.documents.indexed:>8} {c.version:>7} "
+            f"{c.generation:>4}  {c.recall_model}"
+        )
+
+
+@click.command()
+@click.argument("collection")
+@click.option("--text", default=None, help="The query text.")
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="An image file (with --text: a composed query).",
+)
+@click.option("--instruction", default=None, help="What to find (default: the task's).")
+@click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
+@click.option("--rerank/--no-rerank", default=None, help="Default: the collection's.")
+@click.option("--rerank-weight", type=float, default=None)
+@click.option(
+    "--filter",
+    "filter_json",
+    default=None,
+    help='Metadata filter, JSON: \'{"year": {"gte": 2020}}\'.',
+)
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait.")
+@api_options
+@_json_option
+def search(
+    collection: str,
+    text: str | None,
+    image: Path | None,
+    instruction: str | None,
+    top_k: int,
+    rerank: bool | None,
+    rerank_weight: float | None,
+    filter_json: str | None,
+    timeout: float,
+    api: str,
+    key: str,
+    as_json: bool,
+) -> None:
+    """Search COLLECTION by --text, --image or both; print the ranked documents."""
+    if text is None and image is None:
+        raise click.UsageError("give --text, --image or both")
+    options: dict[str, Any] | None = None
+    if rerank is not None or rerank_weight is not None:
+        options = {"enabled": True if rerank is None else rerank}
+        if rerank_weight is not None:
+            options["weight"] = rerank_weight
+    filter_ = None
+    if filter_json is not None:
+        try:
+            filter_ = json.loads(filter_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--filter") from None
+        if not isinstance(filter_, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--filter")
+    result = client_for(api, key).search(
+        collection,
+        text=text,
+        image=image,
+        instruction=instruction,
+        top_k=top_k,
+        rerank=options,
+        filter=filter_,
+        timeout=timeout,
+    )
+    _hits(result, as_json)
+
+
+def _hits(result: SearchResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result.raw))
+        return
+    timings = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in result.timings.items())
+    cached = " (cached)" if result.cached else ""
+    click.echo(f"job {result.job_id}: {result.status}{cached}; {timings or 'no timings'}")
+    click.echo(f"{'rank':>4}  {'document':<24} {'cosine':>8} {'p_yes':>7} {'score':>8}  text")
+    for hit in result.hits:
+        p_yes = "-" if hit.p_yes is None else f"{hit.p_yes:.4f}"
+        text = (hit.text or "").replace("\n", " ")[:60]
+        click.echo(
+            f"{hit.rank:>4}  {hit.document_id:<24} {hit.cosine:>8.4f} {p_yes:>7} "
+            f"{hit.score:>8.4f}  {text}"
+        )
