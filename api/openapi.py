@@ -2,7 +2,9 @@
 that validate the requests (validation itself stays in the views, with our error envelope)
 and from the models of the answers (``api/responses.py``).
 
-Served at ``/v1/openapi.json`` and ``/v1/docs/swagger/`` (also ``/v1/docs/redoc/``).
+Served at ``/v1/openapi.json`` and ``/v1/docs/swagger/``. The docs page loads Swagger UI
+from the API itself (``/v1/docs/assets/``, the files of the ``swagger-ui-py`` package), so
+it works where the browser cannot reach the internet.
 
 spectree documents JSON and multipart bodies and JSON answers. What it cannot say (a JSONL
 body, an image answer, an optional body) a route adds with ``documented(extra=...)``,
@@ -16,15 +18,17 @@ import copy
 import inspect
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, send_from_directory
 from pydantic import BaseModel, ConfigDict, Field
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.models import SecureType
 
 from api.responses import drop_defaults, omitted
 from api.schemas import COLLECTION_NAME, DocumentsRequest, QueryRequest
+from core.errors import NotFound
 
 _NAMED: dict[str, type] = {}
 
@@ -56,8 +60,37 @@ class ErrorEnvelope(BaseModel):
     error: ErrorBody
 
 
+ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js")
+
+# spectree's page, with the assets served here instead of from a CDN. A format string:
+# spectree fills spec_url; literal braces are doubled.
+SWAGGER_PAGE = """<!DOCTYPE html>
+<html lang="en">
+  <head>
+    <meta charset="UTF-8">
+    <meta name="viewport" content="width=device-width, initial-scale=1">
+    <title>umarvel-search API</title>
+    <link rel="stylesheet" href="/v1/docs/assets/swagger-ui.css">
+  </head>
+  <body>
+    <div id="swagger-ui"></div>
+    <script src="/v1/docs/assets/swagger-ui-bundle.js"></script>
+    <script src="/v1/docs/assets/swagger-ui-standalone-preset.js"></script>
+    <script>
+      window.ui = SwaggerUIBundle({{
+        url: "{spec_url}",
+        dom_id: "#swagger-ui",
+        presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+        layout: "StandaloneLayout",
+      }});
+    </script>
+  </body>
+</html>
+"""
+
 spec = CompletedSpecTree(
     "flask",
+    page_templates={"swagger": SWAGGER_PAGE},
     title="umarvel-search",
     version="1",
     path="v1/docs",
@@ -197,6 +230,15 @@ def _merge(target: dict[str, Any], extra: dict[str, Any]) -> None:
 
 def register_openapi(app: Flask) -> None:
     spec.register(app)
+
+    @app.get("/v1/docs/assets/<name>", endpoint="openapi_assets")
+    def openapi_assets(name: str) -> Any:
+        import swagger_ui
+
+        if name not in ASSETS:
+            raise NotFound(f"no docs asset {name!r}")
+        folder = Path(swagger_ui.__file__).parent / "static"
+        return send_from_directory(folder, name, max_age=86_400)
 
     @app.get("/v1/openapi.json")
     def openapi_document() -> Any:

@@ -6,6 +6,7 @@ No worker consumes the queues here: these tests stop at what the API itself deci
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +218,20 @@ def test_openapi_document_comes_from_the_request_models(client: FlaskClient) -> 
     )
     page = anonymous.get("/v1/docs/swagger/")
     assert page.status_code == 200
-    assert "swagger" in page.get_data(as_text=True).lower()
+    html = page.get_data(as_text=True)
+    assert 'url: "/v1/docs/openapi.json"' in html
+    assert anonymous.get("/v1/docs/openapi.json").json == document
+    # Nothing is fetched from the internet: every asset is the API's own, and is served.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets
+    assert all(url.startswith("/v1/docs/assets/") for url in assets)
+    for url in assets:
+        served = anonymous.get(url)
+        assert served.status_code == 200, url
+        assert len(served.get_data()) > 1000
+    assert anonymous.get("/v1/docs/assets/..%2Fconfig.py").status_code in (400, 404)
+    assert anonymous.get("/v1/docs/assets/LICENSE").status_code == 404
+    assert anonymous.get("/v1/docs/redoc/").status_code == 404  # it needed a CDN
 
 
 def test_paging_parameters_are_validated(client: FlaskClient) -> None:
