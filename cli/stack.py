@@ -184,7 +184,13 @@ class RedisServer:
 
 @dataclass
 class Stack:
-    """Processes for one embedded deployment, configured through ``UMARVEL_*`` variables."""
+    """Processes for one embedded deployment, configured through ``UMARVEL_*`` variables.
+
+    ``env`` is every process's environment; ``process_env`` adds variables for one process,
+    keyed by its name (``milvus``, ``api``, ``worker-recall``, ``worker-rerank``,
+    ``worker-ingest``), as when each part runs on a host of its own with its own settings.
+    ``settings()`` describes ``env`` alone.
+    """
 
     workdir: Path
     env: dict[str, str]
@@ -192,6 +198,7 @@ class Stack:
     worker_suffix: str = ""
     worker_queues: tuple[str, ...] = WORKER_QUEUES
     log_dir: Path | None = None
+    process_env: dict[str, dict[str, str]] = field(default_factory=dict)
     api_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)  # each worker's /metrics
@@ -224,7 +231,7 @@ class Stack:
         self._logs.append(log)
         proc = subprocess.Popen(
             args,
-            env={**self._env(), **(extra_env or {})},
+            env={**self._env(), **(extra_env or {}), **self.process_env.get(name, {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() ends its children too

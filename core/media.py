@@ -3,6 +3,14 @@
 Two backends: ``LocalMediaStore`` (a folder) and ``core.media_s3.S3MediaStore`` (a bucket of
 an S3-compatible object store). ``open_media_store`` builds the one the settings name; the
 API, the workers and the CLI build their store through it and nothing else.
+
+Workers read media only from the store, by key: the API stores every image (base64
+``image``, multipart ``image_file``, server-side ``image_path``) before it queues any work.
+An ``image_path`` is read by the API process, at request time, from the folders of
+``UMARVEL_INGEST_ROOTS`` on the API host (``api/routes/documents.py``); no worker opens it.
+``umarvel ingest`` reads a manifest's relative ``image_path`` on the client instead and
+sends the bytes. With the ``s3`` backend no folder is shared: the API and each worker may
+run on hosts of their own.
 """
 
 from __future__ import annotations

@@ -230,10 +230,12 @@ def live_stack(
     models: dict[str, Path],
     workdir: Path,
     extra_env: dict[str, str] | None = None,
+    process_env: dict[str, dict[str, str]] | None = None,
     **overrides: str,
 ) -> Iterator[Stack]:
     """A running stack (milvus-lite, both workers, the API) on a fresh PostgreSQL database
-    and the test Redis (flushed), configured by ``UMARVEL_*`` ``overrides``."""
+    and the test Redis (flushed), configured by ``UMARVEL_*`` ``overrides``; ``process_env``
+    adds variables for single processes (``Stack.process_env``)."""
     import redis
 
     from cli.stack import Stack
@@ -241,5 +243,7 @@ def live_stack(
     redis.Redis.from_url(REDIS_URL).flushdb()
     with fresh_postgres_database() as database_url:
         env = {**stack_env(database_url, workdir, models, **overrides), **(extra_env or {})}
-        with Stack(workdir, env, worker_suffix=f"-{uuid.uuid4().hex[:6]}") as running:
+        suffix = f"-{uuid.uuid4().hex[:6]}"
+        stack = Stack(workdir, env, process_env=process_env or {}, worker_suffix=suffix)
+        with stack as running:
             yield running

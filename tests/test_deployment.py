@@ -117,7 +117,7 @@ def test_environment_names_real_settings(compose: dict[str, Any]) -> None:
 
 def test_env_example_documents_every_setting() -> None:
     text = (ROOT / ".env.example").read_text()
-    named = set(re.findall(r"UMARVEL_[A-Z_]+", text))
+    named = set(re.findall(r"UMARVEL_[A-Z0-9_]+", text))
     assert named == {f"UMARVEL_{name.upper()}" for name in Settings.model_fields}
 
 
@@ -159,3 +159,31 @@ def test_dockerfile_builds_the_package_on_a_cuda_base() -> None:
     assert {"core", "api", "workers", "ingestion", "recall", "rerank"} <= set(packages)
     for package in packages:
         assert f"COPY {package} {package}" in text
+
+
+MEDIA_SERVICES = ("api", "recall-worker", "ingest-worker", "rerank-worker")
+
+
+def test_api_and_workers_share_media_through_minio_not_a_volume(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    env_example = (ROOT / ".env.example").read_text()
+    stores = set()
+    for name in MEDIA_SERVICES:
+        service = services[name]
+        env = service["environment"]
+        assert env["UMARVEL_MEDIA_BACKEND"] == "s3", name
+        assert env["UMARVEL_MEDIA_S3_CREATE_BUCKET"] == "true", name
+        stores.add((env["UMARVEL_MEDIA_S3_ENDPOINT"], env["UMARVEL_MEDIA_S3_BUCKET"]))
+        for setting, variable in (
+            ("UMARVEL_MEDIA_S3_ACCESS_KEY", "MEDIA_S3_ACCESS_KEY"),
+            ("UMARVEL_MEDIA_S3_SECRET_KEY", "MEDIA_S3_SECRET_KEY"),
+        ):
+            # From .env, with no default: compose refuses to start without it.
+            assert re.fullmatch(rf"\$\{{{variable}:\?[^}}]+\}}", env[setting]), (name, setting)
+            assert re.search(rf"^{variable}=$", env_example, re.MULTILINE), variable
+        assert "UMARVEL_MEDIA_ROOT" not in env, name
+        assert not any(":/data/media" in volume for volume in service.get("volumes", [])), name
+        assert service["depends_on"]["minio"]["condition"] == "service_healthy", name
+    # One store for all of them: the MinIO service, in a bucket of its own.
+    assert stores == {("http://minio:9000", "umarvel-media")}
+    assert "media" not in compose["volumes"]
