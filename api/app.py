@@ -43,7 +43,7 @@ def retry_lost_races(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from api.routes import collections, documents, health, media, queries
+    from api.routes import collections, console, documents, health, media, queries
 
-    for module in (health, collections, documents, queries, media):
+    for module in (health, collections, documents, queries, media, console):
         app.register_blueprint(module.bp)

@@ -11,7 +11,10 @@ from core.auth import Grant, authenticate, authorize, bearer_digest
 from core.db import session_scope
 from core.fences import KEYS_RECORD
 
-PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "metrics"})
+# The console's static files are public; everything they do goes through the API with a key.
+PUBLIC_ENDPOINTS = frozenset(
+    {"health.healthz", "health.readyz", "metrics", "console.console", "console.console_file"}
+)
 
 
 def register_auth(app: Flask) -> None:

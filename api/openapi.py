@@ -192,6 +192,7 @@ PROMETHEUS_TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
 # value is a 404, or a 400 for control characters).
 PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "name": {"type": "string", "pattern": COLLECTION_NAME},
+    "file": {"type": "string", "enum": ["console.css", "console.js", "index.html"]},
     "document_id": {
         "type": "string",
         "minLength": 1,

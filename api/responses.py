@@ -97,6 +97,12 @@ class CollectionOut(Answer):
     created_at: datetime
 
 
+class Models(Answer):
+    recall_models: list[str] = Field(
+        description="UMARVEL_RECALL_MODEL first (the default), then the allowed others."
+    )
+
+
 class CollectionList(Answer):
     collections: list[CollectionOut]
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start PostgreSQL and Redis on 127.0.0.1 when they are not already running.
+# Start PostgreSQL and Redis on 127.0.0.1 when they are not already running; install
+# Chromium for the browser test when it is missing.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -31,4 +32,15 @@ if ! port_open 6379; then
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
     --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
   wait_port 6379 Redis
+fi
+
+# The console's browser test drives Debian's headless Chromium.
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium and chromium-driver"
+    apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+  else
+    echo "note: no chromium/chromedriver; tests/test_console.py will be skipped" >&2
+  fi
 fi

@@ -314,3 +314,38 @@ def test_one_log_line_per_request_with_job_and_collection(
         "POST",
     )
     assert (record.job_id, record.collection) == (job["id"], "docs")
+
+
+from api.routes.console import FILES as CONSOLE_FILES  # noqa: E402
+
+
+def test_the_console_is_served_with_a_strict_policy(client: FlaskClient) -> None:
+    anonymous = client.application.test_client()
+    page = anonymous.get("/console/")
+    assert page.status_code == 200
+    assert "text/html" in page.content_type
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy
+    assert "default-src 'none'" in policy
+    html = page.get_data(as_text=True)
+    # Its own files only, every one served; nothing from another origin.
+    for url in re.findall(r'(?:src|href)="(/console/[^"]+)"', html):
+        assert anonymous.get(url).status_code == 200, url
+    assert "http://" not in html
+    assert "https://" not in html
+    assert anonymous.get("/console/console.js").content_type.startswith(
+        ("text/javascript", "application/javascript")
+    )
+    assert anonymous.get("/console/secrets.py").status_code == 404
+    assert anonymous.get("/console/..%2Fapp.py").status_code in (400, 404)
+    paths = anonymous.get("/v1/openapi.json").json["paths"]
+    assert paths["/console/{file}"]["get"]["parameters"][0]["schema"]["enum"] == sorted(
+        CONSOLE_FILES
+    )
+
+
+def test_models_lists_the_recall_models_a_collection_may_name(client: FlaskClient) -> None:
+    settings = client.application.extensions["umarvel"].settings
+    assert client.get("/v1/models").json == {"recall_models": settings.recall_models}
+    anonymous = client.application.test_client()
+    assert anonymous.get("/v1/models").status_code == 401

@@ -1,0 +1,241 @@
+"""The web console in a real browser (Debian's headless Chromium, driven by Selenium)
+through the running stack: HTTP, both workers, Redis, milvus-lite and PostgreSQL.
+
+Screenshots of each page go to ``UMARVEL_SCREENSHOTS`` when set (the README's come from
+there), else to the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.samples import shape_image
+from cli.stack import Stack
+from tests.conftest import live_stack
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    pytest.skip("no chromium/chromedriver on this machine", allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    with live_stack(tiny_models, tmp_path_factory.mktemp("console"), heartbeat_seconds="0.5") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("UMARVEL_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("images")
+    paths = {}
+    for colour, shape in (("red", "circle"), ("green", "triangle"), ("blue", "square")):
+        path = folder / f"{colour}-{shape}.png"
+        path.write_bytes(shape_image(colour, shape, size=128))
+        paths[path.stem] = path
+    (folder / "red-circle.txt").write_text("a red circle on white")
+    return paths
+
+
+def wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 90) -> Any:
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+
+
+def visible(driver: Any, selector: str) -> bool:
+    found = driver.find_elements(By.CSS_SELECTOR, selector)
+    return bool(found) and found[0].is_displayed()
+
+
+def errors_in_console(driver: Any) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_sign_in_create_ingest_search_delete(
+    stack: Stack, browser: Any, shots: Path, images: dict[str, Path]
+) -> None:
+    driver = browser
+    driver.get(f"{stack.api_url}/console/")
+    wait(driver, lambda d: visible(d, "#api-key"))
+    driver.save_screenshot(str(shots / "sign-in.png"))
+
+    # A wrong key is refused where the user can read it (the browser logs the 401).
+    driver.find_element(By.ID, "api-key").send_keys("not-a-key", Keys.ENTER)
+    wait(driver, lambda d: "Sign-in failed" in d.find_element(By.ID, "status").text)
+    driver.get_log("browser")  # consumed: only the expected 401 is in it
+
+    # Keyboard only: type the key, Enter.
+    key = stack.create_key(("admin",))
+    field = driver.find_element(By.ID, "api-key")
+    field.clear()
+    field.send_keys(key, Keys.ENTER)
+    wait(driver, lambda d: visible(d, "#view-collections"))
+    assert driver.execute_script("return sessionStorage.getItem('umarvel.key')") == key
+    assert driver.execute_script("return localStorage.length") == 0
+
+    # Every form control has a label a screen reader or a keyboard user can find.
+    unlabelled = driver.execute_script(
+        """return [...document.querySelectorAll('main input, main select')]
+             .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+             .map(e => e.id || e.outerHTML)"""
+    )
+    assert unlabelled == []
+
+    # Create a collection with a metadata field, submitted with Enter.
+    driver.find_element(By.ID, "add-field").send_keys(Keys.ENTER)
+    driver.find_element(By.CSS_SELECTOR, ".field-name").send_keys("colour")
+    driver.find_element(By.ID, "create-description").send_keys("my three images")
+    driver.find_element(By.ID, "create-name").send_keys("gallery", Keys.ENTER)
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-name='gallery']"))
+    row = driver.find_element(By.CSS_SELECTOR, "tr[data-name='gallery']")
+    assert "0" in row.text
+
+    # Upload three images (one with a caption) and watch the job reach done.
+    row.find_element(By.XPATH, ".//button[text()='Ingest']").click()
+    wait(driver, lambda d: visible(d, "#view-ingest"))
+    assert driver.find_element(By.ID, "ingest-collection").get_attribute("value") == "gallery"
+    caption = images["red-circle"].with_suffix(".txt")
+    upload = "\n".join(str(p) for p in [*images.values(), caption])
+    driver.find_element(By.ID, "ingest-files").send_keys(upload)
+    driver.find_element(By.CSS_SELECTOR, "#ingest-form button[type=submit]").click()
+    wait(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#ingest-progress .progress[data-state=done]"),
+    )
+    progress = driver.find_element(By.CSS_SELECTOR, "#ingest-progress .progress-text").text
+    assert progress.startswith("done: 3 done, 0 failed of 3")
+    driver.save_screenshot(str(shots / "ingest.png"))
+
+    # Search by an uploaded image: thumbnails (fetched with the key) and all three scores.
+    driver.find_element(By.LINK_TEXT, "Search").click()
+    wait(driver, lambda d: visible(d, "#view-search"))
+    driver.find_element(By.ID, "search-image").send_keys(str(images["blue-square"]))
+    wait(driver, lambda d: visible(d, "#search-preview"))
+    driver.find_element(By.CSS_SELECTOR, "#search-form button[type=submit]").click()
+    hits = _finished_hits(driver)
+    assert hits[0].get_attribute("data-document") == "blue-square.png"
+    assert len(hits) == 3
+    for hit in hits:
+        assert "cosine" in hit.text
+        assert "P(Yes)" in hit.text
+        assert "score" in hit.text
+    _thumbnails_loaded(driver, 3)
+    assert "a red circle on white" in driver.find_element(By.ID, "results").text
+    assert "rerank" in driver.find_element(By.ID, "search-state").text
+    driver.save_screenshot(str(shots / "search-image.png"))
+
+    # Text and image together (a composed query).
+    driver.find_element(By.ID, "search-text").send_keys("the same shape in red")
+    driver.find_element(By.CSS_SELECTOR, "#search-form button[type=submit]").click()
+    hits = _finished_hits(driver)
+    assert len(hits) == 3
+    _thumbnails_loaded(driver, 3)
+    driver.save_screenshot(str(shots / "search-image-text.png"))
+
+    # Images are fetched with the key, never with it in a URL.
+    urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert all(key not in url for url in urls)
+    assert any("/v1/media/" in url for url in urls)
+
+    # Delete through the confirmation dialog.
+    driver.find_element(By.LINK_TEXT, "Collections").click()
+    wait(driver, lambda d: visible(d, "tr[data-name='gallery']"))
+    driver.save_screenshot(str(shots / "collections.png"))
+    row = driver.find_element(By.CSS_SELECTOR, "tr[data-name='gallery']")
+    row.find_element(By.XPATH, ".//button[text()='Delete']").click()
+    wait(driver, lambda d: visible(d, "#delete-dialog"))
+    driver.find_element(By.ID, "delete-confirm").click()
+    wait(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, "tr[data-name='gallery']"))
+    assert errors_in_console(driver) == []
+
+
+def test_partial_results_show_while_the_rerank_runs(
+    stack: Stack, browser: Any, images: dict[str, Path]
+) -> None:
+    import requests
+
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {stack.create_key(('admin',))}"
+    base = f"{stack.api_url}/v1/collections"
+    assert http.post(base, json={"name": "later"}).status_code == 201
+    docs = [{"id": f"t{i}", "text": f"a text document {i}"} for i in range(4)]
+    job = http.post(f"{base}/later/documents", json={"documents": docs}).json()
+    wait(None, lambda _: http.get(stack.api_url + job["url"]).json()["state"] == "done")
+
+    driver = browser
+    driver.get(f"{stack.api_url}/console/#search")
+    wait(driver, lambda d: visible(d, "#view-search"))
+    driver.find_element(By.ID, "search-collection").send_keys("later")
+    stack.kill("worker-rerank")  # the rerank step now waits in its queue
+    driver.find_element(By.ID, "search-text").send_keys("a text document", Keys.ENTER)
+    wait(driver, lambda d: "rerank running" in d.find_element(By.ID, "search-state").text)
+    hits = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .hit"))
+    assert len(hits) == 4
+    assert all("cosine" in h.text and "P(Yes)" not in h.text for h in hits)
+    assert errors_in_console(driver) == []
+
+
+def _finished_hits(driver: Any) -> list[Any]:
+    wait(
+        driver,
+        lambda d: d.find_element(By.ID, "search-state").get_attribute("data-status") == "done",
+    )
+    return list(driver.find_elements(By.CSS_SELECTOR, "#results .hit"))
+
+
+def _thumbnails_loaded(driver: Any, n: int) -> None:
+    script = (
+        "return [...document.querySelectorAll('#results img.thumbnail')]"
+        ".filter(i => i.complete && i.naturalWidth > 0 && i.src.startsWith('blob:')).length"
+    )
+    wait(driver, lambda d: d.execute_script(script) >= n, timeout=30)
