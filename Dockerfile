@@ -1,6 +1,7 @@
-# One image for the API, the workers, beat and the migration. A CUDA base so that the
-# workers' torch (the CUDA build pinned in pyproject.toml) finds the driver's libraries.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+# One image for the API, the workers, beat and the migration. A CUDA base of the same
+# release as the pinned torch build (torch 2.14.1 is built with CUDA 13.0; its wheels bring
+# their own cuDNN), so the image states the driver it needs: one that supports CUDA 13.0.
+FROM nvidia/cuda:13.0.1-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from flask import Flask, g, request
 
 from api.services import services
 from core.auth import Grant, authenticate, authorize, bearer_digest
 from core.db import session_scope
-from core.fences import KEYS_RECORD
+from core.fences import KEYS_RECORD, Lookup, collection_record
 
 # The console's static files are public; everything they do goes through the API with a key.
 PUBLIC_ENDPOINTS = frozenset(
     {"health.healthz", "health.readyz", "metrics", "console.console", "console.console_file"}
 )
+
+
+# Views that read their collection's fenced copy right after authentication.
+PREFETCH_COLLECTION = frozenset({"queries.submit_query"})
 
 
 def register_auth(app: Flask) -> None:
@@ -33,8 +38,17 @@ def register_auth(app: Flask) -> None:
             with session_scope(svc.sessions) as session:
                 return Grant.of(authenticate(session, digest)).to_json()
 
-        # A live key's grant is kept in Redis, fenced against revocation (core.fences).
-        g.api_key = Grant.from_json(svc.fences.through(KEYS_RECORD, digest, load))
+        # A live key's grant is kept in Redis, fenced against revocation (core.fences). A
+        # query also needs its collection's copy: both are read in one round trip.
+        wanted = [(KEYS_RECORD, digest)]
+        if endpoint in PREFETCH_COLLECTION and request.view_args:
+            wanted.append((collection_record(str(request.view_args["name"])), "searched"))
+        try:
+            found: list[Lookup | None] = list(svc.fences.read(wanted))
+        except redis.RedisError:
+            found = [None] * len(wanted)
+        g.prefetched = dict(zip(wanted[1:], found[1:], strict=True))
+        g.api_key = Grant.from_json(svc.fences.through(KEYS_RECORD, digest, load, found[0]))
 
 
 def require(scope: str, collection: str | None = None) -> None:

@@ -7,6 +7,10 @@
     <= 15 ms added);
 (c) queries/s at concurrency 1, 8 and 32 vs the raw batched forward throughput of the same
     models (>= 0.7x at 32). Prints p50/p95, the ratios, and each process's peak memory.
+
+For (b) it also counts the round trips of a miss, per process (the API, the recall and the
+rerank worker): SQL statements, commits and pool checkouts, and the project's Redis client,
+from each process's metrics; and every Redis command the server ran, Celery's included.
 """
 
 from __future__ import annotations
@@ -144,7 +148,9 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
     milvus = http.get(f"{api}/v1/collections/bench").json()["milvus_collection"]
     texts = {d["id"]: d["text"] for d in docs}
     served, direct = [], []
-    for i in range(20):
+    misses = 20
+    before, server_before, idle_rate = _round_trips(stack)
+    for i in range(misses):
         text = f"miss number {i}"
         t0 = time.perf_counter()
         _ask(http, url, {"text": text, "top_k": 5})
@@ -158,11 +164,19 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
         )
         fuse([h.document_id for h in hits], [h.score for h in hits], scores, 0.1)
         direct.append(time.perf_counter() - t0)
+    after, server_after, _ = _round_trips(stack, idle_seconds=0)
     (s50, s95), (d50, d95) = _p(served), _p(direct)
     print(
         f"(b) cache miss p50/p95 {s50:.0f}/{s95:.0f} ms vs in-process "
         f"{d50:.0f}/{d95:.0f} ms: {s50 / d50:.2f}x, {s50 - d50:.0f} ms added "
         "(target <= 1.3x, <= 15 ms added)"
+    )
+    _print_round_trips(before, after, misses)
+    background = idle_rate * (sum(served) + sum(direct))
+    commands = (server_after - server_before - background) / misses
+    print(
+        f"    Redis commands at the server per miss, every client (Celery's broker and "
+        f"pub/sub included, the idle background subtracted): {commands:.0f}"
     )
 
     # (c) throughput under concurrency against the raw batched forward.
@@ -198,6 +212,50 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
     print("\npeak memory (VmHWM):")
     for name, proc in stack.processes.items():
         print(f"  {name:<14} {_peak_mb(proc.pid):7.0f} MiB")
+
+
+ROUND_TRIPS = {
+    "umarvel_sql_round_trips_total": "sql",
+    "umarvel_redis_round_trips_total": "redis",
+}
+
+
+def _round_trips(
+    stack: Stack, idle_seconds: float = 2.0
+) -> tuple[dict[str, dict[str, float]], float, float]:
+    """Each process's round-trip counters, the Redis server's command count, and the
+    server's commands per second while no query runs (heartbeats, polling)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = redis.Redis.from_url(REDIS_URL)
+    start = server.info("stats")["total_commands_processed"]
+    time.sleep(idle_seconds)
+    total = server.info("stats")["total_commands_processed"]
+    idle_rate = (total - start) / idle_seconds if idle_seconds else 0.0
+    sources = {"api": stack.api_url}
+    sources.update({q: f"http://127.0.0.1:{p}" for q, p in sorted(stack.metrics_ports.items())})
+    counters: dict[str, dict[str, float]] = {}
+    for process, base in sources.items():
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(requests.get(f"{base}/metrics").text):
+            for sample in family.samples:
+                if sample.name in ROUND_TRIPS:
+                    kind = sample.labels.get("kind")
+                    label = f"{ROUND_TRIPS[sample.name]} {kind}" if kind else "redis"
+                    values[label] = sample.value
+        counters[process] = values
+    return counters, float(total), idle_rate
+
+
+def _print_round_trips(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], n: int
+) -> None:
+    columns = ("sql statement", "sql commit", "sql checkout", "redis")
+    print(f"    round trips per miss (mean of {n}), by process:")
+    print(f"      {'process':<8}" + "".join(f"{c:>14}" for c in columns))
+    for process, values in after.items():
+        deltas = [(values.get(c, 0.0) - before[process].get(c, 0.0)) / n for c in columns]
+        print(f"      {process:<8}" + "".join(f"{d:>14.1f}" for d in deltas))
 
 
 if __name__ == "__main__":

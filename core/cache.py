@@ -15,7 +15,10 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.retry import Retry
+
+from core.metrics import REDIS_ROUND_TRIPS
 
 PREFIX = "umarvel"
 
@@ -63,6 +66,28 @@ class ResultCache:
         self.client.delete(f"{PREFIX}:inflight:{key}")
 
 
+def _counting(base: type[Any]) -> type[Any]:
+    class Counting(base):
+        """Counts each packet sent: one command, or one whole pipeline."""
+
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            REDIS_ROUND_TRIPS.inc()
+            super().send_packed_command(command, check_health)
+
+    Counting.__name__ = f"Counting{base.__name__}"
+    return Counting
+
+
+_COUNTING = {cls: _counting(cls) for cls in (Connection, SSLConnection, UnixDomainSocketConnection)}
+
+
+def _connection_class(url: str) -> type[Any]:
+    scheme = url.split("://", 1)[0]
+    if scheme == "rediss":
+        return SSLConnection
+    return UnixDomainSocketConnection if scheme == "unix" else Connection
+
+
 def make_redis(url: str) -> redis.Redis:
     """The cache, lock and pub/sub client of the API and the workers.
 
@@ -74,6 +99,7 @@ def make_redis(url: str) -> redis.Redis:
     """
     return redis.Redis.from_url(
         url,
+        connection_class=_COUNTING[_connection_class(url)],
         socket_connect_timeout=2,
         socket_timeout=5,
         socket_keepalive=True,

@@ -34,7 +34,18 @@ def make_engine(url: str, *, nullpool: bool = False) -> Engine:
     engine = create_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    _count_round_trips(engine)
     return engine
+
+
+def _count_round_trips(engine: Engine) -> None:
+    from core.metrics import SQL_ROUND_TRIPS
+
+    statements, commits = SQL_ROUND_TRIPS.labels("statement"), SQL_ROUND_TRIPS.labels("commit")
+    checkouts = SQL_ROUND_TRIPS.labels("checkout")
+    event.listen(engine, "before_cursor_execute", lambda *_: statements.inc())
+    event.listen(engine, "commit", lambda *_: commits.inc())
+    event.listen(engine.pool, "checkout", lambda *_: checkouts.inc())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

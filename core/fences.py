@@ -116,13 +116,17 @@ class Fences:
         keys = [fence, busy, self.copy_key(record, entry)]
         return bool(self._fill(keys=keys, args=[seen, copy, TTL_SECONDS]))
 
-    def through(self, record: str, entry: str, load: Callable[[], Any]) -> Any:
+    def through(
+        self, record: str, entry: str, load: Callable[[], Any], found: Lookup | None = None
+    ) -> Any:
         """The copy of ``entry`` when usable, else ``load()`` (from SQL), kept for next
-        time. Redis failing costs only the saving: ``load`` answers."""
-        try:
-            (found,) = self.read([(record, entry)])
-        except redis.RedisError:
-            return load()
+        time. Redis failing costs only the saving: ``load`` answers. ``found``: what a
+        ``read`` earlier in the same request saw, to save the round trip."""
+        if found is None:
+            try:
+                (found,) = self.read([(record, entry)])
+            except redis.RedisError:
+                return load()
         if found.value is not None:
             return found.value
         value = load()

@@ -43,6 +43,16 @@ BATCH_SIZE = Histogram(
     ["call"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+# Round trips to SQL and Redis, so a query's cost in them can be counted (bench.service).
+SQL_ROUND_TRIPS = Counter(
+    "umarvel_sql_round_trips_total",
+    "SQL round trips of this process: statements, commits, pool checkouts (each pings first)",
+    ["kind"],
+)
+REDIS_ROUND_TRIPS = Counter(
+    "umarvel_redis_round_trips_total",
+    "Round trips of the project's Redis client (a pipeline is one; Celery's broker is not)",
+)
 INGEST_DOCUMENTS = Counter(
     "umarvel_ingest_documents_total", "Ingested documents by outcome", ["result"]
 )

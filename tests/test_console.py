@@ -29,6 +29,7 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     pytest.skip("no chromium/chromedriver on this machine", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -89,12 +90,27 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def wait(driver: Any, condition: Callable[[Any], Any], timeout: float = 90) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+    # The console re-renders lists after each fetch: an element found a moment ago may be
+    # replaced, so a stale one means "look again".
+    waiting = WebDriverWait(
+        driver, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]
+    )
+    return waiting.until(condition)
 
 
 def visible(driver: Any, selector: str) -> bool:
     found = driver.find_elements(By.CSS_SELECTOR, selector)
     return bool(found) and found[0].is_displayed()
+
+
+def click(driver: Any, selector: str) -> None:
+    """Click the element once it is there, as a user would, whatever re-renders meanwhile."""
+
+    def clicked(d: Any) -> bool:
+        d.find_element(By.CSS_SELECTOR, selector).click()
+        return True
+
+    wait(driver, clicked)
 
 
 def errors_in_console(driver: Any) -> list[str]:
@@ -136,12 +152,10 @@ def test_sign_in_create_ingest_search_delete(
     driver.find_element(By.CSS_SELECTOR, ".field-name").send_keys("colour")
     driver.find_element(By.ID, "create-description").send_keys("my three images")
     driver.find_element(By.ID, "create-name").send_keys("gallery", Keys.ENTER)
-    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-name='gallery']"))
-    row = driver.find_element(By.CSS_SELECTOR, "tr[data-name='gallery']")
-    assert "0" in row.text
+    wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "tr[data-name='gallery']").text)
 
     # Upload three images (one with a caption) and watch the job reach done.
-    row.find_element(By.XPATH, ".//button[text()='Ingest']").click()
+    click(driver, "tr[data-name='gallery'] button[data-action=ingest]")
     wait(driver, lambda d: visible(d, "#view-ingest"))
     assert driver.find_element(By.ID, "ingest-collection").get_attribute("value") == "gallery"
     caption = images["red-circle"].with_suffix(".txt")
@@ -190,9 +204,9 @@ def test_sign_in_create_ingest_search_delete(
     # Delete through the confirmation dialog.
     driver.find_element(By.LINK_TEXT, "Collections").click()
     wait(driver, lambda d: visible(d, "tr[data-name='gallery']"))
+    wait(driver, lambda d: "3" in d.find_element(By.CSS_SELECTOR, "tr[data-name='gallery']").text)
     driver.save_screenshot(str(shots / "collections.png"))
-    row = driver.find_element(By.CSS_SELECTOR, "tr[data-name='gallery']")
-    row.find_element(By.XPATH, ".//button[text()='Delete']").click()
+    click(driver, "tr[data-name='gallery'] button[data-action=delete]")
     wait(driver, lambda d: visible(d, "#delete-dialog"))
     driver.find_element(By.ID, "delete-confirm").click()
     wait(driver, lambda d: not d.find_elements(By.CSS_SELECTOR, "tr[data-name='gallery']"))
@@ -219,9 +233,11 @@ def test_partial_results_show_while_the_rerank_runs(
     stack.kill("worker-rerank")  # the rerank step now waits in its queue
     driver.find_element(By.ID, "search-text").send_keys("a text document", Keys.ENTER)
     wait(driver, lambda d: "rerank running" in d.find_element(By.ID, "search-state").text)
-    hits = wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .hit"))
-    assert len(hits) == 4
-    assert all("cosine" in h.text and "P(Yes)" not in h.text for h in hits)
+    # The partial answer is drawn again at each poll: read the cards' texts in one go.
+    cards = "return [...document.querySelectorAll('#results .hit')].map(h => h.innerText)"
+    texts = wait(driver, lambda d: d.execute_script(cards))
+    assert len(texts) == 4
+    assert all("cosine" in t and "P(Yes)" not in t for t in texts)
     assert errors_in_console(driver) == []
 
 

@@ -148,8 +148,14 @@ def test_workers_are_healthy_only_when_warm(compose: dict[str, Any]) -> None:
 
 
 def test_dockerfile_builds_the_package_on_a_cuda_base() -> None:
+    import torch
+
     text = (ROOT / "Dockerfile").read_text()
-    assert text.splitlines()[2].startswith("FROM nvidia/cuda:")
+    base = next(line for line in text.splitlines() if line.startswith("FROM "))
+    assert base.startswith("FROM nvidia/cuda:")
+    # The base's CUDA release is the one the pinned torch was built with.
+    assert torch.version.cuda is not None
+    assert base.removeprefix("FROM nvidia/cuda:").startswith(f"{torch.version.cuda}.")
     assert "python3.11" in text
     assert "pip install --quiet ." in text
     assert "USER umarvel" in text

@@ -54,12 +54,18 @@ def test_a_cached_answer_reads_no_sql(pipeline_env: tuple[FlaskClient, Runtime])
     ingest_in_process(client, rt, [{"id": f"d{i}", "text": f"document {i}"} for i in range(3)])
     first = _answered(client, rt, QUERY)
     assert first["status"] == "done"
+    from core.metrics import REDIS_ROUND_TRIPS
+
+    round_trips = REDIS_ROUND_TRIPS._value.get()
     with _sql_statements(client) as statements:
         again = client.post("/v1/collections/docs/queries", json=QUERY)
+    round_trips = REDIS_ROUND_TRIPS._value.get() - round_trips
     assert (again.status_code, again.json["cached"]) == (200, True)
     ranked = [hit["document_id"] for hit in first["results"]]
     assert [hit["document_id"] for hit in again.json["results"]] == ranked
     assert statements == []
+    # Two trips to Redis: the key's grant and the collection's copy together, then the answer.
+    assert round_trips == 2
 
 
 def test_a_write_makes_the_next_query_read_sql_again(

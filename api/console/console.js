@@ -125,10 +125,10 @@ async function loadCollections() {
           text: c.rerank.enabled ? `k ${c.rerank.k}, w ${c.rerank.weight}` : "off",
         }),
         element("td", {}, [
-          element("button", { type: "button", text: "Search", onclick: () => goTo("search", c.name) }),
-          element("button", { type: "button", text: "Ingest", onclick: () => goTo("ingest", c.name) }),
-          element("button", { type: "button", text: "Reindex", onclick: () => guarded(() => reindex(c.name)) }),
-          element("button", { type: "button", class: "danger", text: "Delete", onclick: () => askDelete(c.name) }),
+          action("search", "Search", () => goTo("search", c.name)),
+          action("ingest", "Ingest", () => goTo("ingest", c.name)),
+          action("reindex", "Reindex", () => guarded(() => reindex(c.name))),
+          action("delete", "Delete", () => askDelete(c.name), "danger"),
         ]),
       ]),
     ),
@@ -140,6 +140,10 @@ async function loadCollections() {
     );
     if (state.collections.some((c) => c.name === chosen)) select.value = chosen;
   }
+}
+
+function action(name, label, onclick, kind = "") {
+  return element("button", { type: "button", "data-action": name, class: kind, text: label, onclick });
 }
 
 function goTo(view, collection) {

@@ -66,7 +66,9 @@ def _searched(svc: Services, name: str) -> Searched:
             row = get_collection(session, name)
             return {field.name: getattr(row, field.name) for field in fields(Searched)}
 
-    return Searched(**svc.fences.through(collection_record(name), "searched", load))
+    record = collection_record(name)
+    found = g.get("prefetched", {}).get((record, "searched"))  # read with the key's grant
+    return Searched(**svc.fences.through(record, "searched", load, found))
 
 
 def _normalise(
