@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
+import redis
 from celery import chain
 from flask import Blueprint, g, request
 from pydantic import ValidationError
@@ -161,9 +162,22 @@ def submit_query(name: str) -> Any:
             svc.cache.release(key)  # no job will ever finish under this claim
             raise
     g.job_id = holder
-    if holder == job_id:
-        _enqueue(svc, job_id, normalised["rerank"]["enabled"])
-    return _answer(svc, holder, wait)
+    # Subscribed before the chain is sent, no wake-up can be missed: a job this request has
+    # just made is known to be queued, and is read only once a worker says it finished.
+    pubsub = svc.redis.pubsub(ignore_subscribe_messages=True) if wait > 0 else None
+    try:
+        if pubsub is not None:
+            try:
+                pubsub.subscribe(job_channel(holder))
+            except redis.RedisError:  # the chain cannot be sent either: say so at once
+                pubsub.close()
+                pubsub, wait = None, 0.0
+        if holder == job_id:
+            _enqueue(svc, job_id, normalised["rerank"]["enabled"])
+        return _answer(svc, holder, wait, pubsub, queued=holder == job_id)
+    finally:
+        if pubsub is not None:
+            pubsub.close()
 
 
 def _enqueue(svc: Services, job_id: str, rerank: bool) -> None:
@@ -181,14 +195,14 @@ def _enqueue(svc: Services, job_id: str, rerank: bool) -> None:
         raise Unavailable(f"the task queue is unavailable: {exc}") from None
 
 
-def _answer(svc: Services, job_id: str, wait: float) -> Any:
-    """The job now, or once it finishes within ``wait`` seconds (woken by the workers)."""
+def _answer(svc: Services, job_id: str, wait: float, pubsub: Any, *, queued: bool) -> Any:
+    """The job now, or once it finishes within ``wait`` seconds, woken by the workers on
+    ``pubsub`` (subscribed to the job's channel; None when ``wait`` is 0). ``queued``: the
+    job was just made, so there is nothing to read before the first wake-up."""
     deadline = time.monotonic() + wait
-    pubsub = svc.redis.pubsub(ignore_subscribe_messages=True) if wait > 0 else None
-    try:
-        if pubsub is not None:
-            pubsub.subscribe(job_channel(job_id))  # before reading: no wake-up is missed
-        while True:
+    skip_read = queued and pubsub is not None
+    while True:
+        if not skip_read:
             with session_scope(svc.sessions) as session:
                 job = session.get(QueryJob, job_id)
                 remaining = deadline - time.monotonic()
@@ -199,12 +213,11 @@ def _answer(svc: Services, job_id: str, wait: float) -> Any:
                     # Another request holds the job and has not committed it yet.
                     placeholder = {"id": job_id, "url": f"/v1/queries/{job_id}"}
                     return {**placeholder, "status": "queued", "is_running": True}, 202
-            if pubsub is not None:
-                # Wake on the worker's notice, or re-check now and then as a safety net.
-                pubsub.get_message(timeout=min(max(remaining, 0.0), POLL_SECONDS))
-    finally:
+        skip_read = False
         if pubsub is not None:
-            pubsub.close()
+            # Wake on the worker's notice, or re-check now and then as a safety net.
+            remaining = deadline - time.monotonic()
+            pubsub.get_message(timeout=min(max(remaining, 0.0), POLL_SECONDS))
 
 
 def _paging() -> PageQuery:
