@@ -5,11 +5,10 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from cli.samples import sample_documents, shape_image
+from cli.samples import sample_documents, sample_queries
 from cli.stack import Stack, free_port
 from client import Client
 
@@ -20,15 +19,7 @@ TINY_WARNING = (
     "               --rerank-model Qwen/Qwen3-VL-4B-Instruct"
 )
 
-QUERIES: list[tuple[str, dict[str, Any], str]] = [
-    ("text", {"text": "a red circle"}, "red-circle"),
-    ("image", {"image": shape_image("blue", "square")}, "blue-square"),
-    (
-        "image+text",
-        {"image": shape_image("green", "triangle"), "text": "the same in red"},
-        "red-triangle",
-    ),
-]
+QUERIES = sample_queries()
 
 
 def run_demo(workdir: Path, models: Path, recall_model: str | None, rerank: str | None) -> int:

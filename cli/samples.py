@@ -45,3 +45,17 @@ def sample_documents() -> list[dict[str, Any]]:
             doc["text"] = f"a {colour} {shape} on a white background"
         docs.append(doc)
     return docs
+
+
+def sample_queries() -> list[tuple[str, dict[str, Any], str]]:
+    """The three query kinds over ``sample_documents()``: a label, the query's fields (an
+    image as bytes) and the document it asks for."""
+    return [
+        ("text", {"text": "a red circle"}, "red-circle"),
+        ("image", {"image": shape_image("blue", "square")}, "blue-square"),
+        (
+            "image+text",
+            {"image": shape_image("green", "triangle"), "text": "the same in red"},
+            "red-triangle",
+        ),
+    ]

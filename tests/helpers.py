@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from cli.samples import b64, sample_queries
+
+# The three query kinds as JSON request fields, for tests parametrized by them.
+query_kinds = pytest.mark.parametrize(
+    "query",
+    [
+        {k: b64(v) if isinstance(v, bytes) else v for k, v in q.items()}
+        for _, q, _ in sample_queries()
+    ],
+    ids=[label for label, _, _ in sample_queries()],
+)
+
 
 def make_key(app: Any, scopes: list[str], collections: list[str] | None = None) -> str:
     from core.auth import create_key

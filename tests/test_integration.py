@@ -21,7 +21,7 @@ from cli.stack import Stack, wait_until
 from core.models import Collection, Document, QueryJob
 from recall.index import MilvusIndex
 from tests.conftest import REDIS_URL, live_stack
-from tests.helpers import admin_session, poll
+from tests.helpers import admin_session, poll, query_kinds
 
 pytestmark = pytest.mark.integration
 
@@ -99,15 +99,7 @@ def test_ingestion_indexes_every_document(
     assert index.count(served) == 9
 
 
-@pytest.mark.parametrize(
-    "query",
-    [
-        {"text": "a red circle"},
-        {"image": b64(shape_image("blue", "square"))},
-        {"image": b64(shape_image("green", "triangle")), "text": "the same in red"},
-    ],
-    ids=["text", "image", "image+text"],
-)
+@query_kinds
 def test_query_returns_ranked_ingested_documents(
     stack: Stack, http: requests.Session, ingested: dict[str, Any], query: dict[str, Any]
 ) -> None:

@@ -19,11 +19,11 @@ import boto3
 import pytest
 import requests
 
-from cli.samples import b64, sample_documents, shape_image
+from cli.samples import sample_documents, shape_image
 from cli.stack import Stack, wait_until
 from recall.index import MilvusIndex
 from tests.conftest import live_stack
-from tests.helpers import admin_session, poll
+from tests.helpers import admin_session, poll, query_kinds
 from tests.s3_server import s3_server
 
 pytestmark = pytest.mark.integration
@@ -139,15 +139,7 @@ def test_ingested_images_are_stored_in_the_bucket(
     assert set(ingested["images"].values()) <= _objects(bucket)
 
 
-@pytest.mark.parametrize(
-    "query",
-    [
-        {"text": "a red circle"},
-        {"image": b64(shape_image("blue", "square"))},
-        {"image": b64(shape_image("green", "triangle")), "text": "the same in red"},
-    ],
-    ids=["text", "image", "image+text"],
-)
+@query_kinds
 def test_queries_are_recalled_and_reranked(
     stack: Stack, http: requests.Session, ingested: dict[str, Any], query: dict[str, Any]
 ) -> None:
