@@ -14,6 +14,7 @@ from core.contract import Task
 from core.db import make_engine, make_session_factory
 from core.fences import Fences
 from core.media import MediaStore, open_media_store
+from core.notices import JobNotices
 from core.settings import Settings
 from workers.celery_app import make_celery
 
@@ -27,18 +28,22 @@ class Services:
     cache: ResultCache
     celery: Celery
     media: MediaStore
+    notices: JobNotices
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         redis = make_redis(settings.redis_url)
         return cls(
             settings=settings,
-            sessions=make_session_factory(make_engine(settings.database_url), redis),
+            sessions=make_session_factory(
+                make_engine(settings.database_url, pool_size=settings.database_pool_size), redis
+            ),
             redis=redis,
             fences=Fences(redis),
             cache=ResultCache(redis, settings.result_ttl_seconds),
             celery=make_celery(settings),
             media=open_media_store(settings),
+            notices=JobNotices(redis),
         )
 
     def send(self, task: Task, args: list[Any], countdown: float = 0.0) -> None:

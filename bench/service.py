@@ -1,6 +1,6 @@
 """The query service end to end against its floors, in one run: real Redis, workers, milvus-lite.
 
-    python -m bench.service [--documents 30] [--queries 32] [--rerank-k 10]
+    python -m bench.service [--documents 30] [--queries 32] [--rerank-k 10] [--database-url URL]
 
 (a) cached-hit latency vs a bare Flask route doing one Redis GET (target <= 1.3x);
 (b) cache-miss latency vs recall + rerank called in-process on the same query (<= 1.3x,
@@ -61,12 +61,15 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=32)
     parser.add_argument("--rerank-k", type=int, default=10)
     parser.add_argument("--models", type=Path, default=Path(".umarvel/tiny-models"))
+    parser.add_argument(
+        "--database-url", default=None, help="an empty database (default: SQLite in a temp folder)"
+    )
     args = parser.parse_args()
     model = str(build_all(args.models)["qwen3_vl"].resolve())
     redis.Redis.from_url(REDIS_URL).flushdb()
     with tempfile.TemporaryDirectory() as tmp:
         env = {
-            "UMARVEL_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+            "UMARVEL_DATABASE_URL": args.database_url or f"sqlite:///{tmp}/bench.db",
             "UMARVEL_REDIS_URL": REDIS_URL,
             "UMARVEL_MILVUS_URI": f"http://127.0.0.1:{free_port()}",
             "UMARVEL_MEDIA_ROOT": f"{tmp}/media",
@@ -183,11 +186,13 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
     n = args.queries
     rates = {}
     for concurrency in (1, 8, 32):
-        bodies = [{"text": f"load {concurrency} query {i}", "top_k": 5} for i in range(n)]
+        # Four rounds of the clients at least: a rate of the steady state, not of one burst.
+        count = max(n, 4 * concurrency)
+        bodies = [{"text": f"load {concurrency} query {i}", "top_k": 5} for i in range(count)]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(lambda b: _ask(http, url, b), bodies))
-        rates[concurrency] = n / (time.perf_counter() - t0)
+        rates[concurrency] = count / (time.perf_counter() - t0)
     queries = [
         Query(text=f"raw query {i}", instruction=default_instruction("text")) for i in range(n)
     ]
@@ -196,10 +201,13 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
         for q in queries
         for j in range(args.rerank_k)
     ]
-    t0 = time.perf_counter()
-    embedder.encode_queries(queries)
-    reranker.score_pairs(pairs)
-    raw = n / (time.perf_counter() - t0)
+    raw_seconds = []
+    for _ in range(3):  # the best of three, as the floor
+        t0 = time.perf_counter()
+        embedder.encode_queries(queries)
+        reranker.score_pairs(pairs)
+        raw_seconds.append(time.perf_counter() - t0)
+    raw = n / min(raw_seconds)
     for concurrency, value in rates.items():
         print(
             f"(c) concurrency {concurrency:>2}: {value:6.1f} queries/s ({value / raw:.2f}x of raw)"

@@ -31,8 +31,14 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "sqlite:///.umarvel/umarvel.db", description="SQLAlchemy URL of the metadata database."
     )
+    database_pool_size: int = Field(
+        8,
+        ge=1,
+        description="PostgreSQL connections each process keeps open (as many more open under "
+        "load and close when done).",
+    )
     redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis: Celery broker, result backend and cache."
+        "redis://127.0.0.1:6379/0", description="Redis: Celery broker, caches and notices."
     )
     milvus_uri: str = Field(
         "http://127.0.0.1:19530",

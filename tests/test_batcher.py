@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from workers.batcher import MicroBatcher
+from workers.batcher import Arrivals, MicroBatcher
 
 
 def test_concurrent_requests_share_one_call() -> None:
@@ -135,3 +135,71 @@ def test_waiting_queries_go_before_the_next_ingestion_piece() -> None:
     assert calls[0] == ["piece-0"]
     assert sorted(calls[1]) == ["query-1", "query-2"]  # the queries, together, next
     assert sorted(item for call in calls[2:] for item in call) == ["piece-1", "piece-2"]
+
+
+def test_a_lone_request_with_nobody_coming_runs_without_the_wait() -> None:
+    """With arrivals, a request that no other task is on its way to join starts its call at
+    once, however long ``max_wait`` is; without them it waits the whole window."""
+    for arrivals, slowest in ((Arrivals(), 0.3), (None, None)):
+        batcher = MicroBatcher(lambda items: items, max_items=10, max_wait=1.0, arrivals=arrivals)
+        with (arrivals or Arrivals()).coming() as arrived:
+            t0 = time.monotonic()
+            assert batcher.submit(["alone"], arrived=arrived) == ["alone"]
+            took = time.monotonic() - t0
+        if slowest is not None:
+            assert took < slowest
+        else:
+            assert took >= 0.9
+
+
+def test_a_batch_waits_for_a_task_on_its_way_and_takes_it_along() -> None:
+    """A task counted in (started, its request not queued yet) keeps the batch open, up to
+    ``max_wait``: its request joins the call of the one already queued."""
+    calls: list[list[str]] = []
+
+    def run(items: list[str]) -> list[str]:
+        calls.append(list(items))
+        return items
+
+    arrivals = Arrivals()
+    batcher = MicroBatcher(run, max_items=10, max_wait=2.0, arrivals=arrivals)
+    late_started = threading.Event()
+
+    def late_task() -> None:
+        with arrivals.coming() as arrived:
+            late_started.set()
+            time.sleep(0.2)  # reads its job, say, before it needs the model
+            batcher.submit(["late"], arrived=arrived)
+
+    thread = threading.Thread(target=late_task)
+    thread.start()
+    late_started.wait(5)
+    with arrivals.coming() as arrived:
+        t0 = time.monotonic()
+        batcher.submit(["early"], arrived=arrived)
+        took = time.monotonic() - t0
+    thread.join()
+    assert calls == [["early", "late"]]
+    assert 0.15 < took < 1.5  # it waited for the late task, not the whole window
+    assert len(arrivals) == 0
+
+
+def test_arrivals_count_a_task_out_once_however_it_leaves() -> None:
+    arrivals = Arrivals()
+    with arrivals.coming() as arrived:
+        assert len(arrivals) == 1
+        arrived()
+        arrived()  # a second call changes nothing
+        assert len(arrivals) == 0
+    assert len(arrivals) == 0
+
+    def failing_step() -> None:
+        with arrivals.coming():
+            raise RuntimeError("the step failed")
+
+    with pytest.raises(RuntimeError):
+        failing_step()
+    assert len(arrivals) == 0
+    with arrivals.coming(), arrivals.coming():
+        assert len(arrivals) == 2
+    assert len(arrivals) == 0

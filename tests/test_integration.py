@@ -124,6 +124,10 @@ def test_result_is_stored_and_cached(
     first = _query(stack, http, body)
     assert first["status"] == "done"
     assert not first["cached"]
+    # The POST's answer (rendered from the result cache the last step filled) is the job's
+    # stored answer, as a later read renders it from SQL.
+    stored = http.get(f"{stack.api_url}/v1/queries/{first['id']}").json()
+    assert stored == first
     engine = create_engine(stack.settings().database_url)
     with engine.connect() as conn:
         row = conn.execute(select(QueryJob).where(QueryJob.id == first["id"])).one()

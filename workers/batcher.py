@@ -9,6 +9,11 @@ alone, so only the request that caused the failure sees it.
 Requests carry a priority (lower first): a query waiting is served before the next piece
 of an ingestion chunk, and a batch holds requests of one priority only, so a query never
 waits for more than the one model call already running.
+
+With ``arrivals``, the wait is only for company that is coming: tasks count themselves in
+when they start and out once their request is queued, and a batch starts at once when no
+other task is on its way. A lone query then pays no batching delay, and under load the
+requests of the tasks already running still share a call.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -28,6 +34,39 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+ARRIVAL_POLL = 0.0005  # seconds between looks at the arrivals while gathering
+
+
+class Arrivals:
+    """How many tasks are on their way to a batcher: started, request not yet queued."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def coming(self) -> Iterator[Callable[[], None]]:
+        """Counts the block in; the callable it gives (also called on leaving) counts it out."""
+        with self._lock:
+            self._count += 1
+        left = False
+
+        def arrived() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                with self._lock:
+                    self._count -= 1
+
+        try:
+            yield arrived
+        finally:
+            arrived()
+
+    def __len__(self) -> int:
+        return self._count
 
 
 @dataclass(order=True)
@@ -47,10 +86,12 @@ class MicroBatcher(Generic[T, R]):
         max_wait: float,
         name: str = "batcher",
         on_batch: Callable[[int], None] | None = None,
+        arrivals: Arrivals | None = None,
     ) -> None:
         self._run = run
         self.max_items = max_items
         self.max_wait = max_wait
+        self._arrivals = arrivals
         self._requests: queue.PriorityQueue[Request[T, R]] = queue.PriorityQueue()
         self._order = itertools.count()  # first come, first served within a priority
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -59,13 +100,22 @@ class MicroBatcher(Generic[T, R]):
         self._on_batch = on_batch
 
     def submit(
-        self, items: Sequence[T], timeout: float | None = None, priority: int = 0
+        self,
+        items: Sequence[T],
+        timeout: float | None = None,
+        priority: int = 0,
+        arrived: Callable[[], None] | None = None,
     ) -> list[R]:
-        """Results for ``items``, in order, computed in a shared batch."""
+        """Results for ``items``, in order, computed in a shared batch. ``arrived`` (from
+        ``Arrivals.coming``) is called once the request is queued."""
         if not items:
+            if arrived is not None:
+                arrived()
             return []
         future: Future[list[R]] = Future()
         self._requests.put(Request(priority, next(self._order), list(items), future))
+        if arrived is not None:
+            arrived()
         try:
             return future.result(timeout=timeout)
         except FutureTimeout:
@@ -80,10 +130,14 @@ class MicroBatcher(Generic[T, R]):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
+            if self._arrivals is not None:
+                if not len(self._arrivals) and self._requests.empty():
+                    break  # nobody else is coming
+                remaining = min(remaining, ARRIVAL_POLL)
             try:
                 request = self._requests.get(timeout=remaining)
             except queue.Empty:
-                break
+                continue
             if request.priority != first.priority:  # its own batch, after this one
                 self._requests.put(request)
                 break

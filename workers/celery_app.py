@@ -20,11 +20,12 @@ CLEANUP_SECONDS = 600.0
 
 
 def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
+    # No result backend: a step records its outcome on the job row and wakes the waiters
+    # itself, and a chain hands a step's return value to the next without one. Storing
+    # results nobody reads cost two Redis writes a step, and the API a result subscription
+    # (and a backend per request thread) for every query it sent.
     app = Celery(
-        "umarvel",
-        broker=settings.redis_url,
-        backend=settings.redis_url,
-        include=["workers.tasks"] if include_tasks else [],
+        "umarvel", broker=settings.redis_url, include=["workers.tasks"] if include_tasks else []
     )
     transport = {
         "visibility_timeout": settings.visibility_timeout,
@@ -53,14 +54,15 @@ def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options={**transport, **BROKER_SOCKETS},
-        result_backend_transport_options=transport,
+        task_ignore_result=True,
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=max(1, settings.task_time_limit - 10),
-        result_expires=settings.result_ttl_seconds,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # No task events: nothing here consumes them (there is no Flower), and each task
+        # published three or four of them.
+        worker_send_task_events=False,
+        task_send_sent_event=False,
         beat_schedule={
             "cleanup-expired-jobs": {"task": Task.INGEST_CLEANUP.value, "schedule": CLEANUP_SECONDS}
         },
@@ -76,7 +78,7 @@ BROKER_SOCKETS = {"socket_connect_timeout": 5, "socket_keepalive": True}
 
 
 def reconnect_options() -> dict[str, object]:
-    """How the broker, the result backend and publishing ride out a Redis restart."""
+    """How the broker and publishing ride out a Redis restart."""
     return {
         # kombu's Redis transport with the fix in workers.broker: without it a worker that
         # held unacknowledged tasks when Redis died stopped instead of reconnecting.
@@ -95,15 +97,4 @@ def reconnect_options() -> dict[str, object]:
             "interval_step": 0.5,
             "interval_max": 1,
         },
-        # The result backend (its own redis-py pool) retries with exponential backoff and
-        # jitter (from 50 ms, doubling, at most 5 s apart; 35 s at most in all) instead of
-        # failing a task that finished while Redis was away.
-        "result_backend_always_retry": True,
-        "result_backend_max_retries": 12,
-        "result_backend_base_sleep_between_retries_ms": 50,
-        "result_backend_max_sleep_between_retries_ms": 5000,
-        "redis_socket_connect_timeout": 5,
-        "redis_socket_timeout": 10,
-        "redis_socket_keepalive": True,
-        "redis_backend_health_check_interval": 30,
     }

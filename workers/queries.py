@@ -125,7 +125,7 @@ def cleanup_media(rt: Runtime, batch: int = 500) -> int:
 def recall_step(rt: Runtime, job_id: str) -> str:
     """Embed the query, search Milvus, store the hits on the job; finish it without rerank."""
     mark_queries_active(rt.redis)
-    with _recording_failure(rt, job_id):
+    with rt.arrivals["query"].coming() as arrived, _recording_failure(rt, job_id):
         with rt.sessions.begin() as session:
             job = session.get(QueryJob, job_id)
             if job is None or _finished(job):
@@ -145,8 +145,10 @@ def recall_step(rt: Runtime, job_id: str) -> str:
         vector = _cached_vector(rt, cache_key)
         if vector is None:
             batcher = rt.query_batcher(model)
-            vector = batcher.submit([query], timeout=rt.settings.task_time_limit)[0]
+            limit = rt.settings.task_time_limit
+            vector = batcher.submit([query], timeout=limit, arrived=arrived)[0]
             _store_vector(rt, cache_key, vector)
+        arrived()
         embedded = time.perf_counter() - started
         service = RecallService(rt.embedder(model), rt.index)
         expression = rt.index.expression(request.get("filter"), fields)
@@ -176,7 +178,7 @@ def recall_step(rt: Runtime, job_id: str) -> str:
 def rerank_step(rt: Runtime, job_id: str) -> str:
     """Score the recall hits with the reranker, fuse, store the final ranking and cache it."""
     mark_queries_active(rt.redis)
-    with _recording_failure(rt, job_id):
+    with rt.arrivals["pairs"].coming() as arrived, _recording_failure(rt, job_id):
         with rt.sessions.begin() as session:
             job = session.get(QueryJob, job_id)
             if job is None or job.status != QueryStatus.RERANKING:
@@ -206,7 +208,7 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
         rerank_query = RerankQuery(query.text, query.image, query.instruction)
         pairs = [(rerank_query, candidate) for candidate in candidates]
         batcher = rt.pair_batcher(rt.settings.rerank_model)
-        p_yes = batcher.submit(pairs, timeout=rt.settings.task_time_limit)
+        p_yes = batcher.submit(pairs, timeout=rt.settings.task_time_limit, arrived=arrived)
         fused = fuse(
             [h["document_id"] for h in hits],
             [h["cosine"] for h in hits],
@@ -250,6 +252,8 @@ def _finish(rt: Runtime, session: Any, job: QueryJob, results: list[dict[str, An
     cache = ResultCache(rt.redis, rt.settings.result_ttl_seconds)
     payload = {
         "job_id": job.id,
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "results": enrich(session, job.collection_id, results),
         "timings": job.timings,
     }

@@ -18,6 +18,7 @@ from core.db import make_engine, make_session_factory
 from core.media import MediaStore, open_media_store
 from core.metrics import BATCH_SIZE
 from core.settings import Settings, get_settings
+from workers.batcher import Arrivals
 
 T = TypeVar("T")
 INGEST_PRIORITY = 1  # after queries (0) in the model's batcher
@@ -52,10 +53,12 @@ class Runtime:
         self._rerankers: dict[str, Lazy[Any]] = {}
         self._batchers: dict[tuple[str, str], Lazy[Any]] = {}
         self._lock = threading.Lock()
+        # Query steps on their way to a model (``workers.batcher.Arrivals``), by batcher kind.
+        self.arrivals = {"query": Arrivals(), "pairs": Arrivals()}
 
     @cached_property
     def sessions(self) -> Any:
-        engine = make_engine(self.settings.database_url, nullpool=True)
+        engine = make_engine(self.settings.database_url, pool_size=self.settings.database_pool_size)
         return make_session_factory(engine, self.redis)
 
     @cached_property
@@ -151,6 +154,7 @@ class Runtime:
                         max_wait=wait,
                         name=f"{key[0]}-batcher",
                         on_batch=observe,
+                        arrivals=self.arrivals[key[0]],
                     )
                 )
         return holder.get()

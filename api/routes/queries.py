@@ -8,12 +8,13 @@ returns status and results.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
-import redis
 from celery import chain
 from flask import Blueprint, g, request
 from pydantic import ValidationError
@@ -26,7 +27,7 @@ from api.responses import QueryAccepted, QueryAnswer, QueryJobOut
 from api.routes.collections import get_collection
 from api.schemas import PageQuery, QueryRequest, decode_base64, request_parts
 from api.services import Services, services
-from core.cache import job_channel, notify_finished, result_key
+from core.cache import notify_finished, result_key
 from core.contract import QUERY_QUEUES, Task, step_ids
 from core.db import session_scope
 from core.errors import InvalidRequest, NotFound, Unavailable
@@ -162,22 +163,19 @@ def submit_query(name: str) -> Any:
             svc.cache.release(key)  # no job will ever finish under this claim
             raise
     g.job_id = holder
-    # Subscribed before the chain is sent, no wake-up can be missed: a job this request has
+    # Watched before the chain is sent, no notice can be missed: a job this request has
     # just made is known to be queued, and is read only once a worker says it finished.
-    pubsub = svc.redis.pubsub(ignore_subscribe_messages=True) if wait > 0 else None
-    try:
-        if pubsub is not None:
-            try:
-                pubsub.subscribe(job_channel(holder))
-            except redis.RedisError:  # the chain cannot be sent either: say so at once
-                pubsub.close()
-                pubsub, wait = None, 0.0
+    with svc.notices.watch(holder) as finished:
         if holder == job_id:
             _enqueue(svc, job_id, normalised["rerank"]["enabled"])
-        return _answer(svc, holder, wait, pubsub, queued=holder == job_id)
-    finally:
-        if pubsub is not None:
-            pubsub.close()
+        return _answer(
+            svc,
+            holder,
+            wait,
+            finished if wait > 0 and svc.notices.subscribed else None,
+            queued=holder == job_id,
+            done=lambda: _finished_answer(svc, collection, key, holder),
+        )
 
 
 def _enqueue(svc: Services, job_id: str, rerank: bool) -> None:
@@ -195,13 +193,24 @@ def _enqueue(svc: Services, job_id: str, rerank: bool) -> None:
         raise Unavailable(f"the task queue is unavailable: {exc}") from None
 
 
-def _answer(svc: Services, job_id: str, wait: float, pubsub: Any, *, queued: bool) -> Any:
-    """The job now, or once it finishes within ``wait`` seconds, woken by the workers on
-    ``pubsub`` (subscribed to the job's channel; None when ``wait`` is 0). ``queued``: the
-    job was just made, so there is nothing to read before the first wake-up."""
+def _answer(
+    svc: Services,
+    job_id: str,
+    wait: float,
+    finished: threading.Event | None,
+    *,
+    queued: bool,
+    done: Callable[[], dict[str, Any] | None] | None = None,
+) -> Any:
+    """The job now, or once it finishes within ``wait`` seconds, woken by ``finished`` (set
+    by the job's finished notice; None: no waiting). ``queued``: the job was just made, so
+    there is nothing to read before the first notice. ``done``: the job's answer if it is
+    done, read without SQL (None while it is not)."""
     deadline = time.monotonic() + wait
-    skip_read = queued and pubsub is not None
+    skip_read = queued and finished is not None
     while True:
+        if not skip_read and done is not None and (answer := done()) is not None:
+            return answer, 200
         if not skip_read:
             with session_scope(svc.sessions) as session:
                 job = session.get(QueryJob, job_id)
@@ -214,10 +223,11 @@ def _answer(svc: Services, job_id: str, wait: float, pubsub: Any, *, queued: boo
                     placeholder = {"id": job_id, "url": f"/v1/queries/{job_id}"}
                     return {**placeholder, "status": "queued", "is_running": True}, 202
         skip_read = False
-        if pubsub is not None:
+        if finished is not None:
             # Wake on the worker's notice, or re-check now and then as a safety net.
             remaining = deadline - time.monotonic()
-            pubsub.get_message(timeout=min(max(remaining, 0.0), POLL_SECONDS))
+            if finished.wait(min(max(remaining, 0.0), POLL_SECONDS)):
+                finished.clear()
 
 
 def _paging() -> PageQuery:
@@ -255,6 +265,18 @@ def render_job(session: Any, job: QueryJob) -> dict[str, Any]:
         payload["results"] = enrich(session, job.collection_id, page, paging["offset"] + 1)
         payload["paging"] = paging
     return payload
+
+
+def _finished_answer(
+    svc: Services, collection: Searched, key: str, job_id: str
+) -> dict[str, Any] | None:
+    """Job ``job_id``'s answer from the result cache its last step filled before waking the
+    waiters (the same answer its row gives, without SQL); None until it is there."""
+    cached = svc.cache.get(key)
+    if cached is None or cached.get("job_id") != job_id or "created_at" not in cached:
+        return None
+    stamps = {"created_at": cached["created_at"], "finished_at": cached["finished_at"]}
+    return {**_render_cached(collection, cached), **stamps, "cached": False}
 
 
 def _render_cached(collection: Searched, cached: dict[str, Any]) -> dict[str, Any]:
