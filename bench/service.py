@@ -1,12 +1,17 @@
 """The query service end to end against its floors, in one run: real Redis, workers, milvus-lite.
 
     python -m bench.service [--documents 30] [--queries 32] [--rerank-k 10] [--database-url URL]
+                            [--api-workers 2] [--worker-env NAME=VALUE ...]
 
 (a) cached-hit latency vs a bare Flask route doing one Redis GET (target <= 1.3x);
 (b) cache-miss latency vs recall + rerank called in-process on the same query (<= 1.3x,
     <= 15 ms added);
 (c) queries/s at concurrency 1, 8 and 32 vs the raw batched forward throughput of the same
-    models (>= 0.7x at 32). Prints p50/p95, the ratios, and each process's peak memory.
+    models (>= 0.7x at 32). Prints p50/p95, the ratios, each process's CPU time per query
+    at concurrency 32 (the servers' and the clients' too), and each process's peak memory.
+
+The API and the bare route run on gunicorn (``--api-workers`` processes of 16 threads), as
+in production; ``--api-workers 0`` puts both on the development server.
 
 For (b) it also counts the round trips of a miss, per process (the API, the recall and the
 rerank worker): SQL statements, commits and pool checkouts, and the project's Redis client,
@@ -16,11 +21,14 @@ from each process's metrics; and every Redis command the server ran, Celery's in
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,11 +49,51 @@ def _p(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
 
 
-def _peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def _processes(test: Callable[[int, str], bool]) -> list[int]:
+    """Pids whose process group and ``/proc/PID/stat`` line pass ``test``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if test(int(stat.rsplit(")", 1)[1].split()[2]), stat):  # pgid
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of each stack process (its process group: gunicorn's workers
+    too), of the PostgreSQL and Redis servers, and of this process (the clients)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(pids: list[int]) -> float:
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+
+    seconds = {
+        name: of(_processes(lambda pgid, _s, pid=proc.pid: pgid == pid))
+        for name, proc in stack.processes.items()
+    }
+    for server in ("postgres", "redis-server"):
+        seconds[server] = of(_processes(lambda _g, stat, server=server: f"({server}" in stat))
+    mine = os.times()
+    seconds["clients"] = mine.user + mine.system
+    return seconds
+
+
+def _peak_mb(pgid: int) -> float:
+    """Peak resident memory of a process group (gunicorn's master and workers, summed)."""
+    total = 0
+    for pid in _processes(lambda group, _stat: group == pgid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total / 1024
 
 
 def _ask(http: requests.Session, url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +112,19 @@ def main() -> None:
     parser.add_argument(
         "--database-url", default=None, help="an empty database (default: SQLite in a temp folder)"
     )
+    parser.add_argument(
+        "--api-workers",
+        type=int,
+        default=2,
+        help="gunicorn processes for the API and the bare route (0: the development server)",
+    )
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable of the recall and rerank workers (repeatable)",
+    )
     args = parser.parse_args()
     model = str(build_all(args.models)["qwen3_vl"].resolve())
     redis.Redis.from_url(REDIS_URL).flushdb()
@@ -78,21 +139,31 @@ def main() -> None:
             # torch's default threads, as the in-process baseline has them.
             "UMARVEL_WORKER_CONCURRENCY": "32",
         }
-        stack = Stack(Path(tmp), env).start()
+        workers_env = dict(item.split("=", 1) for item in args.worker_env)
+        api_env = {}
+        api_args: tuple[str, ...] = ()
+        if args.api_workers:
+            api_args = ("--workers", str(args.api_workers), "--threads", "16")
+            Path(f"{tmp}/metrics").mkdir()  # /metrics sums every gunicorn process
+            api_env["PROMETHEUS_MULTIPROC_DIR"] = f"{tmp}/metrics"
+        stack = Stack(
+            Path(tmp),
+            env,
+            api_args=api_args,
+            process_env={
+                "api": api_env,
+                "worker-recall": workers_env,
+                "worker-rerank": workers_env,
+            },
+        ).start()
         bare_port = free_port()
-        bare = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bench.bare_app",
-                "--port",
-                str(bare_port),
-                "--redis",
-                REDIS_URL,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        if args.api_workers:
+            serve = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{bare_port}"]
+            serve += [*api_args, f"bench.bare_app:create_app({REDIS_URL!r})"]
+        else:
+            serve = [sys.executable, "-m", "bench.bare_app", "--port", str(bare_port)]
+            serve += ["--redis", REDIS_URL]
+        bare = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_until(
                 lambda: bool(requests.post(f"http://127.0.0.1:{bare_port}/get/x").ok),
@@ -120,7 +191,11 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
     job = http.post(f"{api}/v1/collections/bench/documents", json={"documents": docs}).json()
     wait_until(lambda: http.get(api + job["url"]).json()["state"] == "done", 300, "ingestion")
     url = f"{api}/v1/collections/bench/queries"
-    print(f"tiny qwen3_vl, {args.documents} documents, rerank k={args.rerank_k}, 2-core CPU\n")
+    server = f"gunicorn x{args.api_workers}" if args.api_workers else "development server"
+    print(
+        f"tiny qwen3_vl, {args.documents} documents, rerank k={args.rerank_k}, 2-core CPU; "
+        f"API on {server}; workers' env {args.worker_env or 'as given'}\n"
+    )
 
     # (a) cached hits against a bare Redis GET.
     _ask(http, url, {"text": "a cached question", "top_k": 5})
@@ -151,22 +226,31 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
     milvus = http.get(f"{api}/v1/collections/bench").json()["milvus_collection"]
     texts = {d["id"]: d["text"] for d in docs}
     served, direct = [], []
+    stages: dict[str, dict[str, list[float]]] = {"served": {}, "in-process": {}}
     misses = 20
     before, server_before, idle_rate = _round_trips(stack)
     for i in range(misses):
         text = f"miss number {i}"
         t0 = time.perf_counter()
-        _ask(http, url, {"text": text, "top_k": 5})
+        answer = _ask(http, url, {"text": text, "top_k": 5})
         served.append(time.perf_counter() - t0)
+        for stage, seconds in answer["timings"].items():
+            stages["served"].setdefault(stage, []).append(seconds)
         t0 = time.perf_counter()
         query = Query(text=text, instruction=default_instruction("text"))
-        hits = index.search(milvus, embedder.encode_queries([query])[0], args.rerank_k)
+        vector = embedder.encode_queries([query])[0]
+        t1 = time.perf_counter()
+        hits = index.search(milvus, vector, args.rerank_k)
+        t2 = time.perf_counter()
         scores = reranker.score(
             RerankQuery(text, None, query.instruction),
             [RerankCandidate(texts[h.document_id]) for h in hits],
         )
         fuse([h.document_id for h in hits], [h.score for h in hits], scores, 0.1)
-        direct.append(time.perf_counter() - t0)
+        t3 = time.perf_counter()
+        direct.append(t3 - t0)
+        for stage, seconds in (("embed", t1 - t0), ("search", t2 - t1), ("rerank", t3 - t2)):
+            stages["in-process"].setdefault(stage, []).append(seconds)
     after, server_after, _ = _round_trips(stack, idle_seconds=0)
     (s50, s95), (d50, d95) = _p(served), _p(direct)
     print(
@@ -174,6 +258,11 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
         f"{d50:.0f}/{d95:.0f} ms: {s50 / d50:.2f}x, {s50 - d50:.0f} ms added "
         "(target <= 1.3x, <= 15 ms added)"
     )
+    for where, timings in stages.items():
+        p50s = {stage: _p(values)[0] for stage, values in timings.items()}
+        outside = (s50 if where == "served" else d50) - sum(p50s.values())
+        shown = " ".join(f"{stage} {ms:.1f}" for stage, ms in p50s.items())
+        print(f"    stage p50 ms, {where:<10}: {shown}; outside the stages {outside:.1f}")
     _print_round_trips(before, after, misses)
     background = idle_rate * (sum(served) + sum(direct))
     commands = (server_after - server_before - background) / misses
@@ -189,10 +278,12 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
         # Four rounds of the clients at least: a rate of the steady state, not of one burst.
         count = max(n, 4 * concurrency)
         bodies = [{"text": f"load {concurrency} query {i}", "top_k": 5} for i in range(count)]
+        cpu_before = _cpu_seconds(stack)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(lambda b: _ask(http, url, b), bodies))
         rates[concurrency] = count / (time.perf_counter() - t0)
+        cpu = {k: (v - cpu_before[k]) / count * 1000 for k, v in _cpu_seconds(stack).items()}
     queries = [
         Query(text=f"raw query {i}", instruction=default_instruction("text")) for i in range(n)
     ]
@@ -212,6 +303,8 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
         print(
             f"(c) concurrency {concurrency:>2}: {value:6.1f} queries/s ({value / raw:.2f}x of raw)"
         )
+    shown = ", ".join(f"{name} {ms:.1f}" for name, ms in cpu.items())
+    print(f"    CPU ms per query at concurrency 32, by process: {shown}")
     print(
         f"    raw batched forward (embed {n} + rerank {len(pairs)} pairs): "
         f"{raw:.1f} queries/s; target >= 0.7x at 32"

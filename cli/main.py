@@ -402,8 +402,20 @@ def cache_clear() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
-def api(host: str, port: int) -> None:
-    """Serve the HTTP API (threaded development server; use gunicorn in production)."""
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 256),
+    help="gunicorn processes (threaded workers, as in production); 0: the development server",
+)
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 1024))
+def api(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the HTTP API (a threaded development server, or gunicorn with --workers)."""
+    if workers:
+        gunicorn = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}"]
+        gunicorn += ["--workers", str(workers), "--threads", str(threads), "--timeout", "120"]
+        os.execv(sys.executable, [*gunicorn, "api.wsgi:app"])
     from werkzeug.serving import run_simple
 
     from api.app import create_app

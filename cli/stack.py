@@ -199,6 +199,7 @@ class Stack:
     worker_queues: tuple[str, ...] = WORKER_QUEUES
     log_dir: Path | None = None
     process_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    api_args: tuple[str, ...] = ()  # more options of `umarvel api` (``--workers 2``: gunicorn)
     api_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)  # each worker's /metrics
@@ -262,7 +263,8 @@ class Stack:
         for queue in self.worker_queues:
             self._spawn_worker(queue)
         api = self._spawn(
-            "api", [sys.executable, "-m", "cli.main", "api", "--port", str(self.api_port)]
+            "api",
+            [sys.executable, "-m", "cli.main", "api", "--port", str(self.api_port), *self.api_args],
         )
         wait_until(
             lambda: requests.get(f"{self.api_url}/healthz", timeout=1).ok, timeout, "API", api

@@ -231,11 +231,13 @@ def live_stack(
     workdir: Path,
     extra_env: dict[str, str] | None = None,
     process_env: dict[str, dict[str, str]] | None = None,
+    api_args: tuple[str, ...] = (),
     **overrides: str,
 ) -> Iterator[Stack]:
     """A running stack (milvus-lite, both workers, the API) on a fresh PostgreSQL database
     and the test Redis (flushed), configured by ``UMARVEL_*`` ``overrides``; ``process_env``
-    adds variables for single processes (``Stack.process_env``)."""
+    adds variables for single processes (``Stack.process_env``), ``api_args`` options of
+    ``umarvel api``."""
     import redis
 
     from cli.stack import Stack
@@ -244,6 +246,8 @@ def live_stack(
     with fresh_postgres_database() as database_url:
         env = {**stack_env(database_url, workdir, models, **overrides), **(extra_env or {})}
         suffix = f"-{uuid.uuid4().hex[:6]}"
-        stack = Stack(workdir, env, process_env=process_env or {}, worker_suffix=suffix)
+        stack = Stack(
+            workdir, env, process_env=process_env or {}, worker_suffix=suffix, api_args=api_args
+        )
         with stack as running:
             yield running

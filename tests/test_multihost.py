@@ -4,7 +4,8 @@ The API, the recall worker and the rerank worker run as separate processes with 
 ``UMARVEL_MEDIA_ROOT`` folders, as on separate hosts, and ``UMARVEL_MEDIA_BACKEND=s3``
 against a real S3-protocol server (moto, its own process). Images posted to the API are
 embedded by the recall worker and scored by the rerank worker from the bucket alone; every
-media folder is still empty at the end.
+media folder is still empty at the end. The API runs as it does in production: gunicorn,
+two processes with threads.
 """
 
 from __future__ import annotations
@@ -63,8 +64,16 @@ def stack(
     }
     process_env = {name: {"UMARVEL_MEDIA_ROOT": str(root)} for name, root in media_roots.items()}
     workdir = tmp_path_factory.mktemp("multihost")
+    # The API as on its own hosts: gunicorn processes with threads, each with its own
+    # connections and job-notice subscription.
+    gunicorn = ("--workers", "2", "--threads", "4")
     with live_stack(
-        tiny_models, workdir, extra_env=KEYS, process_env=process_env, **overrides
+        tiny_models,
+        workdir,
+        extra_env=KEYS,
+        process_env=process_env,
+        api_args=gunicorn,
+        **overrides,
     ) as running:
         yield running
 
