@@ -122,7 +122,10 @@ class Settings(BaseSettings):
         8, ge=1, description="Tasks a worker runs at once (threads); their model calls are batched."
     )
     batch_wait_ms: float = Field(
-        5.0, ge=0, description="How long a worker waits to gather concurrent queries into a batch."
+        5.0,
+        ge=0,
+        description="The longest a worker waits to gather concurrent queries into a batch (only "
+        "while another query step is on its way to the model).",
     )
 
     worker_metrics_port: int = Field(
