@@ -6,17 +6,22 @@ No worker consumes the queues here, so submitted jobs stay queued: that is the p
 from __future__ import annotations
 
 import io
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from api.app import create_app
+from api.routes import queries as queries_route
 from cli.samples import shape_image
+from core.cache import make_redis
 from core.db import session_scope
 from core.models import QueryJob, utcnow
+from core.notices import JobNotices
 from core.settings import Settings
 from tests.helpers import error, make_key
 from workers.queries import cleanup_jobs
@@ -76,6 +81,67 @@ def test_cancel_a_queued_job(client: FlaskClient) -> None:
     assert (body["status"], body["is_running"]) == ("cancelled", False)
     # The in-flight lock is released: the same query starts a new job.
     assert _submit(client, "cancel me")["id"] != job["id"]
+
+
+def _wait_and_cancel(client: FlaskClient, text: str, wait: float) -> tuple[dict, float, float]:
+    """POST a query that waits ``wait`` seconds, cancel its job from another client while it
+    waits; (its answer, seconds from the cancel to the answer, seconds it took in all)."""
+    answers: dict[str, object] = {}
+    other = client.application.test_client()
+    other.environ_base.update(client.environ_base)
+
+    def post() -> None:
+        started = time.monotonic()
+        response = client.post("/v1/collections/docs/queries", json={"text": text, "wait": wait})
+        answers.update(body=response.json, status=response.status_code, at=time.monotonic())
+        answers["took"] = answers["at"] - started  # type: ignore[operator]
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    sessions = client.application.extensions["umarvel"].sessions
+    job_id = None
+    while job_id is None and thread.is_alive():
+        time.sleep(0.05)
+        with session_scope(sessions) as session:
+            jobs = session.scalars(select(QueryJob)).all()
+            job_id = next((j.id for j in jobs if j.request.get("text") == text), None)
+    time.sleep(0.3)  # the POST is waiting now
+    cancelled_at = time.monotonic()
+    assert other.delete(f"/v1/queries/{job_id}").status_code == 200
+    thread.join(10)
+    assert answers["status"] == 200, answers
+    return answers["body"], answers["at"] - cancelled_at, answers["took"]  # type: ignore[return-value,operator]
+
+
+def test_a_waiting_post_answers_when_its_job_finishes(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Woken by the job's notice through the process's one subscription, the POST answers
+    as soon as its job is cancelled, long before its wait is over."""
+    monkeypatch.setattr(queries_route, "POLL_SECONDS", 8.0)  # the safety net out of reach
+    body, after_cancel, took = _wait_and_cancel(client, "wake me", wait=20)
+    assert body["status"] == "cancelled"
+    assert after_cancel < 2  # the notice, not a poll
+    assert took < 8
+
+
+def test_without_the_notice_subscription_a_waiting_post_polls(
+    client: FlaskClient, request: pytest.FixtureRequest
+) -> None:
+    """The subscription cannot be made (its Redis is gone): a waiting POST still answers,
+    by reading its job now and then, and one that nothing finishes gets its 202 in time."""
+    services = client.application.extensions["umarvel"]
+    services.notices = JobNotices(make_redis("redis://127.0.0.1:9/0"))  # nothing listens
+    request.addfinalizer(services.notices.close)
+    body, after_cancel, _ = _wait_and_cancel(client, "poll me", wait=20)
+    assert body["status"] == "cancelled"
+    assert after_cancel < 3  # within a few polls (POLL_SECONDS apart)
+    started = time.monotonic()
+    response = client.post("/v1/collections/docs/queries", json={"text": "never", "wait": 1})
+    assert response.status_code == 202
+    assert response.json["is_running"]
+    assert time.monotonic() - started < 5
+    assert not services.notices.subscribed
 
 
 def test_finished_jobs_expire_and_can_be_deleted(client: FlaskClient, settings: Settings) -> None:

@@ -8,6 +8,7 @@ returns status and results.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -163,17 +164,19 @@ def submit_query(name: str) -> Any:
             svc.cache.release(key)  # no job will ever finish under this claim
             raise
     g.job_id = holder
-    # Watched before the chain is sent, no notice can be missed: a job this request has
-    # just made is known to be queued, and is read only once a worker says it finished.
-    with svc.notices.watch(holder) as finished:
+    # Watched before the chain is sent, no notice can be missed while the subscription is
+    # up: a job this request has just made is known to be queued, and is read only once a
+    # worker says it finished. Without the subscription the wait polls the job.
+    watching = svc.notices.watch(holder) if wait > 0 else contextlib.nullcontext(None)
+    with watching as finished:
         if holder == job_id:
             _enqueue(svc, job_id, normalised["rerank"]["enabled"])
         return _answer(
             svc,
             holder,
             wait,
-            finished if wait > 0 and svc.notices.subscribed else None,
-            queued=holder == job_id,
+            finished,
+            queued=holder == job_id and svc.notices.subscribed,
             done=lambda: _finished_answer(svc, collection, key, holder),
         )
 
