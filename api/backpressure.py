@@ -15,7 +15,10 @@ RETRY_AFTER_SECONDS = 2
 def check_backpressure(svc: Services, queues: Iterable[Queue], limit: int) -> None:
     """Overloaded (429 with Retry-After) when ``queues`` hold ``limit`` tasks or more."""
     names = [queue.value for queue in queues]
-    depth = sum(svc.redis.llen(name) for name in names)
+    lengths = svc.redis.pipeline(transaction=False)
+    for name in names:
+        lengths.llen(name)
+    depth = sum(lengths.execute())  # one round trip for every queue
     if depth >= limit:
         raise Overloaded(
             f"the {'/'.join(names)} queue holds {depth} tasks (limit {limit}); retry shortly",

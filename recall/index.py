@@ -242,12 +242,16 @@ class MilvusIndex:
         expression: str | None = None,
         ef: int | None = None,
     ) -> list[IndexHit]:
-        """The ``top_k`` nearest documents by cosine, best first."""
+        """The ``top_k`` nearest documents by cosine, best first; none from a collection
+        that does not exist. A collection this client has loaded is searched without first
+        asking the server whether it exists (a round trip a search); should it have been
+        dropped since (a reindex swapped generations), the failed search asks then."""
         from pymilvus import MilvusException
 
-        if not self.exists(name):
-            return []
-        self.ensure_loaded(name)
+        if name not in self._loaded:
+            if not self.exists(name):
+                return []
+            self.ensure_loaded(name)
         params = {"metric_type": "COSINE", "params": {"ef": max(ef or 0, top_k, SEARCH_EF)}}
         data = [np.asarray(vector, dtype=np.float32).tolist()]
 
@@ -265,10 +269,12 @@ class MilvusIndex:
         try:
             result = self._retry(search)
         except MilvusException as exc:
+            self._loaded.discard(name)
+            if not self.exists(name):  # dropped since this client loaded it
+                return []
             if exc.code != NOT_LOADED:
                 raise
-            self._loaded.discard(name)  # the server restarted: load again
-            self.ensure_loaded(name)
+            self.ensure_loaded(name)  # the server restarted: load again
             result = search()
         return [IndexHit(str(hit["id"]), float(hit["distance"])) for hit in result[0]]
 

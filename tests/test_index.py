@@ -172,6 +172,30 @@ def test_search_on_a_missing_collection_is_empty(index: MilvusIndex) -> None:
     assert index.search("never_created", _vectors(1)[0], top_k=3) == []
 
 
+def test_a_collection_dropped_by_another_client_searches_empty(
+    index: MilvusIndex, milvus_uri: str, name: str
+) -> None:
+    """This client searched (and so loaded) the collection; another drops it, as a reindex
+    drops the generation it replaced: the next search finds nothing, it does not fail."""
+    vectors = _vectors(3)
+    index.create(name, 8, FIELDS)
+    index.upsert(name, _rows(vectors), FIELDS)
+    index.flush(name)
+    assert index.search(name, vectors[0], top_k=1)[0].document_id == "doc-0"
+    other = MilvusIndex(milvus_uri)
+    try:
+        other.drop(name)
+    finally:
+        other.close()
+    assert index.search(name, vectors[0], top_k=1) == []
+    index.create(name, 8, FIELDS)  # made again, empty: found again, searched again
+    assert index.search(name, vectors[0], top_k=1) == []
+    index.upsert(name, _rows(vectors[:1]), FIELDS)
+    index.flush(name)
+    assert index.search(name, vectors[0], top_k=1)[0].document_id == "doc-0"
+    index.drop(name)
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
