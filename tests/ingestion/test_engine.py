@@ -10,6 +10,7 @@ import redis
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from core.cache import make_redis
 from core.models import Document, IngestJob, OutboxEntry, utcnow
 from ingestion import engine, sweep
 from ingestion.outbox import Kind
@@ -140,11 +141,9 @@ def test_redis_down_refuses_ingestion_before_writing_anything(
 ) -> None:
     client, rt = pipeline_env
     services = client.application.extensions["umarvel"]
-
-    def down(*args: Any, **kwargs: Any) -> int:
-        raise redis.ConnectionError("Connection refused")
-
-    monkeypatch.setattr(services.redis, "llen", down)
+    # The API's Redis client now points at a port where nothing listens (the key's grant
+    # is still read through the fences' client, so the request gets past auth).
+    monkeypatch.setattr(services, "redis", make_redis("redis://127.0.0.1:9/0"))
     response = client.post(
         "/v1/collections/docs/documents", json={"documents": [{"id": "a", "text": "a"}]}
     )
