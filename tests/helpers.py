@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,3 +100,11 @@ def poll(http: Any, url: str, done: Any, timeout: float = 120.0) -> dict[str, An
             return body
         time.sleep(0.1)
     raise AssertionError(f"{url} did not finish: {body}")
+
+
+def redis_binary() -> str:
+    """The ``redis-server`` the fault tests start and kill themselves."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).exists():
+        pytest.fail("redis-server is not installed (scripts/services.sh installs it)")
+    return binary

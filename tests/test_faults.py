@@ -20,7 +20,6 @@ The smaller tests pin down each part of the broker fix: kombu's Redis transport 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import sys
 import threading
@@ -42,6 +41,7 @@ from kombu.common import ignore_errors
 
 from cli.stack import RedisServer, Stack
 from tests.conftest import fresh_postgres_database, stack_env
+from tests.helpers import redis_binary
 from workers.supervision import Watchdog
 
 pytestmark = pytest.mark.integration
@@ -56,13 +56,6 @@ OUTAGE_SECONDS = 2.0
 RECOVERY_BOUND_SECONDS = 30.0
 # From the part's return to the ingestion job done, with every document in Milvus.
 INGESTION_WATCH_SECONDS = 120.0
-
-
-def _redis_binary() -> str:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not Path(binary).exists():
-        pytest.fail("redis-server is not installed (scripts/services.sh installs it)")
-    return binary
 
 
 # --- kombu's Redis transport: a channel left open by a failed clean-up (workers.broker) ---
@@ -105,7 +98,7 @@ def _close_after_broker_death(url: str, redis: RedisServer, transport: str | Non
 def test_stock_kombu_transport_still_crashes_on_an_orphaned_channel(tmp_path: Path) -> None:
     """The bug workers.broker adapts to. If this fails, kombu fixed it: drop the adaptation."""
     with (
-        RedisServer(tmp_path / "redis", binary=_redis_binary()) as redis,
+        RedisServer(tmp_path / "redis", binary=redis_binary()) as redis,
         pytest.raises(AttributeError, match="hostname"),
     ):
         _close_after_broker_death(redis.url, redis, None)
@@ -114,7 +107,7 @@ def test_stock_kombu_transport_still_crashes_on_an_orphaned_channel(tmp_path: Pa
 def test_adapted_transport_closes_cleanly_after_the_broker_died(tmp_path: Path) -> None:
     from workers.broker import TRANSPORT
 
-    with RedisServer(tmp_path / "redis", binary=_redis_binary()) as redis:
+    with RedisServer(tmp_path / "redis", binary=redis_binary()) as redis:
         _close_after_broker_death(redis.url, redis, TRANSPORT)  # no AttributeError
 
 
@@ -221,7 +214,7 @@ def test_every_long_running_compose_service_restarts() -> None:
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("redis"), binary=_redis_binary()) as server:
+    with RedisServer(tmp_path_factory.mktemp("redis"), binary=redis_binary()) as server:
         yield server
 
 

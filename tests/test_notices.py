@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
-import pytest
 import redis
 
 from cli.stack import RedisServer
 from core.cache import make_redis, notify_finished
 from core.notices import JobNotices
-
-
-def _redis_binary() -> str:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not Path(binary).exists():
-        pytest.fail("redis-server is not installed (scripts/services.sh installs it)")
-    return binary
+from tests.helpers import redis_binary
 
 
 def _connections(client: redis.Redis) -> int:
@@ -26,7 +18,7 @@ def _connections(client: redis.Redis) -> int:
 
 
 def test_a_notice_wakes_the_watchers_of_its_job_only(tmp_path: Path) -> None:
-    with RedisServer(tmp_path / "redis", binary=_redis_binary()) as server:
+    with RedisServer(tmp_path / "redis", binary=redis_binary()) as server:
         client, publisher = make_redis(server.url), make_redis(server.url)
         notices = JobNotices(client)
         try:
@@ -55,7 +47,7 @@ def test_a_notice_wakes_the_watchers_of_its_job_only(tmp_path: Path) -> None:
 def test_the_subscription_comes_back_after_redis_restarts(tmp_path: Path) -> None:
     """Redis killed and started again, empty: the notices' thread subscribes again by
     itself, and a job watched afterwards is woken by its notice."""
-    with RedisServer(tmp_path / "redis", binary=_redis_binary()) as server:
+    with RedisServer(tmp_path / "redis", binary=redis_binary()) as server:
         client = make_redis(server.url)
         notices = JobNotices(client)
         try:
