@@ -21,14 +21,11 @@ from each process's metrics; and every Redis command the server ran, Celery's in
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ import redis
 import requests
 
 from bench.common import sample_items
+from bench.processes import cpu_seconds, peak_mb
 from cli.samples import b64
 from cli.stack import Stack, free_port, wait_until
 from core.tiny_models import build_all
@@ -47,53 +45,6 @@ REDIS_URL = "redis://127.0.0.1:6379/14"
 def _p(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
-
-
-def _processes(test: Callable[[int, str], bool]) -> list[int]:
-    """Pids whose process group and ``/proc/PID/stat`` line pass ``test``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                if test(int(stat.rsplit(")", 1)[1].split()[2]), stat):  # pgid
-                    pids.append(int(entry.name))
-    return pids
-
-
-def _cpu_seconds(stack: Stack) -> dict[str, float]:
-    """CPU seconds so far of each stack process (its process group: gunicorn's workers
-    too), of the PostgreSQL and Redis servers, and of this process (the clients)."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def of(pids: list[int]) -> float:
-        total = 0
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / tick
-
-    seconds = {
-        name: of(_processes(lambda pgid, _s, pid=proc.pid: pgid == pid))
-        for name, proc in stack.processes.items()
-    }
-    for server in ("postgres", "redis-server"):
-        seconds[server] = of(_processes(lambda _g, stat, server=server: f"({server}" in stat))
-    mine = os.times()
-    seconds["clients"] = mine.user + mine.system
-    return seconds
-
-
-def _peak_mb(pgid: int) -> float:
-    """Peak resident memory of a process group (gunicorn's master and workers, summed)."""
-    total = 0
-    for pid in _processes(lambda group, _stat: group == pgid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-    return total / 1024
 
 
 def _ask(http: requests.Session, url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -278,12 +229,12 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
         # Four rounds of the clients at least: a rate of the steady state, not of one burst.
         count = max(n, 4 * concurrency)
         bodies = [{"text": f"load {concurrency} query {i}", "top_k": 5} for i in range(count)]
-        cpu_before = _cpu_seconds(stack)
+        cpu_before = cpu_seconds(stack)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(lambda b: _ask(http, url, b), bodies))
         rates[concurrency] = count / (time.perf_counter() - t0)
-        cpu = {k: (v - cpu_before[k]) / count * 1000 for k, v in _cpu_seconds(stack).items()}
+        cpu = {k: (v - cpu_before[k]) / count * 1000 for k, v in cpu_seconds(stack).items()}
     queries = [
         Query(text=f"raw query {i}", instruction=default_instruction("text")) for i in range(n)
     ]
@@ -312,7 +263,7 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
 
     print("\npeak memory (VmHWM):")
     for name, proc in stack.processes.items():
-        print(f"  {name:<14} {_peak_mb(proc.pid):7.0f} MiB")
+        print(f"  {name:<14} {peak_mb(proc.pid):7.0f} MiB")
 
 
 ROUND_TRIPS = {

@@ -21,6 +21,9 @@ import click
 from client import Client, IngestSummary
 from core.jsonl import read_jsonl
 
+POLL_SECONDS = 0.5  # between reads of the jobs' progress
+FEW_JOBS = 2  # at most this many unfinished jobs are read five times as often
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
 
@@ -100,7 +103,10 @@ def _follow(api: Client, job_ids: list[str], wait: bool) -> IngestSummary:
     with click.progressbar(length=summary.total, label="indexing") as bar:
         shown = 0
         while not all(job.finished for job in summary.jobs):
-            time.sleep(0.5)
+            # Every unfinished job is read each round: slowly while many are, quickly for
+            # the last few, so the command ends soon after the work does.
+            unfinished = sum(not job.finished for job in summary.jobs)
+            time.sleep(POLL_SECONDS if unfinished > FEW_JOBS else POLL_SECONDS / 5)
             summary = IngestSummary(
                 [job if job.finished else api.jobs.ingest_job(job.id) for job in summary.jobs]
             )
