@@ -6,7 +6,7 @@ Writes a JSONL manifest of generated documents (mixed: a third text, a third ima
 image+text), ingests it with ``umarvel ingest`` (CLI -> API -> queue -> embed -> Milvus ->
 SQL) and encodes the same documents in-process (the first ``--raw-sample`` of them: a rate
 needs no more). Prints documents/s of both and their ratio (target >= 0.8); when the jobs
-were accepted, started and finished; the CPU time per document of every process (the
+were created, started and finished; the CPU time per document of every process (the
 servers' and the CLI's too) against the raw encoding's, which bounds the ratio on a machine
 whose cores they all share; and the peak memory of each process, which stays flat with the
 manifest's length.
@@ -159,8 +159,8 @@ def main() -> None:
             elapsed = time.perf_counter() - started
             served = args.documents / elapsed
             cpu = {
-                name: (seconds - cpu_before[name]) / args.documents * 1000
-                for name, seconds in cpu_seconds(stack).items()
+                process: (seconds - cpu_before[process]) / args.documents * 1000
+                for process, seconds in cpu_seconds(stack).items()
             }
             cli_peak = int(result.stderr.rsplit("PEAK_KB ", 1)[1].split()[0]) / 1024
             print(result.stdout.strip().splitlines()[-1])
