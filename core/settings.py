@@ -108,7 +108,18 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto' is bfloat16 on CUDA and float32 on CPU."
     )
-    torch_threads: int = Field(0, description="torch threads per worker process (0: torch's).")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="torch threads per worker process (0: the cores shared among the model "
+        "runners on a CPU, torch's default on a GPU).",
+    )
+    model_runners: int = Field(
+        0,
+        ge=0,
+        description="Model calls in flight at once in a worker process (0: one per core on a "
+        "CPU, one on a GPU).",
+    )
     embed_batch_size: int = Field(16, ge=1, description="Most items in one embedding forward.")
     embed_batch_tokens: int = Field(
         16384, ge=1, description="Most tokens in one padded embedding batch."

@@ -42,6 +42,8 @@ class EmbedderConfig:
     image_only_suffix: bool = False
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 64_000_000
+    # Calls encoded at once (threads of one process); batch_tokens sizes each call's batch.
+    concurrent_calls: int = 1
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,8 @@ class Embedder:
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.config = config or EmbedderConfig()
-        # One caller at a time: batch_tokens sizes a batch for one forward pass in flight.
-        self._lock = threading.RLock()
+        # At most concurrent_calls callers at once: batch_tokens sizes each one's forward.
+        self._lock = threading.BoundedSemaphore(self.config.concurrent_calls)
         self._install_special_tokens()
         self.tokens = PromptTokenizer(self.processor)
 

@@ -56,6 +56,8 @@ class RerankerConfig:
     max_image_pixels: int = 64_000_000
     # Run a query's shared prompt prefix once and reuse its key/value cache for its pairs.
     shared_prefix: bool = True
+    # Calls scored at once (threads of one process); batch_tokens sizes each call's batch.
+    concurrent_calls: int = 1
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,8 @@ class Reranker:
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.config = config or RerankerConfig()
-        # One caller at a time: batch_tokens sizes a batch for one forward pass in flight.
-        self._lock = threading.RLock()
+        # At most concurrent_calls callers at once: batch_tokens sizes each one's forward.
+        self._lock = threading.BoundedSemaphore(self.config.concurrent_calls)
         self.tokens = PromptTokenizer(self.processor)
         tokenizer = self.processor.tokenizer
         self.yes_id = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]

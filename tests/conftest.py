@@ -216,6 +216,7 @@ def pipeline_env(
         ingest_chunk_size=2,
         device="cpu",
         query_wait_seconds=0,  # no worker answers in process: a POST answers 202 at once
+        model_runners=1,  # torch keeps its threads in this test process
     )
     client = create_app(settings).test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + make_key(client.application, ["admin"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +110,25 @@ def redis_binary() -> str:
     if not Path(binary).exists():
         pytest.fail("redis-server is not installed (scripts/services.sh installs it)")
     return binary
+
+
+class InFlight:
+    """Wraps ``function``; ``most`` is how many calls were inside it at once. Each call is
+    held ``hold`` seconds first, so that callers allowed to overlap do."""
+
+    def __init__(self, function: Any, hold: float = 0.02) -> None:
+        self._function, self._hold = function, hold
+        self._lock = threading.Lock()
+        self._now = 0
+        self.most = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self._now += 1
+            self.most = max(self.most, self._now)
+        time.sleep(self._hold)
+        try:
+            return self._function(*args, **kwargs)
+        finally:
+            with self._lock:
+                self._now -= 1

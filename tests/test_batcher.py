@@ -203,3 +203,69 @@ def test_arrivals_count_a_task_out_once_however_it_leaves() -> None:
     with arrivals.coming(), arrivals.coming():
         assert len(arrivals) == 2
     assert len(arrivals) == 0
+
+
+@pytest.mark.parametrize("runners", [1, 2])
+def test_runners_run_that_many_model_calls_side_by_side(runners: int) -> None:
+    """Two requests that can only finish together (each call waits for the other) both
+    finish with two runners; with one, the first call waits alone until its barrier breaks."""
+    barrier = threading.Barrier(2, timeout=1.0)
+
+    def meet(items: list[int]) -> list[int]:
+        barrier.wait()
+        return items
+
+    batcher = MicroBatcher(meet, max_items=1, max_wait=0.0, runners=runners)
+    outcomes: list[object] = []
+
+    def client(n: int) -> None:
+        try:
+            outcomes.append(batcher.submit([n], timeout=5))
+        except threading.BrokenBarrierError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if runners == 2:
+        assert sorted(outcomes) == [[0], [1]]  # type: ignore[type-var]
+    else:
+        assert any(isinstance(outcome, threading.BrokenBarrierError) for outcome in outcomes)
+
+
+def test_runners_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="runners"):
+        MicroBatcher(lambda items: items, max_items=1, max_wait=0.0, runners=0)
+
+
+@pytest.mark.parametrize(
+    ("configured", "torch_threads", "runners", "threads"),
+    [(0, 0, "cores", 1), (1, 0, 1, "cores"), (2, 3, 2, 3)],
+)
+def test_a_cpu_worker_runs_a_model_call_per_core_on_one_thread_each(
+    monkeypatch: pytest.MonkeyPatch,
+    configured: int,
+    torch_threads: int,
+    runners: int | str,
+    threads: int | str,
+) -> None:
+    """``UMARVEL_MODEL_RUNNERS=0`` is one runner per core on a CPU, and torch's threads
+    default to the cores shared among them; both settings win when given."""
+    import os
+
+    import torch
+
+    from core.settings import Settings
+    from workers.runtime import Runtime
+
+    cores = len(os.sched_getaffinity(0))
+    settings = Settings(device="cpu", model_runners=configured, torch_threads=torch_threads)
+    rt = Runtime(settings)
+    assert rt.runners == (cores if runners == "cores" else runners)
+    chosen: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    rt._threads()
+    expected = max(1, cores // rt.runners) if threads == "cores" else threads
+    assert chosen == [expected]

@@ -10,6 +10,7 @@ import torch
 
 from cli.samples import shape_image
 from recall import Candidate, Embedder, Query, prompts
+from tests.helpers import InFlight
 
 RED = shape_image("red", "circle")
 WIDE = shape_image("blue", "square", size=160)
@@ -175,17 +176,29 @@ def test_an_empty_item_is_rejected() -> None:
         _ = Query(text="  ").modality
 
 
-def test_concurrent_callers_get_the_same_vectors(embedder: Embedder) -> None:
+@pytest.mark.parametrize("calls", [1, 3])
+def test_concurrent_callers_get_the_same_vectors(
+    embedder: Embedder, tiny_models: dict[str, Path], arch: str, calls: int
+) -> None:
+    """Up to ``concurrent_calls`` callers run at once on one model, images included, and
+    each gets the vectors it gets alone."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from recall.embedder import EmbedderConfig
+
+    shared = Embedder.from_pretrained(
+        str(tiny_models[arch]), config=EmbedderConfig(concurrent_calls=calls)
+    )
     groups = [
-        [Candidate(text="short"), Candidate(text="a much longer text " * (i + 2))] for i in range(6)
+        [CANDIDATES[i % 4], Candidate(text="a much longer text " * (i + 2))] for i in range(6)
     ]
     expected = [embedder.encode_candidates(group) for group in groups]
+    counted = shared._forward = InFlight(shared._forward)  # type: ignore[method-assign]
     with ThreadPoolExecutor(6) as pool:
-        got = list(pool.map(embedder.encode_candidates, groups * 3))
+        got = list(pool.map(shared.encode_candidates, groups * 3))
     for index, vectors in enumerate(got):
         np.testing.assert_allclose(vectors, expected[index % len(groups)], atol=1e-5)
+    assert counted.most == calls
 
 
 def test_carriage_returns_inside_a_query_are_removed(embedder: Embedder) -> None:

@@ -11,6 +11,7 @@ import torch
 from cli.samples import shape_image
 from rerank import RerankCandidate, Reranker, RerankerConfig, RerankQuery, fuse
 from rerank.prompts import RERANK_INSTRUCTION
+from tests.helpers import InFlight
 
 RED = shape_image("red", "circle")
 BLUE = shape_image("blue", "square")
@@ -187,6 +188,28 @@ def test_same_alone_and_in_a_batch(reranker: Reranker) -> None:
     alone = [reranker.score(QUERY, [c])[0] for c in CANDIDATES]
     assert max(abs(a - b) for a, b in zip(batch, alone, strict=True)) <= 1e-5
     assert all(0.0 < p < 1.0 for p in batch)
+
+
+@pytest.mark.parametrize("calls", [1, 3])
+def test_concurrent_callers_get_the_same_scores(
+    reranker: Reranker, tiny_models: dict[str, Path], arch: str, calls: int
+) -> None:
+    """Up to ``concurrent_calls`` callers score at once on one model (shared prefixes and
+    images included), each getting the scores it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    shared = Reranker.from_pretrained(
+        str(tiny_models[arch]), config=RerankerConfig(concurrent_calls=calls)
+    )
+    queries = [QUERY, RerankQuery(image=RED, instruction="find a caption"), RerankQuery("blue")]
+    groups = [(queries[i % 3], CANDIDATES[i % 2 :]) for i in range(6)]
+    expected = [reranker.score(query, candidates) for query, candidates in groups]
+    counted = shared._score_pairs = InFlight(shared._score_pairs)  # type: ignore[method-assign]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda group: shared.score(*group), groups * 3))
+    for index, scores in enumerate(got):
+        assert scores == pytest.approx(expected[index % len(groups)], abs=1e-5)
+    assert counted.most == calls
 
 
 def test_fusion_orders_by_fused_score_with_deterministic_ties() -> None:

@@ -1,14 +1,16 @@
 """Micro-batching: requests that arrive together share one model call.
 
-Worker threads (Celery's ``threads`` pool) submit lists of items and block; one batching
-thread per model gathers what arrives within ``max_wait`` seconds (up to ``max_items``
-items), runs the model once on all of it, and hands each request its share. Only the
-batching thread touches the model. When a shared batch fails, each request runs again
-alone, so only the request that caused the failure sees it.
+Worker threads (Celery's ``threads`` pool) submit lists of items and block; a batching
+thread gathers what arrives within ``max_wait`` seconds (up to ``max_items`` items), runs
+the model once on all of it, and hands each request its share. Only the batching threads
+touch the model: one per model call allowed in flight (``runners``; one per core on a CPU,
+where two single-threaded calls side by side outrun one call on two threads, and keep their
+pace when another process takes a core). When a shared batch fails, each request runs
+again alone, so only the request that caused the failure sees it.
 
 Requests carry a priority (lower first): a query waiting is served before the next piece
 of an ingestion chunk, and a batch holds requests of one priority only, so a query never
-waits for more than the one model call already running.
+waits for more than a model call already running.
 
 With ``arrivals``, the wait is only for company that is coming: tasks count themselves in
 when they start and out once their request is queued, and a batch starts at once when no
@@ -87,17 +89,24 @@ class MicroBatcher(Generic[T, R]):
         name: str = "batcher",
         on_batch: Callable[[int], None] | None = None,
         arrivals: Arrivals | None = None,
+        runners: int = 1,
     ) -> None:
+        if runners < 1:
+            raise ValueError(f"runners must be at least 1, not {runners}")
         self._run = run
         self.max_items = max_items
         self.max_wait = max_wait
         self._arrivals = arrivals
         self._requests: queue.PriorityQueue[Request[T, R]] = queue.PriorityQueue()
         self._order = itertools.count()  # first come, first served within a priority
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
         self.batch_sizes: list[int] = []  # items per model call, for tests
         self._on_batch = on_batch
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+            for i in range(runners)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(
         self,

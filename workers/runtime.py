@@ -7,6 +7,7 @@ import, never in the parent of a prefork pool, never inside Celery's 4-second
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from functools import cached_property
@@ -155,15 +156,37 @@ class Runtime:
                         name=f"{key[0]}-batcher",
                         on_batch=observe,
                         arrivals=self.arrivals[key[0]],
+                        runners=self.runners,
                     )
                 )
         return holder.get()
 
+    @cached_property
+    def runners(self) -> int:
+        """Model calls in flight at once, per batcher: ``UMARVEL_MODEL_RUNNERS``, or one per
+        core on a CPU (side by side, each on its own thread, they outrun one call spread
+        over every core, whose threads all wait whenever another process takes one core)
+        and one on a GPU."""
+        if self.settings.model_runners:
+            return self.settings.model_runners
+        return 1 if self._on_gpu else _cores()
+
+    @cached_property
+    def _on_gpu(self) -> bool:
+        from core.modeling import resolve_device
+
+        return resolve_device(self.settings.device).type != "cpu"
+
     def _threads(self) -> None:
-        if self.settings.torch_threads > 0:
+        """torch's threads: ``UMARVEL_TORCH_THREADS``, or on a CPU the cores shared among
+        the runners."""
+        threads = self.settings.torch_threads
+        if not threads and not self._on_gpu:
+            threads = max(1, _cores() // self.runners)
+        if threads:
             import torch
 
-            torch.set_num_threads(self.settings.torch_threads)
+            torch.set_num_threads(threads)
 
     def embedder(self, model: str) -> Any:
         """The U-MARVEL embedder for checkpoint ``model``, loaded on first use."""
@@ -187,6 +210,7 @@ class Runtime:
         s = self.settings
         processor = s.recall_processor if model == s.recall_model and s.recall_processor else None
         config = EmbedderConfig(
+            concurrent_calls=self.runners,
             batch_size=s.embed_batch_size,
             batch_tokens=s.embed_batch_tokens,
             max_image_bytes=s.max_image_bytes,
@@ -203,6 +227,7 @@ class Runtime:
         s = self.settings
         processor = s.rerank_processor if model == s.rerank_model and s.rerank_processor else None
         config = RerankerConfig(
+            concurrent_calls=self.runners,
             batch_size=s.rerank_batch_size,
             batch_tokens=s.rerank_batch_tokens,
             max_image_bytes=s.max_image_bytes,
@@ -216,6 +241,11 @@ class Runtime:
             config=config,
             base_model=s.rerank_base_model or None,
         )
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0))
 
 
 _runtime = Lazy(lambda: Runtime(get_settings()))
