@@ -27,6 +27,8 @@ from cli.stack import Stack, free_port
 from core.tiny_models import build_all
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
+# Names of this run's own: a --database-url may hold earlier runs' collections.
+SEARCHED, INGESTED = (f"{kind}_{int(time.time())}" for kind in ("searched", "ingested"))
 
 
 STAGES: dict[str, list[float]] = {}
@@ -35,7 +37,7 @@ STAGES: dict[str, list[float]] = {}
 def _query_ms(http: requests.Session, base: str, text: str) -> float:
     started = time.perf_counter()
     response = http.post(
-        f"{base}/v1/collections/searched/queries",
+        f"{base}/v1/collections/{SEARCHED}/queries",
         json={"text": text, "rerank": {"enabled": False}, "wait": 30},
     )
     elapsed = (time.perf_counter() - started) * 1000
@@ -54,7 +56,8 @@ def _ingest(http: requests.Session, base: str, documents: int) -> int:
             {"id": f"i{n}", "text": f"ingested document number {n} about topic {n % 97}"}
             for n in range(sent, min(documents, sent + 1000))
         ]
-        response = http.post(f"{base}/v1/collections/ingested/documents", json={"documents": batch})
+        url = f"{base}/v1/collections/{INGESTED}/documents"
+        response = http.post(url, json={"documents": batch})
         if response.status_code == 429:
             time.sleep(float(response.headers.get("Retry-After", "1")))
             continue
@@ -64,7 +67,7 @@ def _ingest(http: requests.Session, base: str, documents: int) -> int:
 
 
 def _counts(http: requests.Session, base: str) -> dict[str, int]:
-    return dict(http.get(f"{base}/v1/collections/ingested").json()["documents"])
+    return dict(http.get(f"{base}/v1/collections/{INGESTED}").json()["documents"])
 
 
 def main() -> None:
@@ -105,11 +108,11 @@ def main() -> None:
             http = requests.Session()
             http.headers["Authorization"] = f"Bearer {stack.create_key(('admin',))}"
             base = stack.api_url
-            for name in ("searched", "ingested"):
+            for name in (SEARCHED, INGESTED):
                 http.post(f"{base}/v1/collections", json={"name": name}).raise_for_status()
             docs = [{"id": f"s{n}", "text": f"searched document {n}"} for n in range(300)]
             job = http.post(
-                f"{base}/v1/collections/searched/documents", json={"documents": docs}
+                f"{base}/v1/collections/{SEARCHED}/documents", json={"documents": docs}
             ).json()
             while http.get(base + job["url"]).json()["state"] != "done":
                 time.sleep(0.2)
