@@ -117,8 +117,8 @@ class Settings(BaseSettings):
     model_runners: int = Field(
         0,
         ge=0,
-        description="Model calls in flight at once in a worker process (0: one per core on a "
-        "CPU, one on a GPU).",
+        description="Model calls in flight at once in a worker process (0: two on a CPU, each "
+        "on half its cores, one on a GPU).",
     )
     embed_batch_size: int = Field(16, ge=1, description="Most items in one embedding forward.")
     embed_batch_tokens: int = Field(

@@ -242,30 +242,29 @@ def test_runners_must_be_at_least_one() -> None:
 
 @pytest.mark.parametrize(
     ("configured", "torch_threads", "runners", "threads"),
-    [(0, 0, "cores", 1), (1, 0, 1, "cores"), (2, 3, 2, 3)],
+    [(0, 0, "default", "shared"), (1, 0, 1, "shared"), (3, 5, 3, 5)],
 )
-def test_a_cpu_worker_runs_a_model_call_per_core_on_one_thread_each(
+def test_a_cpu_worker_runs_two_model_calls_side_by_side_on_half_the_cores_each(
     monkeypatch: pytest.MonkeyPatch,
     configured: int,
     torch_threads: int,
     runners: int | str,
     threads: int | str,
 ) -> None:
-    """``UMARVEL_MODEL_RUNNERS=0`` is one runner per core on a CPU, and torch's threads
-    default to the cores shared among them; both settings win when given."""
+    """``UMARVEL_MODEL_RUNNERS=0`` is two runners on a CPU (one with a single core), and
+    torch's threads default to the cores shared among them; both settings win when given."""
     import os
 
     import torch
 
     from core.settings import Settings
-    from workers.runtime import Runtime
+    from workers.runtime import CPU_RUNNERS, Runtime
 
     cores = len(os.sched_getaffinity(0))
     settings = Settings(device="cpu", model_runners=configured, torch_threads=torch_threads)
     rt = Runtime(settings)
-    assert rt.runners == (cores if runners == "cores" else runners)
+    assert rt.runners == (min(CPU_RUNNERS, cores) if runners == "default" else runners)
     chosen: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", chosen.append)
     rt._threads()
-    expected = max(1, cores // rt.runners) if threads == "cores" else threads
-    assert chosen == [expected]
+    assert chosen == [max(1, cores // rt.runners) if threads == "shared" else threads]

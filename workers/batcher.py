@@ -3,7 +3,7 @@
 Worker threads (Celery's ``threads`` pool) submit lists of items and block; a batching
 thread gathers what arrives within ``max_wait`` seconds (up to ``max_items`` items), runs
 the model once on all of it, and hands each request its share. Only the batching threads
-touch the model: one per model call allowed in flight (``runners``; one per core on a CPU,
+touch the model: one per model call allowed in flight (``runners``; two on a CPU,
 where two single-threaded calls side by side outrun one call on two threads, and keep their
 pace when another process takes a core). When a shared batch fails, each request runs
 again alone, so only the request that caused the failure sees it.

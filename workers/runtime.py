@@ -23,6 +23,7 @@ from workers.batcher import Arrivals
 
 T = TypeVar("T")
 INGEST_PRIORITY = 1  # after queries (0) in the model's batcher
+CPU_RUNNERS = 2  # model calls side by side on a CPU, by default
 
 
 class Lazy(Generic[T]):
@@ -163,13 +164,13 @@ class Runtime:
 
     @cached_property
     def runners(self) -> int:
-        """Model calls in flight at once, per batcher: ``UMARVEL_MODEL_RUNNERS``, or one per
-        core on a CPU (side by side, each on its own thread, they outrun one call spread
-        over every core, whose threads all wait whenever another process takes one core)
-        and one on a GPU."""
+        """Model calls in flight at once, per batcher: ``UMARVEL_MODEL_RUNNERS``, or one on
+        a GPU and two on a CPU, each on half its cores. Two calls side by side outrun one
+        call spread over every core, whose threads all wait whenever another process takes
+        one core; more would slow each lone query, whose call gets fewer threads."""
         if self.settings.model_runners:
             return self.settings.model_runners
-        return 1 if self._on_gpu else _cores()
+        return 1 if self._on_gpu else min(CPU_RUNNERS, _cores())
 
     @cached_property
     def _on_gpu(self) -> bool:
