@@ -212,8 +212,9 @@ def worker(
 ) -> None:
     """Start a Celery worker that consumes QUEUE.
 
-    One process holds the model; its task threads hand their model calls to one batching
-    thread, so queries that arrive together share a forward pass.
+    One process holds the model; its task threads hand their model calls to the model's
+    batcher, so queries that arrive together share a forward pass (two such calls run side
+    by side on a CPU, ``UMARVEL_MODEL_RUNNERS``).
     """
     from core.logs import configure_logging
     from core.settings import get_settings
