@@ -45,6 +45,10 @@ class EmbedderConfig:
     # Calls encoded at once (threads of one process); batch_tokens sizes each call's batch.
     concurrent_calls: int = 1
 
+    def __post_init__(self) -> None:
+        if self.concurrent_calls < 1:
+            raise ValueError(f"concurrent_calls must be at least 1, not {self.concurrent_calls}")
+
 
 @dataclass(frozen=True)
 class _Prepared:
@@ -65,7 +69,7 @@ class Embedder:
         self.dtype = loaded.dtype
         self.config = config or EmbedderConfig()
         # At most concurrent_calls callers at once: batch_tokens sizes each one's forward.
-        self._lock = threading.BoundedSemaphore(self.config.concurrent_calls)
+        self._calls = threading.BoundedSemaphore(self.config.concurrent_calls)
         self._install_special_tokens()
         self.tokens = PromptTokenizer(self.processor)
 
@@ -109,13 +113,13 @@ class Embedder:
 
     # -- public API --------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[Query]) -> np.ndarray:
-        with self._lock:
+        with self._calls:
             prepared = [self._prepare(prompts.query_pieces(q), q.image) for q in queries]
             return self._encode(prepared, truncate=False)
 
     def encode_candidates(self, candidates: Sequence[Candidate]) -> np.ndarray:
         suffix = self.config.image_only_suffix
-        with self._lock:
+        with self._calls:
             prepared = [
                 self._prepare(prompts.candidate_pieces(c, image_only_suffix=suffix), c.image)
                 for c in candidates

@@ -59,6 +59,10 @@ class RerankerConfig:
     # Calls scored at once (threads of one process); batch_tokens sizes each call's batch.
     concurrent_calls: int = 1
 
+    def __post_init__(self) -> None:
+        if self.concurrent_calls < 1:
+            raise ValueError(f"concurrent_calls must be at least 1, not {self.concurrent_calls}")
+
 
 @dataclass(frozen=True)
 class _Pair:
@@ -79,7 +83,7 @@ class Reranker:
         self.dtype = loaded.dtype
         self.config = config or RerankerConfig()
         # At most concurrent_calls callers at once: batch_tokens sizes each one's forward.
-        self._lock = threading.BoundedSemaphore(self.config.concurrent_calls)
+        self._calls = threading.BoundedSemaphore(self.config.concurrent_calls)
         self.tokens = PromptTokenizer(self.processor)
         tokenizer = self.processor.tokenizer
         self.yes_id = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
@@ -110,7 +114,7 @@ class Reranker:
 
     def score_pairs(self, pairs: Sequence[tuple[RerankQuery, RerankCandidate]]) -> list[float]:
         """P(Yes) for each pair; pairs of different queries may share a batch."""
-        with self._lock:
+        with self._calls:
             return self._score_pairs(pairs)
 
     def _score_pairs(self, pairs: Sequence[tuple[RerankQuery, RerankCandidate]]) -> list[float]:

@@ -235,9 +235,15 @@ def test_runners_run_that_many_model_calls_side_by_side(runners: int) -> None:
         assert any(isinstance(outcome, threading.BrokenBarrierError) for outcome in outcomes)
 
 
-def test_runners_must_be_at_least_one() -> None:
+def test_runners_and_concurrent_calls_must_be_at_least_one() -> None:
+    from recall.embedder import EmbedderConfig
+    from rerank import RerankerConfig
+
     with pytest.raises(ValueError, match="runners"):
         MicroBatcher(lambda items: items, max_items=1, max_wait=0.0, runners=0)
+    for config in (EmbedderConfig, RerankerConfig):
+        with pytest.raises(ValueError, match="concurrent_calls"):
+            config(concurrent_calls=0)
 
 
 @pytest.mark.parametrize(
