@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -34,13 +33,13 @@ from bench.processes import cpu_seconds, peak_mb
 from cli.samples import b64
 from cli.stack import Stack, free_port
 from core.modeling import load_backbone
+from core.settings import Settings
 from core.tiny_models import build_all
 from recall import Candidate, Embedder
 from recall.embedder import EmbedderConfig
-from workers.runtime import CPU_RUNNERS
+from workers.runtime import PIECE_BATCHES, Runtime, cpu_cores
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
-PIECE = 64  # documents per model request in a worker (embed batch size x 4)
 # Runs `umarvel ARGS...` and prints its own peak resident memory on the way out (VmHWM:
 # getrusage's ru_maxrss would report this benchmark's own peak, inherited across exec).
 PEAK_WRAPPER = (
@@ -187,7 +186,7 @@ def main() -> None:
     total = sum(cpu.values())
     shown = ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items())
     print(f"CPU ms per document, by process: {shown}; total {total:.2f}")
-    cores = os.cpu_count() or 1
+    cores = cpu_cores()
     print(
         "    raw encoding, CPU ms per document: "
         + ", ".join(f"{name} {ms:.2f}" for name, (_, ms) in raws.items())
@@ -207,11 +206,12 @@ def _raw_rates(model: str, candidates: list[Candidate]) -> dict[str, tuple[float
     import torch
 
     loaded = load_backbone(model, device="cpu")
-    threads, cores = torch.get_num_threads(), len(os.sched_getaffinity(0))
-    runners = min(CPU_RUNNERS, cores)
+    workers = Runtime(Settings(device="cpu"))  # the workers' defaults, resolved here
+    threads, runners = torch.get_num_threads(), workers.runners
     embedder = Embedder(loaded)
     side_by_side = Embedder(loaded, EmbedderConfig(concurrent_calls=runners))
-    pieces = [candidates[i : i + PIECE] for i in range(0, len(candidates), PIECE)]
+    piece = workers.settings.embed_batch_size * PIECE_BATCHES
+    pieces = [candidates[i : i + piece] for i in range(0, len(candidates), piece)]
 
     def in_pieces() -> None:
         with ThreadPoolExecutor(runners) as pool:
@@ -220,7 +220,7 @@ def _raw_rates(model: str, candidates: list[Candidate]) -> dict[str, tuple[float
     rates = {}
     for name, run, torch_threads in (
         ("one call", lambda: embedder.encode_candidates(candidates), threads),
-        ("side by side", in_pieces, max(1, cores // runners)),
+        ("side by side", in_pieces, workers.torch_threads or threads),
     ):
         torch.set_num_threads(torch_threads)
         cpu_started = time.process_time()

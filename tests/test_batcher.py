@@ -270,7 +270,9 @@ def test_a_cpu_worker_runs_two_model_calls_side_by_side_on_half_the_cores_each(
     settings = Settings(device="cpu", model_runners=configured, torch_threads=torch_threads)
     rt = Runtime(settings)
     assert rt.runners == (min(CPU_RUNNERS, cores) if runners == "default" else runners)
+    expected = max(1, cores // rt.runners) if threads == "shared" else threads
+    assert rt.torch_threads == expected
     chosen: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", chosen.append)
     rt._threads()
-    assert chosen == [max(1, cores // rt.runners) if threads == "shared" else threads]
+    assert chosen == [expected]

@@ -24,6 +24,7 @@ from workers.batcher import Arrivals
 T = TypeVar("T")
 INGEST_PRIORITY = 1  # after queries (0) in the model's batcher
 CPU_RUNNERS = 2  # model calls side by side on a CPU, by default
+PIECE_BATCHES = 4  # an ingestion piece: this many embedding batches
 
 
 class Lazy(Generic[T]):
@@ -119,7 +120,7 @@ class Runtime:
 
         from ingestion.chunks import chunked
 
-        piece = self.settings.embed_batch_size * 4
+        piece = self.settings.embed_batch_size * PIECE_BATCHES
 
         def encode(candidates: list[Any]) -> Any:
             batcher = self.query_batcher(model)
@@ -170,7 +171,7 @@ class Runtime:
         one core; more would slow each lone query, whose call gets fewer threads."""
         if self.settings.model_runners:
             return self.settings.model_runners
-        return 1 if self._on_gpu else min(CPU_RUNNERS, _cores())
+        return 1 if self._on_gpu else min(CPU_RUNNERS, cpu_cores())
 
     @cached_property
     def _on_gpu(self) -> bool:
@@ -178,16 +179,19 @@ class Runtime:
 
         return resolve_device(self.settings.device).type != "cpu"
 
-    def _threads(self) -> None:
+    @cached_property
+    def torch_threads(self) -> int | None:
         """torch's threads: ``UMARVEL_TORCH_THREADS``, or on a CPU the cores shared among
-        the runners."""
-        threads = self.settings.torch_threads
-        if not threads and not self._on_gpu:
-            threads = max(1, _cores() // self.runners)
-        if threads:
+        the runners; None leaves torch's own default (a GPU)."""
+        if self.settings.torch_threads:
+            return self.settings.torch_threads
+        return None if self._on_gpu else max(1, cpu_cores() // self.runners)
+
+    def _threads(self) -> None:
+        if self.torch_threads:
             import torch
 
-            torch.set_num_threads(threads)
+            torch.set_num_threads(self.torch_threads)
 
     def embedder(self, model: str) -> Any:
         """The U-MARVEL embedder for checkpoint ``model``, loaded on first use."""
@@ -244,7 +248,7 @@ class Runtime:
         )
 
 
-def _cores() -> int:
+def cpu_cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0))
 
