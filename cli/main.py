@@ -16,9 +16,10 @@ from cli.remote import api_options, client_for
 class _Group(click.Group):
     """Expected failures end the command with one line and exit status 1, never a traceback:
     the project's errors, the API's (through the client), an unreachable or unmigrated
-    database, an unreachable Redis."""
+    database, an unreachable Redis, a setting out of range."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from pydantic import ValidationError
         from redis.exceptions import ConnectionError as RedisDown
         from sqlalchemy.exc import DBAPIError
 
@@ -33,6 +34,19 @@ class _Group(click.Group):
             raise click.ClickException(_database_problem(exc)) from None
         except RedisDown as exc:
             raise click.ClickException(f"cannot reach Redis (UMARVEL_REDIS_URL): {exc}") from None
+        except ValidationError as exc:
+            if exc.title != "Settings":
+                raise
+            raise click.ClickException(_settings_problem(exc)) from None
+
+
+def _settings_problem(exc: Any) -> str:
+    """``UMARVEL_NAME: what is wrong`` for each setting pydantic refused."""
+    problems = []
+    for error in exc.errors():
+        name = "_".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"UMARVEL_{name}: {error['msg']}" if name else error["msg"])
+    return "invalid settings: " + "; ".join(problems)
 
 
 def _database_problem(exc: Any) -> str:

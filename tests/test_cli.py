@@ -184,3 +184,25 @@ def test_an_unmigrated_or_unreachable_database_is_one_line(
         assert "Traceback" not in empty.output + down.output
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("UMARVEL_MODEL_RUNNERS", "-1", "UMARVEL_MODEL_RUNNERS: Input should be greater"),
+        ("UMARVEL_TORCH_THREADS", "many", "UMARVEL_TORCH_THREADS: Input should be a valid integer"),
+    ],
+)
+def test_a_setting_out_of_range_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["keys", "list"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: invalid settings: ")
+    assert named in result.output
+    assert "Traceback" not in result.output
