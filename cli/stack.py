@@ -60,13 +60,22 @@ def redis_reachable(url: str) -> bool:
 
 @dataclass
 class MilvusStandalone:
-    """The real Milvus standalone server of the PyPI ``milvus`` package (``milvus-server``:
-    Milvus 2.3.5 with an embedded etcd and local storage) in ``workdir``, for tests and
-    benchmarks against a server rather than milvus-lite. Its etcd ports (2379, 2380) are
-    fixed, so one runs per machine; it is stopped by its process group."""
+    """The real Milvus standalone server of the PyPI ``milvus`` package (Milvus 2.3.5 with
+    an embedded etcd and local storage) in ``workdir``, for tests and benchmarks against a
+    server rather than milvus-lite. Its etcd ports (2379, 2380) are fixed, so one runs per
+    machine.
+
+    The package's own launcher (``milvus-server``) probes each port by binding it without
+    ``SO_REUSEADDR`` and silently moves to the next free one: started again within TIME_WAIT
+    of a kill, the server came back on other ports and no client found it. So the launcher's
+    configuration is written once, on the first start, with the proxy port given; every start
+    then runs the server binary itself on that configuration, and a restart (``kill`` then
+    ``start``, as a supervisor would) keeps every port."""
 
     workdir: Path
     port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    session_ttl: int = 30  # seconds; see ``_configure``
     proc: subprocess.Popen[bytes] | None = None
 
     ETCD_PORTS = (2379, 2380)
@@ -75,23 +84,49 @@ class MilvusStandalone:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def base(self) -> Path:
+        return self.workdir / "data"
+
     def start(self, timeout: float = 240.0) -> MilvusStandalone:
-        binary = Path(sys.executable).with_name("milvus-server")
-        if not binary.exists():
-            raise RuntimeError("milvus-server is not installed (pip install -e '.[dev]')")
         taken = [port for port in self.ETCD_PORTS if _port_open(port)]
         if taken:
             raise RuntimeError(f"ports {taken} are taken: another Milvus standalone runs here")
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not (self.base / "configs" / "milvus.yaml").exists():
+            self._configure()
+        binary = self.base / "bin" / "milvus"
+        env = {
+            **os.environ,
+            "DEPLOY_MODE": "STANDALONE",
+            "METRICS_PORT": str(self.metrics_port),  # /healthz is served there
+            "MILVUS_RUN_DIR": str(self.base / "run"),
+            "LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}",
+        }
         with open(self.workdir / "server.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [str(binary), "--data", str(self.workdir / "data"), "--proxy-port", str(self.port)],
+                [str(binary), "run", "standalone"],
+                cwd=self.base,  # the server reads configs/milvus.yaml from here
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         wait_until(self._answers, timeout, "Milvus standalone", self.proc)
         return self
+
+    def _configure(self) -> None:
+        """Write the server's configuration and unpack its binaries (the launcher's own
+        steps), with the proxy on ``port``; every other port as the launcher picks it."""
+        try:
+            import milvus
+        except ImportError as exc:
+            raise RuntimeError("milvus is not installed (pip install -e '.[dev]')") from exc
+        config = milvus.MilvusServerConfig(data_dir=str(self.base), proxy_port=self.port)
+        # How long a killed server's sessions outlive it in etcd: a server started again
+        # serves its collections only once the old sessions expired (Milvus' default 30 s).
+        config.set("common.session.ttl", self.session_ttl)
+        config.resolve()
+        milvus._initialize_data_files(config.base_data_dir)
 
     def _answers(self) -> bool:
         from pymilvus import MilvusClient
@@ -103,18 +138,31 @@ class MilvusStandalone:
         finally:
             client.close()
 
+    def healthy(self) -> bool:
+        """The server's own health endpoint answers OK (what an orchestrator probes)."""
+        try:
+            answer = requests.get(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=1)
+        except requests.RequestException:
+            return False
+        return answer.ok and "OK" in answer.text
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would; ``start`` brings it back on its ports."""
+        if self.proc is not None:
+            _signal_group(self.proc, signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM the process group (the launcher and the server it runs), SIGKILL it if
-        anything is left after ``timeout``: the launcher exits first, the server may not."""
+        """SIGTERM the server's process group, SIGKILL it if anything is left after
+        ``timeout`` (Milvus 2.3.5 can take minutes to stop on SIGTERM)."""
         if self.proc is None:
             return
         _signal_group(self.proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while _group_alive(self.proc.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        _signal_group(self.proc, signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
+        self.kill()
 
     def __enter__(self) -> MilvusStandalone:
         return self.start()

@@ -65,3 +65,12 @@ def render() -> tuple[bytes, str]:
         prometheus_multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+RECONCILE_REPAIRS = Counter(
+    "umarvel_reconcile_repairs_total",
+    "Disagreements between SQL and Milvus that reconciliation repaired, by kind: missing "
+    "(indexed, no vector), orphan (a vector of no document), stale (a vector of a document "
+    "not indexed), outage (failed for an outage, sent again)",
+    ["kind"],
+)

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -131,6 +133,9 @@ class Document(Base):
     # "pending" until its vector is visible to search, then "indexed"; "failed" keeps `error`.
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
+    # Failed for a reason outside the document (an outage that outlasted the retry budget),
+    # not for its content: reconciliation queues it again once Milvus answers.
+    retryable: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -178,6 +183,9 @@ class OutboxEntry(Base):
     # Not sent before this (a retry's backoff, a delayed drop).
     not_before: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Since when its work has kept failing for a retryable reason (none: it has not failed);
+    # retried until UMARVEL_INGEST_RETRY_SECONDS past this (ingestion.engine).
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

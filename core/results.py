@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import Document, IngestJob, utcnow
-from core.states import JobState
+from core.states import DocumentStatus, JobState
 
 
 def document_view(doc: Document) -> dict[str, Any]:
@@ -26,7 +26,9 @@ def enrich(
 ) -> list[dict[str, Any]]:
     """Hits, ranked, with their documents' text, metadata and image URL.
 
-    A hit whose document was deleted since it was found is left out.
+    Only documents SQL holds as ``indexed`` are shown: a hit whose document was deleted
+    since it was found is left out, and so is one whose current content is not the one its
+    vector was made from (sent again and still pending, or failed).
     """
     ids = [h["document_id"] for h in hits]
     docs = {}
@@ -40,7 +42,7 @@ def enrich(
     enriched: list[dict[str, Any]] = []
     for hit in hits:
         doc = docs.get(hit["document_id"])
-        if doc is None:
+        if doc is None or doc.status != DocumentStatus.INDEXED:
             continue
         extra = document_view(doc)
         extra.pop("id", None)

@@ -202,8 +202,17 @@ class Settings(BaseSettings):
         300.0,
         ge=0,
         description="How often a worker of the ingest queue compares each quiet collection's "
-        "Milvus rows with the documents SQL holds as indexed, re-embeds what Milvus lost and "
-        "deletes vectors SQL no longer has (0: never).",
+        "Milvus rows with the documents' states in SQL and repairs every disagreement: "
+        "re-embeds what Milvus lost and what failed for an outage, removes vectors SQL no "
+        "longer has (0: never).",
+    )
+    ingest_retry_seconds: float = Field(
+        1800.0,
+        gt=0,
+        description="How long ingestion work that keeps failing for a reason outside the "
+        "documents (Milvus, the database or the broker away or restarting) is retried, with "
+        "backoff from 1 s doubling to 60 s, before its documents are marked failed; those are "
+        "queued again by reconciliation once Milvus answers.",
     )
     reindex_drop_delay_seconds: float = Field(
         30.0,

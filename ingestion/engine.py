@@ -1,9 +1,10 @@
 """Runs one outbox entry, and decides what its failure means (``ingestion.retry``).
 
-A transient failure leaves the entry in the outbox with a later ``not_before`` and sends
-it again after a backoff; after ``MAX_ATTEMPTS`` tries, or at once for a permanent failure,
-the entry's own failure handler records the reason (its documents failed, its build
-counted a failure) and completes it.
+A retryable failure leaves the entry in the outbox with a later ``not_before`` and sends
+it again after a backoff, for as long as it has been failing less than the settings' retry
+budget; after that, or at once for a permanent failure, the entry's own failure handler
+records the reason (its documents failed, marked retryable when the cause was an outage;
+its build given up) and completes it.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from core.models import OutboxEntry, utcnow
 from ingestion import ingest, reindex, vectors
 from ingestion.outbox import Entry, Kind
 from ingestion.resources import Resources
-from ingestion.retry import MAX_ATTEMPTS, backoff, is_transient, reason
+from ingestion.retry import backoff, is_transient, reason
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Resources, Entry], dict[str, Any]]
-Failure = Callable[[Resources, Entry, str], None]
+Failure = Callable[[Resources, Entry, str, bool], None]  # ..., message, retryable
 
 HANDLERS: dict[Kind, Handler] = {
     Kind.INGEST: ingest.run_chunk,
@@ -37,7 +38,7 @@ HANDLERS: dict[Kind, Handler] = {
 GIVE_UP_SECONDS = 3600.0
 
 
-def _give_up(rt: Resources, entry: Entry, message: str) -> None:
+def _give_up(rt: Resources, entry: Entry, message: str, retryable: bool) -> None:
     """Deletes and drops have no document to blame: the entry stays (with its error, for an
     operator) and is tried again hourly; Milvus keeps an orphan vector meanwhile, which no
     answer shows (answers are read from SQL)."""
@@ -50,8 +51,8 @@ def _give_up(rt: Resources, entry: Entry, message: str) -> None:
 
 FAILURES: dict[Kind, Failure] = {
     Kind.INGEST: ingest.fail_chunk,
-    Kind.PLAN: reindex.chunk_failed,  # a build that cannot be planned is given up too
-    Kind.REINDEX: reindex.chunk_failed,
+    Kind.PLAN: reindex.build_failed,  # a build that cannot be planned is given up too
+    Kind.REINDEX: reindex.build_failed,
     Kind.DELETE: _give_up,
     Kind.DROP: _give_up,
 }
@@ -74,13 +75,16 @@ def run(rt: Resources, entry_id: int) -> dict[str, Any]:
 def _failed(rt: Resources, entry: Entry, exc: Exception) -> dict[str, Any]:
     message = reason(exc)
     attempts = entry.attempts + 1
-    if is_transient(exc) and attempts < MAX_ATTEMPTS:
+    retryable = is_transient(exc)
+    now = utcnow()
+    since = entry.failing_since or now
+    if retryable and (now - since).total_seconds() < rt.settings.ingest_retry_seconds:
         delay = backoff(attempts)
         with rt.sessions.begin() as session:
             row = session.get(OutboxEntry, entry.id)
             if row is not None:
-                row.attempts, row.last_error = attempts, message
-                row.not_before = utcnow() + timedelta(seconds=delay)
+                row.attempts, row.last_error, row.failing_since = attempts, message, since
+                row.not_before = now + timedelta(seconds=delay)
         log.warning(
             "outbox entry %s (%s) retried in %.1f s after: %s", entry.id, entry.kind, delay, message
         )
@@ -89,8 +93,9 @@ def _failed(rt: Resources, entry: Entry, exc: Exception) -> dict[str, Any]:
         except Exception:  # the broker is away too: the sweep sends it later
             log.warning("retry of outbox entry %s not sent", entry.id, exc_info=True)
         return {"entry": entry.id, "kind": entry.kind, "outcome": "retrying", "error": message}
-    if attempts >= MAX_ATTEMPTS and is_transient(exc):
-        message = f"gave up after {attempts} attempts: {message}"
+    if retryable:
+        failing = (now - since).total_seconds()
+        message = f"gave up after {attempts} attempts in {failing:.0f} s: {message}"
     log.error("outbox entry %s (%s) failed: %s", entry.id, entry.kind, message)
-    FAILURES[entry.kind](rt, entry, message)
+    FAILURES[entry.kind](rt, entry, message, retryable)
     return {"entry": entry.id, "kind": entry.kind, "outcome": "failed", "error": message}

@@ -124,7 +124,12 @@ def _record(session: Session, job_id: str, written: Written, generation: dict[in
             .where(
                 tuple_(Document.id, Document.revision).in_(keys), Document.ingest_job_id == job_id
             )
-            .values(status=DocumentStatus.INDEXED, error=None, generation=at_least(value))
+            .values(
+                status=DocumentStatus.INDEXED,
+                error=None,
+                retryable=False,
+                generation=at_least(value),
+            )
         )
     for snap, message in written.failed.values():
         session.execute(
@@ -134,7 +139,7 @@ def _record(session: Session, job_id: str, written: Written, generation: dict[in
                 Document.revision == snap.revision,
                 Document.ingest_job_id == job_id,
             )
-            .values(status=DocumentStatus.FAILED, error=message)
+            .values(status=DocumentStatus.FAILED, error=message, retryable=False)
         )
     if written.failed:
         job = session.get_one(IngestJob, job_id, with_for_update=True)
@@ -142,8 +147,10 @@ def _record(session: Session, job_id: str, written: Written, generation: dict[in
         job.errors = [*job.errors, *named]
 
 
-def fail_chunk(rt: Resources, entry: outbox.Entry, message: str) -> None:
-    """A chunk that failed for good: its documents still waiting fail with ``message``."""
+def fail_chunk(rt: Resources, entry: outbox.Entry, message: str, retryable: bool) -> None:
+    """A chunk that failed for good: its documents still waiting fail with ``message``;
+    ``retryable`` (an outage outlasted the retry budget) lets reconciliation queue them
+    again once Milvus answers."""
     with rt.sessions.begin() as session:
         job = session.get(IngestJob, entry.job_id)
         if job is not None:
@@ -154,7 +161,9 @@ def fail_chunk(rt: Resources, entry: outbox.Entry, message: str) -> None:
             )
             names = list(session.scalars(select(Document.external_id).where(*waiting)))
             session.execute(
-                update(Document).where(*waiting).values(status=DocumentStatus.FAILED, error=message)
+                update(Document)
+                .where(*waiting)
+                .values(status=DocumentStatus.FAILED, error=message, retryable=retryable)
             )
             job = session.get_one(IngestJob, job.id, with_for_update=True)
             job.errors = [*job.errors, *({"id": n, "message": message} for n in names)]

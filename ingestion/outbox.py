@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypedDict
 
@@ -58,10 +58,13 @@ class Entry:
     job_id: str | None
     payload: dict[str, Any]
     attempts: int
+    failing_since: datetime | None = None  # its first retryable failure, if any
 
     @classmethod
     def of(cls, row: OutboxEntry) -> Entry:
-        return cls(row.id, Kind(row.kind), row.job_id, dict(row.payload), row.attempts)
+        return cls(
+            row.id, Kind(row.kind), row.job_id, dict(row.payload), row.attempts, row.failing_since
+        )
 
 
 def add(

@@ -153,6 +153,12 @@ def run_chunk(rt: Resources, entry: outbox.Entry) -> dict[str, Any]:
     return {"indexed": len(written.current)}
 
 
+def build_failed(rt: Resources, entry: outbox.Entry, message: str, retryable: bool) -> None:
+    """The engine's failure handler: whatever the cause, the build is given up (a new
+    reindex starts it again); search stays on the served generation."""
+    chunk_failed(rt, entry, message)
+
+
 def chunk_failed(
     rt: Resources, entry: outbox.Entry, message: str, *, complete: bool = True
 ) -> None:

@@ -80,7 +80,7 @@ def write(
         vectors = np.array([cache[(model, s.row_id, s.revision)] for s in ready], np.float32)
         service.upsert(target, documents, vectors, fields)
         # An older revision's vector must not stand for one that cannot be embedded.
-        unembeddable = [snap.external_id for snap, _ in written.failed.values() if snap in pending]
+        unembeddable = [snap for snap, _ in written.failed.values() if snap in pending]
         pending = _check(rt, collection_id, target, ready, written, unembeddable)
         if written.collection_gone:
             return written
@@ -128,11 +128,14 @@ def _check(
     target: str,
     ready: list[Snapshot],
     written: Written,
-    gone: list[str],
+    unembeddable: list[Snapshot],
 ) -> list[Snapshot]:
-    """After an upsert: record what is still current, remove what is ``gone`` or deleted;
-    returns the current content of what changed, to write again."""
-    external_ids = [snap.external_id for snap in ready]
+    """After an upsert: record what is still current; remove the vectors of what was
+    deleted, and of what cannot be embedded while that is still the current revision (a
+    newer revision's writer owns the vector then); returns the current content of what
+    changed, to write again."""
+    external_ids = [snap.external_id for snap in [*ready, *unembeddable]]
+    gone: list[str] = []
     with rt.sessions() as session:
         if session.get(Collection, collection_id) is None:
             written.collection_gone = True
@@ -146,6 +149,10 @@ def _check(
             )
         }
         again: list[Snapshot] = []
+        for snap in unembeddable:
+            row = rows.get(snap.external_id)
+            if row is None or (row.id, row.revision) == (snap.row_id, snap.revision):
+                gone.append(snap.external_id)
         for snap in ready:
             row = rows.get(snap.external_id)
             if row is None or (
@@ -163,7 +170,31 @@ def _check(
     if gone:
         rt.index.delete(target, gone)
         rt.index.flush(target)
+        mine = {s.external_id: s for s in [*ready, *unembeddable]}
+        again += _written_since(rt, collection_id, gone, mine)
     return again
+
+
+def _written_since(
+    rt: Resources, collection_id: int, deleted: list[str], ours: dict[str, Snapshot]
+) -> list[Snapshot]:
+    """Documents of ``deleted`` that a newer revision (or a new document) took over while
+    their vectors were being deleted: their writer may have written before the delete, so
+    their current content is written again."""
+    with rt.sessions() as session:
+        rows = session.scalars(
+            select(Document).where(
+                Document.collection_id == collection_id,
+                Document.external_id.in_(deleted),
+                Document.status != DocumentStatus.FAILED,
+            )
+        )
+        return [
+            Snapshot.of(row)
+            for row in rows
+            if (mine := ours.get(row.external_id)) is None
+            or (row.id, row.revision) != (mine.row_id, mine.revision)
+        ]
 
 
 def at_least(generation: int) -> Any:

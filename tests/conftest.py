@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 if TYPE_CHECKING:
-    from cli.stack import Stack
+    from cli.stack import MilvusStandalone, Stack
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "UMARVEL_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -127,12 +127,23 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
 
 
 @pytest.fixture(scope="session")
-def milvus_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Milvus standalone server (the PyPI ``milvus`` package), once per session."""
+def milvus_standalone_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[MilvusStandalone]:
+    """A real Milvus standalone server (the PyPI ``milvus`` package), once per session; the
+    fault tests kill it and start it again on the same ports. Its etcd sessions live 10 s
+    (Milvus' default: 30 s), the time a restarted server waits for its killed predecessor's
+    sessions to expire before it serves their collections again."""
     from cli.stack import MilvusStandalone
 
-    with MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone")) as server:
-        yield server.uri
+    workdir = tmp_path_factory.mktemp("milvus-standalone")
+    with MilvusStandalone(workdir, session_ttl=10) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone(milvus_standalone_server: MilvusStandalone) -> str:
+    return milvus_standalone_server.uri
 
 
 MILVUS_KINDS = ("lite", "standalone")

@@ -24,7 +24,7 @@ from core.cache import ResultCache, mark_queries_active, notify_finished
 from core.metrics import STAGE_SECONDS
 from core.models import Collection, Document, QueryJob, utcnow
 from core.results import enrich
-from core.states import QueryStatus, advance_query
+from core.states import DocumentStatus, QueryStatus, advance_query
 from recall.index import milvus_name
 from recall.instructions import default_instruction
 from recall.prompts import Query
@@ -192,11 +192,13 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
                     select(Document).where(
                         Document.collection_id == job.collection_id,
                         Document.external_id.in_([h["document_id"] for h in hits]),
+                        Document.status == DocumentStatus.INDEXED,
                     )
                 )
             }
             query, _ = _query_of(rt, job)
-        hits = [h for h in hits if h["document_id"] in docs]  # deleted since recall: skip
+        # Deleted since recall, or not indexed at its current revision (core.results): skip.
+        hits = [h for h in hits if h["document_id"] in docs]
         started = time.perf_counter()
         candidates = [
             RerankCandidate(

@@ -3,18 +3,19 @@ what the API accepted is in the outbox with its rows, and nothing is left of wha
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import redis
 from flask.testing import FlaskClient
+from pymilvus import MilvusException
 from sqlalchemy import func, select
 
 from core.cache import make_redis
 from core.models import Document, IngestJob, OutboxEntry, utcnow
 from ingestion import engine, sweep
 from ingestion.outbox import Kind
-from ingestion.retry import MAX_ATTEMPTS
 from recall.index import MilvusIndex
 from tests.helpers import entries, error, run_entries
 from workers.runtime import Runtime
@@ -54,18 +55,35 @@ def test_a_transient_failure_is_retried_later(
     assert entries(rt) == []
 
 
-def test_transient_failures_give_up_after_the_last_attempt(
+def test_retryable_failures_are_retried_for_the_time_budget_then_given_up(
     pipeline_env: tuple[FlaskClient, Runtime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Retried for UMARVEL_INGEST_RETRY_SECONDS from the first failure, however many tries
+    that takes; then the documents fail, marked retryable (reconciliation sends them again)."""
     client, rt = pipeline_env
     job = _submit(client, [{"id": "a", "text": "a"}])
     (entry,) = entries(rt, job["id"])
-    monkeypatch.setattr(MilvusIndex, "upsert", lambda *a: (_ for _ in ()).throw(TimeoutError()))
-    outcomes = [engine.run(rt, entry.id)["outcome"] for _ in range(MAX_ATTEMPTS)]
-    assert outcomes == ["retrying"] * (MAX_ATTEMPTS - 1) + ["failed"]
+    restarting = MilvusException(
+        code=65535, message="attempt #3: session not found->datanode-3: node not found"
+    )
+    monkeypatch.setattr(MilvusIndex, "upsert", lambda *a: (_ for _ in ()).throw(restarting))
+    outcomes = [engine.run(rt, entry.id)["outcome"] for _ in range(12)]
+    assert outcomes == ["retrying"] * 12  # an attempt count never ends it
+    with rt.sessions.begin() as session:
+        row = session.get_one(OutboxEntry, entry.id)
+        first = row.failing_since
+        assert first is not None
+        assert row.attempts == 12
+        # The budget has run out since the first failure (as if it had been failing that long).
+        row.failing_since = first - timedelta(seconds=rt.settings.ingest_retry_seconds)
+    assert engine.run(rt, entry.id)["outcome"] == "failed"
     failed = client.get(job["url"]).json
     assert (failed["state"], failed["failed"]) == ("done", 1)
-    assert failed["errors"][0]["message"].startswith(f"gave up after {MAX_ATTEMPTS} attempts")
+    assert failed["errors"][0]["message"].startswith("gave up after 13 attempts in ")
+    assert "node not found" in failed["errors"][0]["message"]
+    with rt.sessions() as session:
+        doc = session.scalars(select(Document).where(Document.ingest_job_id == job["id"])).one()
+        assert (doc.status, doc.retryable) == ("failed", True)
     assert entries(rt) == []
 
 
@@ -82,6 +100,8 @@ def test_a_permanent_failure_fails_its_documents_with_the_reason(
     assert (failed["state"], failed["done"], failed["failed"]) == ("done", 0, 2)
     assert {e["id"] for e in failed["errors"]} == {"a", "b"}
     assert all("schema mismatch" in e["message"] for e in failed["errors"])
+    with rt.sessions() as session:  # the content's fault: nothing sends it again by itself
+        assert not any(session.scalars(select(Document.retryable)))
 
 
 def test_what_is_accepted_is_recorded_with_its_rows(

@@ -1,17 +1,21 @@
 """Reconciliation against real SQL, Redis and milvus-lite: vectors Milvus lost are
-re-embedded by a repair job, vectors SQL no longer has are deleted, busy collections are
-left alone, and a late delete never removes a document that was sent again."""
+re-embedded by a repair job, vectors SQL no longer has are deleted, documents that failed
+while their vectors were written (or failed for an outage) are written again, busy
+collections are left alone, and a late delete never removes a document that was sent
+again. Search never serves a document SQL does not hold as indexed."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import update
 
-from core.models import Collection
+from core.models import Collection, Document
 from ingestion import reconcile
 from recall.index import milvus_name
 from tests.helpers import entries, ingest_in_process, run_entries
+from workers.queries import recall_step
 from workers.runtime import Runtime
 
 
@@ -139,3 +143,60 @@ def test_a_late_delete_keeps_a_document_that_was_sent_again(
     assert delete.id not in {entry.id for entry in entries(rt)}
     assert sorted(rt.index.ids(_served(rt))) == ["d0", "d1"]
     assert client.get("/v1/collections/docs").json["documents"]["indexed"] == 2
+
+
+def _fail(rt: Runtime, external_id: str, retryable: bool, **values: object) -> None:
+    """SQL says the document failed (as when an upsert Milvus applied was reported lost)."""
+    with rt.sessions.begin() as session:
+        session.execute(
+            update(Document)
+            .where(Document.external_id == external_id)
+            .values(
+                status="failed", error="Unavailable: Milvus away", retryable=retryable, **values
+            )
+        )
+
+
+def _search(client: FlaskClient, rt: Runtime, text: str) -> set[str]:
+    body = {"text": text, "top_k": 10, "rerank": {"enabled": False}, "wait": 0}
+    job = client.post("/v1/collections/docs/queries", json=body).json
+    recall_step(rt, job["id"])
+    answer = client.get(f"/v1/queries/{job['id']}").json
+    assert answer["status"] == "done", answer
+    return {hit["document_id"] for hit in answer["results"]}
+
+
+@pytest.mark.both_milvus
+def test_every_disagreement_between_sql_and_milvus_is_repaired(
+    pipeline_env: tuple[FlaskClient, Runtime],
+) -> None:
+    client, rt = pipeline_env
+    ingest_in_process(client, rt, _docs(5))
+    name = _served(rt)
+    (row,) = rt.index.client.query(name, filter='id == "d0"', output_fields=["vector"])
+    rt.index.upsert(name, [{"id": "ghost", "vector": row["vector"]}])  # no document at all
+    rt.index.delete(name, ["d0", "d2"])  # d0: indexed, lost by Milvus
+    rt.index.flush(name)
+    _fail(rt, "d1", retryable=False)  # failed in SQL, vector in Milvus
+    _fail(rt, "d2", retryable=True)  # failed for an outage, no vector
+    _fail(rt, "d3", retryable=False, image_key="f" * 64)  # vector in Milvus, content unusable
+    # Only what SQL holds as indexed is served, whatever Milvus holds.
+    assert _search(client, rt, "document") == {"d4"}
+
+    (repair,) = reconcile.reconcile(rt)
+    assert (repair.missing, repair.orphans, repair.stale, repair.outage) == (
+        ["d0"],
+        ["ghost"],
+        ["d1", "d3"],
+        ["d2"],
+    )
+    job = client.get(f"/v1/ingest-jobs/{repair.job_id}").json
+    assert (job["kind"], job["total"]) == ("repair", 4)
+    run_entries(rt)
+    # d3 cannot be embedded (its image is gone): it stays failed, and its vector is removed.
+    assert sorted(rt.index.ids(name)) == ["d0", "d1", "d2", "d4"]
+    counts = client.get("/v1/collections/docs").json["documents"]
+    assert (counts["indexed"], counts["failed"]) == (4, 1)
+    assert client.get("/v1/collections/docs/documents/d3").json["status"] == "failed"
+    assert _search(client, rt, "document") == {"d0", "d1", "d2", "d4"}
+    assert reconcile.reconcile(rt) == []  # it agrees now
