@@ -66,13 +66,42 @@ class ResultCache:
         self.client.delete(f"{PREFIX}:inflight:{key}")
 
 
+# The run_id of the Redis server each client's connections last reached, by server address:
+# it changes when the server restarts or a replica is promoted (core.fences).
+_SERVER_RUNS: dict[str, str] = {}
+
+
+def _server_address(kwargs: dict[str, Any]) -> str:
+    return f"{kwargs.get('path') or kwargs.get('host')}:{kwargs.get('port')}"
+
+
+def server_run(client: redis.Redis) -> str:
+    """The run_id of the server ``client`` last connected to ('' until it has, or when the
+    server does not tell)."""
+    return _SERVER_RUNS.get(_server_address(client.connection_pool.connection_kwargs), "")
+
+
 def _counting(base: type[Any]) -> type[Any]:
     class Counting(base):
-        """Counts each packet sent: one command, or one whole pipeline."""
+        """Counts each packet sent: one command, or one whole pipeline. Each new connection
+        also reads its server's run_id (one INFO per connection, not per command)."""
 
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             REDIS_ROUND_TRIPS.inc()
             super().send_packed_command(command, check_health)
+
+        def on_connect_check_health(self, check_health: bool = True) -> None:
+            super().on_connect_check_health(check_health=check_health)
+            try:
+                self.send_command("INFO", "server", check_health=False)
+                info = self.read_response()
+            except redis.ResponseError:  # INFO refused (an ACL): no restart detection
+                return
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            for line in text.splitlines():
+                if line.startswith("run_id:"):
+                    where = {key: getattr(self, key, None) for key in ("host", "port", "path")}
+                    _SERVER_RUNS[_server_address(where)] = line.split(":", 1)[1].strip()
 
     Counting.__name__ = f"Counting{base.__name__}"
     return Counting

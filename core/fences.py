@@ -5,18 +5,30 @@ metadata (uid, version, models, rerank defaults, fields), both SQL rows. Reading
 Redis instead saves the query path two SQL round trips; SQL stays the record, and a copy in
 Redis is used only while it provably matches it.
 
-Each record ("collection:<name>", or "keys" for every API key) has a *fence*, a counter,
-and a *busy* count of writers in flight. A copy carries the fence value its reader saw
+Each record ("collection:<name>", or "keys" for every API key) has a *fence*, a unique
+token, and a *busy* count of writers in flight. A copy carries the fence its reader saw
 before reading SQL, and is filled only if that fence has not moved and no writer is busy
-(one Lua script, atomic in Redis). A session that changes a record moves the fence and
-counts itself busy before it commits (a failure there aborts the commit), and moves the
-fence again and leaves after it commits. So:
+(one Lua script, atomic in Redis). A session that changes a record moves the fence (a fresh
+token) and counts itself busy before it commits (a failure there aborts the commit), and
+moves the fence again and leaves after it commits. So:
 
 - a copy filled before a writer began is dropped by the writer's first move;
 - a reader whose SQL read overlapped the writer's commit saw a fence that the writer's
   second move leaves behind;
 - if Redis fails between the commit and the second move, the writer stays counted busy
   (for ``BUSY_SECONDS``): no copy is filled meanwhile, and readers go to SQL.
+
+Redis itself can go back: restarted from an RDB snapshot taken before a change, failed
+over to a replica that had not yet received it, or with a fence key evicted. Two rules keep
+such a Redis from bringing back what an admin took away (a revoked key, a deleted
+collection's answers):
+
+- a fence is never a counter that can come back to an old value: each move writes a fresh
+  token, and a missing fence validates no copy (a reader that finds none sets a fresh one,
+  which no copy carries);
+- a copy is used only in the lifetime of the Redis server that it was filled in (its
+  ``run_id``, read once per connection): a restarted or promoted server has another, so a
+  copy restored from a snapshot, fence and all, is never used.
 
 The session events in ``watch`` do the writers' part for every ORM change to a
 ``Collection`` or ``ApiKey`` row; bulk ``UPDATE``/``DELETE`` statements on those tables are
@@ -29,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +50,7 @@ import redis
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
-from core.cache import PREFIX
+from core.cache import PREFIX, server_run
 from core.errors import Unavailable
 from core.models import ApiKey, Collection
 
@@ -48,19 +61,31 @@ BUSY_SECONDS = 300  # how long a writer that could not say it finished counts as
 TOUCHED = "fenced_records"  # Session.info: records this transaction changes
 BEGUN = "fenced_begun"  # Session.info: records whose writers are counted busy
 
-# KEYS: fence, busy, copy. ARGV: the fence the reader saw, the copy, its lifetime.
+# KEYS: fence, busy, copy. ARGV: the fence the reader saw ('' for none), the copy, its
+# lifetime, the fresh fence to set when there was none (the copy carries it then).
 _FILL = """
-if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+local fence = redis.call('GET', KEYS[1])
+if ARGV[1] == '' then
+  if fence then return 0 end
+  redis.call('SET', KEYS[1], ARGV[4])
+elseif fence ~= ARGV[1] then
+  return 0
+end
 if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then return 0 end
 redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
 return 1
 """
-# KEYS: fence, busy. The writer's last move; never counts below zero.
+# KEYS: fence, busy. ARGV: a fresh fence. The writer's last move; never counts below zero.
 _LEAVE = """
-redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1])
 if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
 return 1
 """
+
+
+def new_fence() -> str:
+    return uuid.uuid4().hex
+
 
 KEYS_RECORD = "keys"
 
@@ -71,10 +96,11 @@ def collection_record(name: str) -> str:
 
 @dataclass(frozen=True)
 class Lookup:
-    """What a reader found for one record: the copy (when usable) and the fence it saw."""
+    """What a reader found for one record: the copy (when usable) and the fence it saw
+    (``None``: the record has none yet, or Redis lost it)."""
 
     value: Any | None
-    fence: str
+    fence: str | None
 
 
 class Fences:
@@ -93,28 +119,36 @@ class Fences:
 
     def read(self, wanted: Sequence[tuple[str, str]]) -> list[Lookup]:
         """(record, entry) pairs, in one round trip; a copy is usable only when it carries
-        the current fence and no writer is busy."""
+        the current fence, was filled in this Redis server's lifetime, and no writer is
+        busy."""
         keys: list[str] = []
         for record, entry in wanted:
             keys += [*self._keys(record), self.copy_key(record, entry)]
         values = self.client.mget(keys)
+        run = server_run(self.client)  # of the connection the MGET just used
         found = []
         for position in range(0, len(values), 3):
             fence, busy, raw = values[position : position + 3]
-            seen = _text(fence) or "0"
+            seen = _text(fence)
             copy = json.loads(raw) if raw is not None else None
-            if copy is not None and copy["fence"] == seen and int(busy or 0) <= 0:
-                found.append(Lookup(copy["value"], seen))
-            else:
-                found.append(Lookup(None, seen))
+            usable = (
+                copy is not None
+                and seen is not None
+                and copy["fence"] == seen
+                and copy.get("run") == run
+                and int(busy or 0) <= 0
+            )
+            found.append(Lookup(copy["value"] if usable and copy else None, seen))
         return found
 
-    def fill(self, record: str, entry: str, seen: str, value: Any) -> bool:
+    def fill(self, record: str, entry: str, seen: str | None, value: Any) -> bool:
         """Store ``value`` (read from SQL after ``seen`` was read) unless a writer came by."""
         fence, busy = self._keys(record)
-        copy = json.dumps({"fence": seen, "value": value})
+        fresh = new_fence()
+        run = server_run(self.client)
+        copy = json.dumps({"fence": seen or fresh, "run": run, "value": value})
         keys = [fence, busy, self.copy_key(record, entry)]
-        return bool(self._fill(keys=keys, args=[seen, copy, TTL_SECONDS]))
+        return bool(self._fill(keys=keys, args=[seen or "", copy, TTL_SECONDS, fresh]))
 
     def through(
         self, record: str, entry: str, load: Callable[[], Any], found: Lookup | None = None
@@ -139,7 +173,7 @@ class Fences:
         pipe = self.client.pipeline()
         for record in records:
             fence, busy = self._keys(record)
-            pipe.incr(fence)
+            pipe.set(fence, new_fence())
             pipe.incr(busy)
             pipe.expire(busy, BUSY_SECONDS)
         try:
@@ -151,7 +185,7 @@ class Fences:
         """After the commit (or a rollback): copies may be filled again from SQL."""
         for record in records:
             try:
-                self._leave(keys=list(self._keys(record)))
+                self._leave(keys=list(self._keys(record)), args=[new_fence()])
             except redis.RedisError:
                 log.warning(
                     "record %s stays fenced for up to %d s (Redis unreachable after a commit)",

@@ -54,7 +54,7 @@ def test_cache_clear_forgets_the_copies(runner: CliRunner, redis_url: str) -> No
     fences = Fences(make_redis(redis_url))
     fences.client.flushdb()
     record = collection_record("docs")
-    assert fences.fill(record, "searched", "0", {"version": 1})
+    assert fences.fill(record, "searched", None, {"version": 1})
     assert fences.read([(record, "searched")])[0].value == {"version": 1}
     cleared = runner.invoke(main, ["cache", "clear"])
     assert (cleared.exit_code, cleared.output.strip()) == (0, "forgot 1 copies")

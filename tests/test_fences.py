@@ -4,8 +4,10 @@ reader with a writer, nor a writer that loses Redis, leaves a copy that disagree
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,12 +15,16 @@ import redis
 from flask.testing import FlaskClient
 from sqlalchemy import event, select, update
 
+from api.app import create_app
+from cli.stack import RedisServer
+from core.auth import revoke
 from core.cache import make_redis
-from core.db import make_engine, make_session_factory
+from core.db import make_engine, make_session_factory, session_scope
 from core.errors import Unavailable
 from core.fences import Fences, collection_record
 from core.models import Collection
-from tests.helpers import error, ingest_in_process, make_key
+from core.settings import Settings
+from tests.helpers import error, ingest_in_process, make_key, redis_binary
 from workers.queries import recall_step
 from workers.runtime import Runtime
 
@@ -131,6 +137,79 @@ def test_a_copy_read_before_a_write_is_never_filled_or_used_after_it(fences: Fen
     assert fences.read([(RECORD, "searched")])[0].value == {"version": 2}
     fences.begin([RECORD])  # the next writer: the copy stops being used at once
     assert fences.read([(RECORD, "searched")])[0].value is None
+
+
+def test_a_lost_fence_validates_no_copy(fences: Fences) -> None:
+    """A fence evicted (or never written) is no old value that an old copy could match."""
+    (seen,) = fences.read([(RECORD, "searched")])
+    assert seen.fence is None
+    assert fences.fill(RECORD, "searched", seen.fence, {"version": 1}) is True  # sets a fence
+    (filled,) = fences.read([(RECORD, "searched")])
+    assert filled.value == {"version": 1}
+    assert filled.fence is not None
+    fences.client.delete(Fences._keys(RECORD)[0])  # evicted, or a Redis that lost it
+    (lost,) = fences.read([(RECORD, "searched")])
+    assert (lost.value, lost.fence) == (None, None)
+    assert fences.fill(RECORD, "searched", lost.fence, {"version": 2}) is True
+    (again,) = fences.read([(RECORD, "searched")])
+    assert again.value == {"version": 2}
+    assert again.fence != filled.fence  # a fresh token, never the old one
+
+
+def test_fence_moves_are_unique_tokens(fences: Fences) -> None:
+    moves = set()
+    for _ in range(3):
+        fences.begin([RECORD])
+        moves.add(fences.client.get(Fences._keys(RECORD)[0]))
+        fences.leave([RECORD])
+        moves.add(fences.client.get(Fences._keys(RECORD)[0]))
+    assert len(moves) == 6
+
+
+def test_a_redis_restored_from_an_older_snapshot_brings_nothing_back(
+    migrated_url: str, tmp_path: Path, tiny_models: dict[str, Path], milvus_server: dict
+) -> None:
+    """Redis restarted from an RDB snapshot taken before a key was revoked and a collection
+    deleted holds copies whose fences match again: they must not be used."""
+    with RedisServer(tmp_path / "redis", binary=redis_binary()) as server:
+        settings = Settings(
+            database_url=migrated_url,
+            redis_url=server.url,
+            media_root=tmp_path / "media",
+            milvus_uri=str(milvus_server["uri"]),
+            milvus_prefix=f"s{uuid.uuid4().hex[:6]}_",
+            recall_model=str(tiny_models["qwen3_vl"]),
+            device="cpu",
+            query_wait_seconds=0,
+            model_runners=1,
+        )
+        client = create_app(settings).test_client()
+        admin = {"Authorization": "Bearer " + make_key(client.application, ["admin"])}
+        search = {"Authorization": "Bearer " + make_key(client.application, ["search"])}
+        rt = Runtime(settings)
+        try:
+            client.environ_base["HTTP_AUTHORIZATION"] = admin["Authorization"]
+            assert client.post("/v1/collections", json={"name": "docs"}).status_code == 201
+            ingest_in_process(client, rt, [{"id": "d1", "text": "document 1"}])
+            _answered(client, rt, QUERY)
+            client.environ_base.pop("HTTP_AUTHORIZATION")
+            cached = client.post("/v1/collections/docs/queries", json=QUERY, headers=search)
+            assert (cached.status_code, cached.json["cached"]) == (200, True)
+            redis.Redis.from_url(
+                server.url
+            ).save()  # the snapshot: every copy and the cached answer are in it
+
+            with session_scope(client.application.extensions["umarvel"].sessions) as session:
+                revoke(session, search["Authorization"].split()[1][:12])
+            assert client.delete("/v1/collections/docs", headers=admin).status_code == 204
+            server.kill()  # a crash; its supervisor starts it again from the snapshot
+            server.start()
+
+            assert error(client.get("/v1/collections", headers=search), 401)
+            gone = client.post("/v1/collections/docs/queries", json=QUERY, headers=admin)
+            assert error(gone, 404)
+        finally:
+            rt.index.close()
 
 
 def test_a_read_that_overlaps_a_commit_fills_nothing(fences: Fences) -> None:
