@@ -342,14 +342,15 @@ def jobs() -> None:
 
 @jobs.command("cleanup")
 def jobs_cleanup() -> None:
-    """Delete query jobs past UMARVEL_JOB_TTL_SECONDS, then unreferenced media older than
-    UMARVEL_MEDIA_GRACE_SECONDS, now (beat does both every 10 minutes)."""
+    """Delete query jobs past UMARVEL_JOB_TTL_SECONDS (finished or not) and ingestion jobs
+    finished longer ago than UMARVEL_INGEST_JOB_TTL_SECONDS, then unreferenced media older
+    than UMARVEL_MEDIA_GRACE_SECONDS, now (beat does both every 10 minutes)."""
     from core.settings import get_settings
     from workers.queries import cleanup_jobs, cleanup_media
     from workers.runtime import Runtime
 
     rt = Runtime(get_settings())
-    click.echo(f"deleted {cleanup_jobs(rt)} expired query jobs")
+    click.echo(f"deleted {cleanup_jobs(rt)} expired query and ingestion jobs")
     click.echo(f"deleted {cleanup_media(rt)} unreferenced media objects")
 
 

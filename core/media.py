@@ -42,6 +42,11 @@ class MediaStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def age(self, key: str) -> float | None:
+        """Seconds since ``key`` was last stored (a put of bytes already there counts), or
+        ``None`` when it is not stored."""
+        ...
+
     def older_than(self, seconds: float) -> Iterator[str]:
         """Keys of the objects stored more than ``seconds`` ago."""
         ...
@@ -79,8 +84,11 @@ class LocalMediaStore:
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
         path = self._path(key)
-        if path.exists():
+        try:  # stored already: sent again now, so young again for the clean-up's grace
+            os.utime(path)
             return key
+        except FileNotFoundError:
+            pass
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
@@ -107,6 +115,12 @@ class LocalMediaStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def age(self, key: str) -> float | None:
+        try:
+            return time.time() - self._path(key).stat().st_mtime
+        except (FileNotFoundError, NotFound):
+            return None
 
     def older_than(self, seconds: float) -> Iterator[str]:
         cutoff = time.time() - seconds

@@ -155,7 +155,7 @@ class S3MediaStore:
 
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
-        if self.exists(key):
+        if self._touch(key):  # sent again now: young again for the clean-up's grace
             return key
         try:
             self.client.upload_fileobj(
@@ -194,6 +194,40 @@ class S3MediaStore:
         except BotoCoreError as exc:
             _reraise(exc)
         return True
+
+    def _touch(self, key: str) -> bool:
+        """Refresh the object's LastModified (S3 has no touch: a copy onto itself); False
+        when it is not stored."""
+        name = self._name(key)
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=name,
+                CopySource={"Bucket": self.bucket, "Key": name},
+                MetadataDirective="REPLACE",
+            )
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return False
+            _reraise(exc)
+        except BotoCoreError as exc:
+            _reraise(exc)
+        return True
+
+    def age(self, key: str) -> float | None:
+        try:
+            name = self._name(key)
+        except NotFound:
+            return None
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=name)
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            _reraise(exc)
+        except BotoCoreError as exc:
+            _reraise(exc)
+        return time.time() - float(head["LastModified"].timestamp())
 
     def delete(self, key: str) -> None:
         name = self._name(key)

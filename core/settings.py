@@ -160,7 +160,16 @@ class Settings(BaseSettings):
     )
     result_ttl_seconds: int = Field(3600, ge=1, description="Lifetime of cached query results.")
     job_ttl_seconds: int = Field(
-        86400, ge=1, description="Finished query jobs expire, and are cleaned up, after this."
+        86400,
+        ge=1,
+        description="Query jobs expire, and are cleaned up, this long after they finished, "
+        "or after they were created when they never finished (their messages were lost).",
+    )
+    ingest_job_ttl_seconds: int = Field(
+        30 * 86400,
+        ge=1,
+        description="Finished ingestion, reindex and repair jobs are cleaned up this long "
+        "after they finished (their documents stay).",
     )
     media_grace_seconds: int = Field(
         3600,

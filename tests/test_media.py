@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -106,6 +107,61 @@ def test_older_than_lists_only_old_objects(store: MediaStore) -> None:
     assert list(store.older_than(-60)) == [key]  # a cut-off in the future takes all
     store.delete(key)
     assert list(store.older_than(-60)) == []
+
+
+def test_storing_bytes_again_makes_them_young_again(store: MediaStore) -> None:
+    """A request that sends an image already stored keeps it from the clean-up's grace."""
+    key = store.put(b"sent twice")
+    time.sleep(1.2)  # S3's LastModified has a resolution of one second
+    assert (store.age(key) or 0.0) >= 1.0
+    assert store.put(b"sent twice") == key
+    assert (store.age(key) or 99.0) < 1.0
+    assert list(store.older_than(1.0)) == []
+    assert store.age("0" * 64) is None
+    assert store.age("not a key") is None
+
+
+def test_the_clean_up_checks_again_just_before_it_deletes(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    """An image the clean-up found old and unused is kept when, before the delete, a request
+    sends it again (young again) or commits a row that refers to it."""
+    from core.db import make_engine, make_session_factory
+    from core.models import Collection, Document
+    from workers.queries import cleanup_media
+
+    store = LocalMediaStore(tmp_path / "media")
+    settings = Settings(database_url=migrated_url, media_root=tmp_path / "media")
+    sessions = make_session_factory(make_engine(migrated_url))
+    with sessions.begin() as session:
+        collection = Collection(name="c", recall_model="m", rerank_k=5, rerank_weight=0.1)
+        session.add(collection)
+    sent_again, referenced, unused = (store.put(data) for data in (b"a", b"b", b"c"))
+    past = time.time() - settings.media_grace_seconds - 60
+    for key in (sent_again, referenced, unused):
+        path = store.root / key[:2] / key[2:4] / key
+        os.utime(path, (past, past))
+
+    class Interleaved(LocalMediaStore):
+        """Requests act after the clean-up found the images unused, before its deletes."""
+
+        acted = False
+
+        def age(self, key: str) -> float | None:
+            if not self.acted:
+                self.acted = True
+                self.put(b"a")  # the same image in a new request
+                with sessions.begin() as session:  # another request commits its document
+                    cid = session.query(Collection.id).scalar()
+                    doc = Document(collection_id=cid, external_id="d", image_key=referenced)
+                    session.add(doc)
+            return super().age(key)
+
+    rt = SimpleNamespace(settings=settings, media=Interleaved(store.root), sessions=sessions)
+    assert cleanup_media(rt) == 1  # type: ignore[arg-type]
+    assert store.exists(sent_again)
+    assert store.exists(referenced)
+    assert not store.exists(unused)
 
 
 def test_a_large_object_round_trips(store: MediaStore) -> None:

@@ -20,7 +20,7 @@ from api.routes import queries as queries_route
 from cli.samples import shape_image
 from core.cache import make_redis
 from core.db import session_scope
-from core.models import QueryJob, utcnow
+from core.models import IngestJob, QueryJob, utcnow
 from core.notices import JobNotices
 from core.settings import Settings
 from tests.helpers import error, make_key
@@ -181,6 +181,34 @@ def test_cleanup_deletes_only_jobs_past_their_lifetime(
     assert client.get(f"/v1/queries/{old}").status_code == 404
     assert client.get(f"/v1/queries/{recent}").json["status"] == "done"
     assert client.get(f"/v1/queries/{running}").json["status"] == "queued"
+
+
+def test_jobs_that_never_finished_and_old_ingestion_jobs_are_cleaned_up_too(
+    client: FlaskClient, settings: Settings
+) -> None:
+    lost, waiting = (_submit(client, t)["id"] for t in ("lost", "waiting"))
+    old_ingest = client.post("/v1/collections/docs/documents", json={"documents": []})
+    docs = [{"id": "x", "text": "x"}]
+    recent_ingest = client.post("/v1/collections/docs/documents", json={"documents": docs}).json
+    sessions = client.application.extensions["umarvel"].sessions
+    long_ago = utcnow() - timedelta(seconds=settings.ingest_job_ttl_seconds + 60)
+    with session_scope(sessions) as session:
+        # Its messages were lost a day ago: it was never read, so nothing failed it.
+        lost_job = session.get_one(QueryJob, lost)
+        lost_job.created_at = utcnow() - timedelta(seconds=settings.job_ttl_seconds + 60)
+        old = IngestJob(collection_id=lost_job.collection_id, state="done", finished_at=long_ago)
+        session.add(old)
+        session.flush()
+        old_id = old.id
+        owed = session.get_one(IngestJob, recent_ingest["id"])  # its outbox entry still waits
+        owed.finished_at = long_ago
+    assert old_ingest.status_code == 400  # refused: no job at all
+    assert cleanup_jobs(Runtime(settings)) == 2
+    assert client.get(f"/v1/queries/{lost}").status_code == 404
+    assert client.get(f"/v1/queries/{waiting}").json["status"] == "queued"
+    assert client.get(f"/v1/ingest-jobs/{old_id}").status_code == 404
+    # Work still owed (its outbox entry waits for a worker) keeps its job, however old.
+    assert client.get(recent_ingest["url"]).status_code == 200
 
 
 def test_multipart_queries(client: FlaskClient) -> None:

@@ -18,11 +18,11 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 
 from core.cache import ResultCache, mark_queries_active, notify_finished
 from core.metrics import STAGE_SECONDS
-from core.models import Collection, Document, QueryJob, utcnow
+from core.models import Collection, Document, IngestJob, OutboxEntry, QueryJob, utcnow
 from core.results import enrich
 from core.states import DocumentStatus, QueryStatus, advance_query
 from recall.index import milvus_name
@@ -88,38 +88,68 @@ def _store_vector(rt: Runtime, key: str, vector: np.ndarray) -> None:
 
 
 def cleanup_jobs(rt: Runtime) -> int:
-    """Delete query jobs finished longer ago than their lifetime; returns how many."""
-    cutoff = utcnow() - timedelta(seconds=rt.settings.job_ttl_seconds)
+    """Delete query jobs past their lifetime, finished or not (a job whose messages were
+    lost never finishes), and ingestion jobs finished longer ago than theirs; returns how
+    many. Their media go with the next media clean-up."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=rt.settings.job_ttl_seconds)
+    ingest_cutoff = now - timedelta(seconds=rt.settings.ingest_job_ttl_seconds)
     with rt.sessions.begin() as session:
-        result = session.execute(
-            delete(QueryJob).where(QueryJob.finished_at.is_not(None), QueryJob.finished_at < cutoff)
+        queries = session.execute(
+            delete(QueryJob).where(
+                or_(
+                    and_(QueryJob.finished_at.is_not(None), QueryJob.finished_at < cutoff),
+                    and_(QueryJob.finished_at.is_(None), QueryJob.created_at < cutoff),
+                )
+            )
         )
-    return int(getattr(result, "rowcount", 0) or 0)
+        building = select(Collection.reindex_job_id).where(Collection.reindex_job_id.is_not(None))
+        ingests = session.execute(
+            delete(IngestJob).where(
+                IngestJob.finished_at.is_not(None),
+                IngestJob.finished_at < ingest_cutoff,
+                IngestJob.id.not_in(
+                    select(OutboxEntry.job_id).where(OutboxEntry.job_id.is_not(None))
+                ),
+                IngestJob.id.not_in(building),
+            )
+        )
+    return sum(int(getattr(result, "rowcount", 0) or 0) for result in (queries, ingests))
 
 
 def cleanup_media(rt: Runtime, batch: int = 500) -> int:
     """Delete stored media that no document and no query job refers to; returns how many.
 
     Only objects older than ``media_grace_seconds`` are candidates: a request stores its
-    images a moment before it commits the rows that refer to them.
+    images a moment before it commits the rows that refer to them, and storing bytes that
+    are there already makes them young again. Both are checked again just before each
+    delete, since a request may have sent an image again, or committed a reference to it,
+    while the clean-up was looking.
     """
     deleted = 0
-    keys = rt.media.older_than(rt.settings.media_grace_seconds)
+    grace = rt.settings.media_grace_seconds
+    keys = rt.media.older_than(grace)
     while chunk := list(itertools.islice(keys, batch)):
-        with rt.sessions() as session:
-            used = set(
-                session.scalars(select(Document.image_key).where(Document.image_key.in_(chunk)))
-            )
-            used |= set(
-                session.scalars(
-                    select(QueryJob.query_image_key).where(QueryJob.query_image_key.in_(chunk))
-                )
-            )
-        for key in chunk:
-            if key not in used:
-                rt.media.delete(key)
-                deleted += 1
+        unused = set(chunk) - _referenced(rt, chunk)
+        old = [key for key in sorted(unused) if (rt.media.age(key) or 0.0) > grace]
+        for key in set(old) - _referenced(rt, old):
+            rt.media.delete(key)
+            deleted += 1
     return deleted
+
+
+def _referenced(rt: Runtime, keys: list[str]) -> set[str]:
+    """Those of ``keys`` that a document or a query job refers to."""
+    if not keys:
+        return set()
+    with rt.sessions() as session:
+        used = set(session.scalars(select(Document.image_key).where(Document.image_key.in_(keys))))
+        used |= set(
+            session.scalars(
+                select(QueryJob.query_image_key).where(QueryJob.query_image_key.in_(keys))
+            )
+        )
+    return {key for key in used if key is not None}
 
 
 def recall_step(rt: Runtime, job_id: str) -> str:

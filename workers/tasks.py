@@ -35,7 +35,8 @@ def score(job_id: str) -> str:
 
 @shared_task(name=Task.INGEST_CLEANUP.value)
 def cleanup() -> dict[str, int]:
-    """Periodic (Celery beat): delete query jobs past their lifetime, then the media that
-    nothing refers to any more (deleted documents and collections, expired queries)."""
+    """Periodic (Celery beat): delete query and ingestion jobs past their lifetime, then the
+    media that nothing refers to any more (deleted documents and collections, expired
+    queries)."""
     jobs = queries.cleanup_jobs(runtime())
-    return {"query_jobs": jobs, "media": queries.cleanup_media(runtime())}
+    return {"jobs": jobs, "media": queries.cleanup_media(runtime())}
