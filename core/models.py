@@ -212,6 +212,21 @@ class QueryJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class QueryJobKey(Base):
+    """A key that asked for a query job. Identical queries share one job; each key that
+    asked keeps its own attachment, and the job is cancelled (or deleted) only when no key
+    still wants it. ``api_key_id`` 0: auth is disabled (one anonymous principal)."""
+
+    __tablename__ = "query_job_keys"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("query_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    api_key_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    withdrawn: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
 

@@ -83,6 +83,44 @@ def test_cancel_a_queued_job(client: FlaskClient) -> None:
     assert _submit(client, "cancel me")["id"] != job["id"]
 
 
+def test_a_shared_job_is_cancelled_only_when_every_key_that_asked_withdrew(
+    client: FlaskClient,
+) -> None:
+    alice = client.environ_base["HTTP_AUTHORIZATION"]
+    bob = "Bearer " + make_key(client.application, ["search"])
+    carol = "Bearer " + make_key(client.application, ["search"])
+    job = _submit(client, "shared question")
+    client.environ_base["HTTP_AUTHORIZATION"] = bob
+    assert _submit(client, "shared question")["id"] == job["id"]  # Bob joins Alice's job
+    assert client.delete(job["url"]).status_code == 204  # Bob withdraws: Alice still waits
+    assert error(client.get(job["url"]), 404)  # gone for Bob
+    assert error(client.delete(job["url"]), 404)  # his second DELETE touches nothing
+    client.environ_base["HTTP_AUTHORIZATION"] = carol  # never asked: withdraws nothing
+    assert client.delete(job["url"]).status_code == 204
+    client.environ_base["HTTP_AUTHORIZATION"] = alice
+    assert client.get(job["url"]).json["status"] == "queued"
+    cancelled = client.delete(job["url"])  # the last key that wanted it
+    assert (cancelled.status_code, cancelled.json["status"]) == (200, "cancelled")
+
+
+def test_a_finished_shared_job_is_deleted_only_by_the_last_key(
+    client: FlaskClient, settings: Settings
+) -> None:
+    job = _submit(client, "finished question")
+    sessions = client.application.extensions["umarvel"].sessions
+    with session_scope(sessions) as session:
+        row = session.get_one(QueryJob, job["id"])
+        row.status, row.results, row.finished_at = "done", [], utcnow()
+    alice = client.environ_base["HTTP_AUTHORIZATION"]
+    # Bob reads a cached answer that names Alice's job; deleting it must not delete hers.
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer " + make_key(client.application, ["search"])
+    assert client.delete(job["url"]).status_code == 204
+    client.environ_base["HTTP_AUTHORIZATION"] = alice
+    assert client.get(job["url"]).json["status"] == "done"
+    assert client.delete(job["url"]).status_code == 204
+    assert error(client.get(job["url"]), 404)
+
+
 def _wait_and_cancel(client: FlaskClient, text: str, wait: float) -> tuple[dict, float, float]:
     """POST a query that waits ``wait`` seconds, cancel its job from another client while it
     waits; (its answer, seconds from the cancel to the answer, seconds it took in all)."""

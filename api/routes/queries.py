@@ -19,6 +19,8 @@ from typing import Any
 from celery import chain
 from flask import Blueprint, g, request
 from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from api.auth import require
 from api.backpressure import check_backpressure
@@ -35,7 +37,7 @@ from core.errors import InvalidRequest, NotFound, Unavailable
 from core.fences import collection_record
 from core.images import decode_image
 from core.metrics import CACHE_REQUESTS
-from core.models import Collection, QueryJob, new_id, utcnow
+from core.models import Collection, QueryJob, QueryJobKey, new_id, utcnow
 from core.results import enrich
 from core.states import RUNNING_QUERY, QueryStatus, advance_query
 from recall.filters import compile_filter
@@ -45,6 +47,7 @@ bp = Blueprint("queries", __name__)
 POLL_SECONDS = 0.5  # a safety net only: workers publish when a job finishes
 RETRY_AFTER_SECONDS = 2
 RUNNING = RUNNING_QUERY
+ANONYMOUS = 0  # the caller's key id when auth is disabled
 LOST_MESSAGE = "the query's tasks were lost (the broker restarted?); send the query again"
 
 
@@ -160,9 +163,13 @@ def submit_query(name: str) -> Any:
                         api_key_id=g.api_key.id if g.get("api_key") is not None else None,
                     )
                 )
+                session.flush()
+                session.add(QueryJobKey(job_id=job_id, api_key_id=_caller()))
         except Exception:
             svc.cache.release(key)  # no job will ever finish under this claim
             raise
+    else:
+        _attach(svc, holder)
     g.job_id = holder
     # Watched before the chain is sent, no notice can be missed while the subscription is
     # up: a job this request has just made is known to be queued, and is read only once a
@@ -179,6 +186,42 @@ def submit_query(name: str) -> Any:
             queued=holder == job_id and svc.notices.subscribed,
             done=lambda: _finished_answer(svc, collection, key, holder),
         )
+
+
+def _caller() -> int:
+    """The id of the key making this request (0 when auth is disabled)."""
+    key = g.get("api_key")
+    return int(key.id) if key is not None else ANONYMOUS
+
+
+def _attach(svc: Services, job_id: str) -> None:
+    """Record that the caller asked for ``job_id``, a job another request made. Best
+    effort: the job may not be committed yet, and then the caller, unrecorded, can still
+    read it but never cancels it for the keys that are recorded."""
+    with contextlib.suppress(IntegrityError), session_scope(svc.sessions) as session:
+        attached = session.get(QueryJobKey, (job_id, _caller()))
+        if attached is None:
+            session.add(QueryJobKey(job_id=job_id, api_key_id=_caller()))
+        else:
+            attached.withdrawn = False  # asked again after withdrawing
+
+
+def _withdraw(session: Any, job_id: str) -> bool:
+    """Withdraw the caller's interest in ``job_id`` if another key still wants the job
+    (True); else (False) the caller is its last taker, and stays attached."""
+    others = select(QueryJobKey.api_key_id).where(
+        QueryJobKey.job_id == job_id,
+        QueryJobKey.api_key_id != _caller(),
+        QueryJobKey.withdrawn.is_(False),
+    )
+    if session.scalar(others.limit(1)) is None:
+        return False
+    attached = session.get(QueryJobKey, (job_id, _caller()))
+    if attached is None:  # a cached answer's reader, or a joiner that was not recorded
+        session.add(QueryJobKey(job_id=job_id, api_key_id=_caller(), withdrawn=True))
+    else:
+        attached.withdrawn = True
+    return True
 
 
 def _enqueue(svc: Services, job_id: str, rerank: bool) -> None:
@@ -302,10 +345,12 @@ def _render_cached(collection: Searched, cached: dict[str, Any]) -> dict[str, An
     }
 
 
-def _job(session: Any, job_id: str) -> QueryJob:
-    """The job, checked against the caller's key, expired when past its lifetime."""
-    job = session.get(QueryJob, job_id)
-    if job is None:
+def _job(session: Any, job_id: str, lock: bool = False) -> QueryJob:
+    """The job, checked against the caller's key, expired when past its lifetime; a job
+    the caller withdrew from (``DELETE``) is gone for it. ``lock``: held until the commit."""
+    job = session.get(QueryJob, job_id, with_for_update=lock)
+    attached = session.get(QueryJobKey, (job_id, _caller())) if job is not None else None
+    if job is None or (attached is not None and attached.withdrawn):
         raise NotFound(f"query job {job_id!r} does not exist")
     g.job_id, g.collection = job.id, session.get_one(Collection, job.collection_id).name
     require("search", g.collection)
@@ -340,11 +385,15 @@ def read_query(job_id: str) -> Any:
     tags=["queries"],
 )
 def delete_query(job_id: str) -> Any:
-    """Cancel a running job (its queued steps are revoked), or delete a finished one."""
+    """Withdraw the caller from a job. Identical queries of several keys share one job: it
+    is cancelled (its queued steps revoked), or deleted when finished, only once every key
+    that asked for it has withdrawn; until then it goes on for the others (204)."""
     svc = services()
     _paging()  # a bad offset or limit is a 400 before anything is revoked
     with session_scope(svc.sessions) as session:
-        job = _job(session, job_id)
+        job = _job(session, job_id, lock=True)  # withdrawals of one job one at a time
+        if _withdraw(session, job.id):
+            return "", 204
         if job.status not in RUNNING:
             session.delete(job)
             return "", 204
