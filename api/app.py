@@ -6,6 +6,7 @@ from flask import Flask
 
 from api.auth import register_auth
 from api.errors import register_error_handlers, retrying
+from api.limits import register_body_limits
 from api.metrics import register_metrics
 from api.openapi import register_openapi
 from api.services import Services
@@ -22,6 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_metrics(app)
     register_url_checks(app)
     register_auth(app)
+    register_body_limits(app, settings)
     register_blueprints(app)
     retry_lost_races(app)
     register_openapi(app)

@@ -14,16 +14,22 @@ IMAGE_FACTOR = 28
 MIN_PIXELS = 4 * 28 * 28
 MAX_PIXELS = 300 * 28 * 28
 MAX_RATIO = 200
+# The formats an image may come in (a GIF's first frame, a TIFF's first page); PIL is not
+# even asked to try any other (EPS runs Ghostscript, PSD and FITS parsers are large).
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG opens MPO (phones) too
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Decode ``data`` to an RGB image, refusing oversized files and decompression bombs."""
+    """Decode ``data`` to an RGB image, refusing formats not in ``FORMATS``, oversized files
+    and decompression bombs: the pixel count is read from the header, before any decode.
+    The API and the workers apply this same rule."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"image is {len(data)} bytes; the limit is {max_bytes}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            Image.init()  # every plugin registered (once): FORMATS names some it loads late
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise PayloadTooLarge(
@@ -31,7 +37,11 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
                 )
             check_geometry(width, height)
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise InvalidRequest(
+            f"image could not be decoded: not one of {', '.join(FORMATS)}, or damaged"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidRequest(f"image could not be decoded: {exc}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"image is too large to decode: {exc}") from None

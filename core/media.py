@@ -56,6 +56,11 @@ class MediaConfigError(ValueError):
     """The settings do not describe a usable media store (raised when it is built)."""
 
 
+def media_key(data: bytes) -> str:
+    """The key ``data`` is stored under (its SHA-256), known before it is stored."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def is_media_key(key: str) -> bool:
     """A media key is the 64 lowercase hex digits of a SHA-256."""
     return len(key) == 64 and set(key) <= _HEX
@@ -82,7 +87,7 @@ class LocalMediaStore:
         return self.root / key[:2] / key[2:4] / key
 
     def put(self, data: bytes) -> str:
-        key = hashlib.sha256(data).hexdigest()
+        key = media_key(data)
         path = self._path(key)
         try:  # stored already: sent again now, so young again for the clean-up's grace
             os.utime(path)

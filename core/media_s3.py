@@ -6,7 +6,6 @@ media folder copied into the bucket under the prefix (``aws s3 sync``) is a work
 
 from __future__ import annotations
 
-import hashlib
 import io
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from core.errors import NotFound, Unavailable
-from core.media import MediaConfigError, is_media_key
+from core.media import MediaConfigError, is_media_key, media_key
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -154,7 +153,7 @@ class S3MediaStore:
         return f"{self.prefix}{key[:2]}/{key[2:4]}/{key}"
 
     def put(self, data: bytes) -> str:
-        key = hashlib.sha256(data).hexdigest()
+        key = media_key(data)
         if self._touch(key):  # sent again now: young again for the clean-up's grace
             return key
         try:

@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     default_top_k: int = Field(10, ge=1, description="Results returned when a query gives none.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a query may ask for.")
     default_rerank_k: int = Field(50, ge=1, description="Recall candidates passed to rerank.")
+    max_rerank_k: int = Field(
+        200,
+        ge=1,
+        description="Most recall candidates a query (or a collection's default) may pass to "
+        "the rerank: each is one MLLM pair and one media read.",
+    )
     default_rerank_weight: float = Field(0.1, description="w in cosine + w * p_yes.")
     max_wait_seconds: float = Field(30.0, ge=0, description="Longest 'wait' a query may ask for.")
     query_wait_seconds: float = Field(
@@ -235,7 +241,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         64_000_000, ge=1, description="Largest decoded image (stops decompression bombs)."
     )
-    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest request body.")
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Largest ingestion request body (a query takes one image and its text; "
+        "other routes 1 MiB).",
+    )
 
     # Celery
     task_time_limit: int = Field(600, ge=1, description="Hard time limit of one task (seconds).")

@@ -5,6 +5,7 @@ No worker consumes the queues here, so submitted jobs stay queued: that is the p
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 import time
@@ -275,6 +276,29 @@ def test_multipart_queries(client: FlaskClient) -> None:
         content_type="multipart/form-data",
     )
     assert "could not be decoded" in error(corrupt, 400)["message"]
+
+
+def test_cheap_refusals_come_before_the_image_is_decoded_or_stored(
+    client: FlaskClient, settings: Settings
+) -> None:
+    image = base64.b64encode(shape_image("red", "circle")).decode()
+    media = settings.media_root
+    assert error(client.post("/v1/collections/nope/queries", json={"image": image}), 404)
+    too_many = {"image": image, "rerank": {"k": settings.max_rerank_k + 1}}
+    assert (
+        "rerank.k"
+        in error(client.post("/v1/collections/docs/queries", json=too_many), 400)["message"]
+    )
+    for n in range(settings.max_queue_depth):  # fill the queue: no worker consumes it
+        _submit(client, f"filler {n}", rerank=False)
+    full = client.post("/v1/collections/docs/queries", json={"image": image})
+    assert error(full, 429)["code"] == "overloaded"
+    assert not media.exists() or not any(media.rglob("*")), "an image was stored"
+    # An EPS (Ghostscript) or a PSD is never even tried.
+    eps = base64.b64encode(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n").decode()
+    client.application.extensions["umarvel"].redis.flushdb()  # an empty queue again
+    refused = client.post("/v1/collections/docs/queries", json={"image": eps})
+    assert "not one of JPEG" in error(refused, 400)["message"]
 
 
 def test_a_job_whose_tasks_were_lost_fails_instead_of_running_forever(

@@ -17,6 +17,7 @@ from api.services import services
 from core.auth import Grant
 from core.db import session_scope
 from core.errors import NotFound
+from core.images import FORMATS
 from core.models import Collection, Document, QueryJob
 
 bp = Blueprint("media", __name__)
@@ -51,10 +52,14 @@ def read_media(key: str) -> Any:
             raise NotFound(f"no media object {key!r}")
     data = svc.media.get(key)
     try:
-        fmt = Image.open(io.BytesIO(data)).format or ""
+        Image.init()
+        fmt = Image.open(io.BytesIO(data), formats=FORMATS).format or ""
     except (UnidentifiedImageError, OSError):
         fmt = ""
     mimetype = Image.MIME.get(fmt, "application/octet-stream")
     # Content-addressed, so never stale; private, since access depends on the key.
-    headers = {"Cache-Control": "private, max-age=31536000, immutable"}
+    headers = {
+        "Cache-Control": "private, max-age=31536000, immutable",
+        "X-Content-Type-Options": "nosniff",  # served as its own type, never sniffed
+    }
     return Response(data, mimetype=mimetype, headers=headers)

@@ -36,6 +36,7 @@ from core.db import session_scope
 from core.errors import InvalidRequest, NotFound, Unavailable
 from core.fences import collection_record
 from core.images import decode_image
+from core.media import media_key
 from core.metrics import CACHE_REQUESTS
 from core.models import Collection, QueryJob, QueryJobKey, new_id, utcnow
 from core.results import enrich
@@ -86,7 +87,9 @@ def _normalise(
     if top_k > settings.max_top_k:
         raise InvalidRequest(f"top_k must be at most {settings.max_top_k}")
     enabled = collection.rerank_enabled if body.rerank.enabled is None else body.rerank.enabled
-    k = max(body.rerank.k or collection.rerank_k, top_k)
+    if body.rerank.k is not None and body.rerank.k > settings.max_rerank_k:
+        raise InvalidRequest(f"rerank.k must be at most {settings.max_rerank_k}")
+    k = min(max(body.rerank.k or collection.rerank_k, top_k), max(settings.max_rerank_k, top_k))
     weight = collection.rerank_weight if body.rerank.weight is None else body.rerank.weight
     return {
         "text": body.text,
@@ -124,16 +127,13 @@ def submit_query(name: str) -> Any:
     wait = svc.settings.query_wait_seconds if body.wait is None else body.wait
     if wait > svc.settings.max_wait_seconds:
         raise InvalidRequest(f"wait must be at most {svc.settings.max_wait_seconds} seconds")
-    image_key = None
     data = decode_base64(body.image, "image") if body.image is not None else upload
-    if data is not None:
-        decode_image(
-            data, max_bytes=svc.settings.max_image_bytes, max_pixels=svc.settings.max_image_pixels
-        )
-        image_key = svc.media.put(data)
+    image_key = media_key(data) if data is not None else None  # stored only on a miss
 
     # A cached answer is found without SQL: the key's grant and the collection come from
-    # fenced copies in Redis, the answer from the result cache.
+    # fenced copies in Redis, the answer from the result cache. Cheap refusals (an unknown
+    # collection, a bad option, a full queue) come before the image is decoded or stored;
+    # a cached answer needs neither (its image, the same bytes, was checked when it ran).
     collection = _searched(svc, name)
     normalised = _normalise(svc, collection, body, image_key)
     key = result_key(
@@ -148,6 +148,10 @@ def submit_query(name: str) -> Any:
     if cached is not None:
         return _render_cached(collection, cached), 200
     check_backpressure(svc, QUERY_QUEUES, svc.settings.max_queue_depth)
+    if data is not None:
+        settings = svc.settings
+        decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        svc.media.put(data)
     job_id = new_id()
     holder = svc.cache.claim(key, job_id, ttl_seconds=svc.settings.task_time_limit * 2)
     if holder == job_id:
