@@ -7,6 +7,7 @@ from typing import Any
 import redis
 from flask import Flask, g, request
 
+from api.quotas import check_rate, rate_counter
 from api.services import services
 from core.auth import Grant, authenticate, authorize, bearer_digest
 from core.db import session_scope
@@ -43,12 +44,16 @@ def register_auth(app: Flask) -> None:
         wanted = [(KEYS_RECORD, digest)]
         if endpoint in PREFETCH_COLLECTION and request.view_args:
             wanted.append((collection_record(str(request.view_args["name"])), "searched"))
+        # The key's requests this second are counted in the same round trip (api.quotas).
+        count: int | None = None
         try:
-            found: list[Lookup | None] = list(svc.fences.read(wanted))
+            lookups, count = svc.fences.read_counting(wanted, rate_counter(digest))
+            found: list[Lookup | None] = list(lookups)
         except redis.RedisError:
             found = [None] * len(wanted)
         g.prefetched = dict(zip(wanted[1:], found[1:], strict=True))
         g.api_key = Grant.from_json(svc.fences.through(KEYS_RECORD, digest, load, found[0]))
+        check_rate(svc, g.api_key, count)
 
 
 def require(scope: str, collection: str | None = None) -> None:

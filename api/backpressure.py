@@ -22,5 +22,5 @@ def check_backpressure(svc: Services, queues: Iterable[Queue], limit: int) -> No
     if depth >= limit:
         raise Overloaded(
             f"the {'/'.join(names)} queue holds {depth} tasks (limit {limit}); retry shortly",
-            {"retry_after": RETRY_AFTER_SECONDS},
+            {"limit": "queue", "allowed": limit, "retry_after": RETRY_AFTER_SECONDS},
         )

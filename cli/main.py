@@ -133,6 +133,25 @@ def keys_create(name: str, scopes: tuple[str, ...], collections: tuple[str, ...]
     click.echo(secret)
 
 
+@keys.command("quotas")
+@click.argument("ident")
+@click.option("--rate", type=click.IntRange(min=0), help="Requests per second (0: no limit).")
+@click.option(
+    "--waiting", type=click.IntRange(min=0), help="Query POSTs held waiting at once (0: none)."
+)
+@click.option("--queued", type=click.IntRange(min=0), help="Query jobs queued or running at once.")
+def keys_quotas(ident: str, rate: int | None, waiting: int | None, queued: int | None) -> None:
+    """Give the key with this id or prefix its own quotas; an option left out takes the
+    deployment's default (UMARVEL_KEY_RATE_LIMIT, _MAX_WAITING, _MAX_QUEUED)."""
+    from core.auth import Quotas, set_quotas
+
+    with _session() as session:
+        row = set_quotas(session, ident, Quotas(rate, waiting, queued))
+        shown = {"rate": rate, "waiting": waiting, "queued": queued}
+        text = " ".join(f"{k}={'default' if v is None else v}" for k, v in shown.items())
+        click.echo(f"key {row.id} ({row.prefix}): {text}")
+
+
 @keys.command("list")
 def keys_list() -> None:
     """Every key, without secrets."""

@@ -52,27 +52,52 @@ def create_key(
 
 
 @dataclass(frozen=True)
+class Quotas:
+    """A key's own quotas; ``None``: the deployment's default (``api.quotas``)."""
+
+    rate: float | None = None  # requests per second
+    waiting: int | None = None  # requests held waiting for their job at once
+    queued: int | None = None  # query jobs queued or running at once
+
+    @classmethod
+    def of(cls, key: ApiKey) -> Quotas:
+        return cls(key.rate_limit, key.max_waiting, key.max_queued)
+
+
+@dataclass(frozen=True)
 class Grant:
     """What a live key may do: all that a request needs of it (and what Redis keeps)."""
 
     id: int
     scopes: tuple[str, ...]
     collections: tuple[str, ...] | None
+    quotas: Quotas = Quotas()
 
     @classmethod
     def of(cls, key: ApiKey) -> Grant:
         collections = None if key.collections is None else tuple(key.collections)
-        return cls(key.id, tuple(key.scopes), collections)
+        return cls(key.id, tuple(key.scopes), collections, Quotas.of(key))
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> Grant:
         collections = value["collections"]
+        quotas = Quotas(**value.get("quotas", {}))
         return cls(
-            value["id"], tuple(value["scopes"]), None if collections is None else tuple(collections)
+            value["id"],
+            tuple(value["scopes"]),
+            None if collections is None else tuple(collections),
+            quotas,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "scopes": list(self.scopes), "collections": self.collections}
+        quotas = {"rate": self.quotas.rate, "waiting": self.quotas.waiting}
+        quotas["queued"] = self.quotas.queued
+        return {
+            "id": self.id,
+            "scopes": list(self.scopes),
+            "collections": self.collections,
+            "quotas": quotas,
+        }
 
 
 def bearer_digest(header: str | None) -> str:
@@ -98,14 +123,20 @@ def authorize(key: ApiKey | Grant, scope: str, collection: str | None = None) ->
         raise Forbidden(f"this API key may not use collection {collection!r}")
 
 
-def revoke(session: Session, ident: str) -> ApiKey:
-    """Revoke the key with this id or prefix."""
+def find_key(session: Session, ident: str) -> ApiKey:
+    """The key with this id or prefix, or NotFound."""
     match = ApiKey.prefix == ident
     if ident.isdigit():
         match = or_(match, ApiKey.id == int(ident))
     key = session.scalar(select(ApiKey).where(match))
     if key is None:
         raise NotFound(f"no API key {ident!r}")
+    return key
+
+
+def revoke(session: Session, ident: str) -> ApiKey:
+    """Revoke the key with this id or prefix."""
+    key = find_key(session, ident)
     key.revoked_at = key.revoked_at or utcnow()
     return key
 
@@ -117,6 +148,17 @@ def describe(key: ApiKey) -> dict[str, Any]:
         "prefix": key.prefix,
         "scopes": key.scopes,
         "collections": key.collections,
+        "quotas": {"rate": key.rate_limit, "waiting": key.max_waiting, "queued": key.max_queued},
         "created_at": key.created_at.isoformat(),
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
     }
+
+
+def set_quotas(session: Session, ident: str, quotas: Quotas) -> ApiKey:
+    """Give the key with this id or prefix its own quotas (None: the deployment's)."""
+    key = find_key(session, ident)
+    for value in (quotas.rate, quotas.waiting, quotas.queued):
+        if value is not None and value < 0:
+            raise InvalidRequest("quotas are 0 (no limit) or more")
+    key.rate_limit, key.max_waiting, key.max_queued = quotas.rate, quotas.waiting, quotas.queued
+    return key

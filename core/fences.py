@@ -121,11 +121,24 @@ class Fences:
         """(record, entry) pairs, in one round trip; a copy is usable only when it carries
         the current fence, was filled in this Redis server's lifetime, and no writer is
         busy."""
+        return self.read_counting(wanted)[0]
+
+    def read_counting(
+        self, wanted: Sequence[tuple[str, str]], counter: str | None = None
+    ) -> tuple[list[Lookup], int | None]:
+        """``read``, and in the same round trip one more count on ``counter`` (a per-second
+        counter: it expires after two); the count is None without a counter."""
         keys: list[str] = []
         for record, entry in wanted:
             keys += [*self._keys(record), self.copy_key(record, entry)]
-        values = self.client.mget(keys)
-        run = server_run(self.client)  # of the connection the MGET just used
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget(keys)
+        if counter is not None:
+            pipe.incr(counter)
+            pipe.expire(counter, 2)
+        replies = pipe.execute()
+        values, count = replies[0], (int(replies[1]) if counter is not None else None)
+        run = server_run(self.client)  # of the connection the round trip just used
         found = []
         for position in range(0, len(values), 3):
             fence, busy, raw = values[position : position + 3]
@@ -139,7 +152,7 @@ class Fences:
                 and int(busy or 0) <= 0
             )
             found.append(Lookup(copy["value"] if usable and copy else None, seen))
-        return found
+        return found, count
 
     def fill(self, record: str, entry: str, seen: str | None, value: Any) -> bool:
         """Store ``value`` (read from SQL after ``seen`` was read) unless a writer came by."""

@@ -158,6 +158,25 @@ class Settings(BaseSettings):
     )
     default_rerank_weight: float = Field(0.1, description="w in cosine + w * p_yes.")
     max_wait_seconds: float = Field(30.0, ge=0, description="Longest 'wait' a query may ask for.")
+    # Per-key quotas (api.quotas): each key may have its own (umarvel keys quotas).
+    key_rate_limit: int = Field(
+        0,
+        ge=0,
+        description="Requests per second one API key may make, counted in Redis across every "
+        "API process; over it a 429 with Retry-After (0: no limit; compose sets 100).",
+    )
+    key_max_waiting: int = Field(
+        2,
+        ge=0,
+        description="Query POSTs of one API key held waiting for their job at once; beyond "
+        "it a POST answers 202 at once instead of holding an API thread (0: no limit).",
+    )
+    key_max_queued: int = Field(
+        50,
+        ge=0,
+        description="Query jobs of one API key queued or running at once; beyond it a new "
+        "query is a 429 with Retry-After, before the shared queue is full (0: no limit).",
+    )
     query_wait_seconds: float = Field(
         1.0,
         ge=0,

@@ -26,6 +26,7 @@ from api.auth import require
 from api.backpressure import check_backpressure
 from api.errors import validation_error
 from api.openapi import QueryForm, documented, responses
+from api.quotas import check_queued, waiting_slot
 from api.responses import QueryAccepted, QueryAnswer, QueryJobOut
 from api.routes.collections import get_collection
 from api.schemas import PageQuery, QueryRequest, decode_base64, request_parts
@@ -147,6 +148,7 @@ def submit_query(name: str) -> Any:
     CACHE_REQUESTS.labels("hit" if cached is not None else "miss").inc()
     if cached is not None:
         return _render_cached(collection, cached), 200
+    check_queued(svc, g.get("api_key"))  # the key over its share first, then the queue
     check_backpressure(svc, QUERY_QUEUES, svc.settings.max_queue_depth)
     if data is not None:
         settings = svc.settings
@@ -177,19 +179,22 @@ def submit_query(name: str) -> Any:
     g.job_id = holder
     # Watched before the chain is sent, no notice can be missed while the subscription is
     # up: a job this request has just made is known to be queued, and is read only once a
-    # worker says it finished. Without the subscription the wait polls the job.
-    watching = svc.notices.watch(holder) if wait > 0 else contextlib.nullcontext(None)
-    with watching as finished:
-        if holder == job_id:
-            _enqueue(svc, job_id, normalised["rerank"]["enabled"])
-        return _answer(
-            svc,
-            holder,
-            wait,
-            finished,
-            queued=holder == job_id and svc.notices.subscribed,
-            done=lambda: _finished_answer(svc, collection, key, holder),
-        )
+    # worker says it finished. Without the subscription the wait polls the job. A key
+    # whose waiting allowance is taken is answered at once (api.quotas).
+    with waiting_slot(svc, g.get("api_key"), wait) as may_wait:
+        wait = wait if may_wait else 0.0
+        watching = svc.notices.watch(holder) if wait > 0 else contextlib.nullcontext(None)
+        with watching as finished:
+            if holder == job_id:
+                _enqueue(svc, job_id, normalised["rerank"]["enabled"])
+            return _answer(
+                svc,
+                holder,
+                wait,
+                finished,
+                queued=holder == job_id and svc.notices.subscribed,
+                done=lambda: _finished_answer(svc, collection, key, holder),
+            )
 
 
 def _caller() -> int:
