@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from api.audit import register_audit
 from api.auth import register_auth
 from api.errors import register_error_handlers, retrying
 from api.limits import register_body_limits
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_url_checks(app)
     register_auth(app)
     register_body_limits(app, settings)
+    register_audit(app)
     register_blueprints(app)
     retry_lost_races(app)
     register_openapi(app)
@@ -45,7 +47,7 @@ def retry_lost_races(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from api.routes import collections, console, documents, health, media, queries
+    from api.routes import audit, collections, console, documents, health, media, queries
 
-    for module in (health, collections, documents, queries, media, console):
+    for module in (health, collections, documents, queries, media, audit, console):
         app.register_blueprint(module.bp)

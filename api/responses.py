@@ -134,6 +134,23 @@ class IngestJobOut(Answer):
     finished_at: datetime | None
 
 
+class AuditEventOut(Answer):
+    id: int
+    at: datetime
+    key_id: int | None = Field(description="The key that asked; none when no key was valid.")
+    key_prefix: str | None = Field(description="The first characters of an invalid key sent.")
+    action: str = Field(description="e.g. collection.create, keys.revoke, request:<endpoint>")
+    target: str | None = Field(description="collection[/document or job id], or a key")
+    outcome: Literal["ok", "failed", "refused"]
+    status: int | None = Field(description="The HTTP status, for actions through the API.")
+    detail: str | None
+
+
+class AuditPage(Answer):
+    events: list[AuditEventOut]
+    next_cursor: int | None = Field(description="`cursor` for the next (older) page.")
+
+
 class Deleted(Answer):
     deleted: int = Field(description="How many documents matched the filter and were deleted.")
 

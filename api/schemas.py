@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from flask import Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -111,6 +112,21 @@ class QueryRequest(Strict):
     @classmethod
     def _text_not_blank(cls, value: str | None) -> str | None:
         return value if value is None or value.strip() else None
+
+
+class AuditQuery(Strict):
+    """``GET /v1/audit``'s filters and cursor, from the query string."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    action: str | None = Field(None, max_length=64)
+    key_id: int | None = Field(None, ge=0, le=2**63 - 1)
+    outcome: Literal["ok", "failed", "refused"] | None = None
+    target: str | None = Field(None, max_length=600)
+    since: datetime | None = None
+    until: datetime | None = None
+    cursor: int | None = Field(None, ge=0, le=2**63 - 1, description="next_cursor of a page")
+    limit: int = Field(100, ge=1, le=1000)
 
 
 class PageQuery(Strict):

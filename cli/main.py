@@ -129,6 +129,8 @@ def keys_create(name: str, scopes: tuple[str, ...], collections: tuple[str, ...]
 
     with _session() as session:
         row, secret = create_key(session, name, scopes, collections or None)
+        limited = ",".join(row.collections or ["*"])
+        _audit(session, "keys.create", row, f"scopes {','.join(row.scopes)}; collections {limited}")
         click.echo(f"id {row.id} prefix {row.prefix} scopes {','.join(row.scopes)}")
     click.echo(secret)
 
@@ -149,6 +151,7 @@ def keys_quotas(ident: str, rate: int | None, waiting: int | None, queued: int |
         row = set_quotas(session, ident, Quotas(rate, waiting, queued))
         shown = {"rate": rate, "waiting": waiting, "queued": queued}
         text = " ".join(f"{k}={'default' if v is None else v}" for k, v in shown.items())
+        _audit(session, "keys.quotas", row, text)
         click.echo(f"key {row.id} ({row.prefix}): {text}")
 
 
@@ -179,7 +182,44 @@ def keys_revoke(ident: str) -> None:
 
     with _session() as session:
         row = revoke(session, ident)
+        _audit(session, "keys.revoke", row)
         click.echo(f"revoked key {row.id} ({row.prefix})")
+
+
+def _audit(session: Any, action: str, key: Any, detail: str | None = None) -> None:
+    """An operator's change to a key, in the audit log, in the change's own transaction."""
+    from core.audit import Outcome, record
+
+    target = f"key {key.id} ({key.prefix})"
+    record(session, action, Outcome.OK, target=target, detail=detail)
+
+
+@main.command("audit")
+@click.option("--action", help="Only this action (e.g. collection.delete, keys.revoke).")
+@click.option("--key-id", type=int, help="Only events of this key.")
+@click.option("--outcome", type=click.Choice(["ok", "failed", "refused"]))
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def audit(
+    action: str | None, key_id: int | None, outcome: str | None, limit: int, as_json: bool
+) -> None:
+    """The audit log, newest first: admin actions and refused requests."""
+    import json
+
+    from core.audit import Filters, page, view
+
+    with _session() as session:
+        filters = Filters(action=action, key_id=key_id, outcome=outcome)
+        events = [view(event) for event in page(session, filters, None, limit)[0]]
+    for event in events:
+        if as_json:
+            click.echo(json.dumps(event))
+        else:
+            who = event["key_id"] if event["key_id"] is not None else event["key_prefix"] or "-"
+            click.echo(
+                f"{event['at']}  {event['action']:<24} {event['outcome']:<8} "
+                f"key {who}  {event['target'] or '-'}  {event['detail'] or ''}".rstrip()
+            )
 
 
 def _session() -> Any:

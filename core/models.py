@@ -243,3 +243,20 @@ class ApiKey(Base):
     rate_limit: Mapped[float | None] = mapped_column(Float)
     max_waiting: Mapped[int | None] = mapped_column(Integer)
     max_queued: Mapped[int | None] = mapped_column(Integer)
+
+
+class AuditEvent(Base):
+    """One admin action or one refused request (core.audit): who, what, on what, how it
+    ended, and when."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, index=True)  # None: no valid key
+    key_prefix: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(600))
+    outcome: Mapped[str] = mapped_column(String(16))  # core.audit.Outcome
+    status: Mapped[int | None] = mapped_column(Integer)  # the HTTP status, for API actions
+    detail: Mapped[str | None] = mapped_column(Text)

@@ -190,6 +190,12 @@ class Settings(BaseSettings):
         description="Query jobs expire, and are cleaned up, this long after they finished, "
         "or after they were created when they never finished (their messages were lost).",
     )
+    audit_retention_days: int = Field(
+        365,
+        ge=1,
+        description="Audit events (admin actions, refused requests) are deleted by the "
+        "clean-up this many days after they happened.",
+    )
     ingest_job_ttl_seconds: int = Field(
         30 * 86400,
         ge=1,

@@ -55,8 +55,7 @@ def test_a_key_over_its_rate_is_refused_and_another_key_is_not(client: FlaskClie
     busy, other = _bearer(client, ["search"]), _bearer(client, ["search"])
     _quotas(client, busy, Quotas(rate=3))
     statuses = [
-        client.get("/v1/collections", headers={"Authorization": busy}).status_code
-        for _ in range(8)
+        client.get("/v1/collections", headers={"Authorization": busy}).status_code for _ in range(8)
     ]
     assert statuses.count(429) >= 2, statuses  # 3 a second, whatever second they fall in
     refused = client.get("/v1/collections", headers={"Authorization": busy})

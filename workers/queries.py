@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import and_, delete, or_, select
 
+from core.audit import expire as expire_audit
 from core.cache import ResultCache, mark_queries_active, notify_finished
 from core.metrics import STAGE_SECONDS
 from core.models import Collection, Document, IngestJob, OutboxEntry, QueryJob, utcnow
@@ -89,8 +90,8 @@ def _store_vector(rt: Runtime, key: str, vector: np.ndarray) -> None:
 
 def cleanup_jobs(rt: Runtime) -> int:
     """Delete query jobs past their lifetime, finished or not (a job whose messages were
-    lost never finishes), and ingestion jobs finished longer ago than theirs; returns how
-    many. Their media go with the next media clean-up."""
+    lost never finishes), ingestion jobs finished longer ago than theirs, and audit events
+    past their retention; returns how many. Their media go with the next media clean-up."""
     now = utcnow()
     cutoff = now - timedelta(seconds=rt.settings.job_ttl_seconds)
     ingest_cutoff = now - timedelta(seconds=rt.settings.ingest_job_ttl_seconds)
@@ -114,7 +115,9 @@ def cleanup_jobs(rt: Runtime) -> int:
                 IngestJob.id.not_in(building),
             )
         )
-    return sum(int(getattr(result, "rowcount", 0) or 0) for result in (queries, ingests))
+        audited = expire_audit(session, rt.settings.audit_retention_days)
+    counts = (queries, ingests)
+    return sum(int(getattr(result, "rowcount", 0) or 0) for result in counts) + audited
 
 
 def cleanup_media(rt: Runtime, batch: int = 500) -> int:

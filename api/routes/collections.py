@@ -97,6 +97,7 @@ def render(session: Session, collection: Collection) -> dict[str, Any]:
 def create_collection() -> Any:
     require("admin")
     body = CollectionCreate.model_validate(json_body(request))
+    g.collection = body.name
     require("admin", body.name)  # a key limited to collections creates only those
     svc = services()
     settings = svc.settings
