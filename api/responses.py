@@ -49,7 +49,7 @@ class ReadinessCheck(Answer):
     error: str = omitted("The exception's type, when the check could not run.")
     workers: int = omitted("Queues only: workers seen through their heartbeats.")
     warm: int = omitted("Queues only: workers whose model is loaded and warmed up.")
-    errors: list[str] = omitted("Queues only: the workers' reported model errors.")
+    failing: int = omitted("Queues only: workers reporting a model error (see their logs).")
 
 
 class Readiness(Answer):

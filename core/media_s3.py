@@ -7,6 +7,7 @@ media folder copied into the bucket under the prefix (``aws s3 sync``) is a work
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,6 +23,8 @@ from core.media import MediaConfigError, is_media_key, media_key
 
 if TYPE_CHECKING:
     from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"}
@@ -39,10 +42,14 @@ def _status(exc: ClientError) -> int:
 def _reraise(exc: BaseException) -> NoReturn:
     """Raise ``Unavailable`` when the store could not be reached or kept failing
     transiently (botocore's retries are spent by then), ``exc`` itself otherwise."""
+    # Clients are told what happened, never where: botocore's text names the endpoint and
+    # the bucket; it goes to the log.
     if isinstance(exc, (BotoConnectionError, HTTPClientError)):
-        raise Unavailable(f"the media store is unreachable: {exc}") from exc
+        log.warning("media store unreachable: %s", exc)
+        raise Unavailable("the media store is unreachable; retry shortly") from exc
     if isinstance(exc, ClientError) and (_status(exc) >= 500 or _code(exc) in _THROTTLED):
-        raise Unavailable(f"the media store keeps failing: {exc}") from exc
+        log.warning("media store failing: %s", exc)
+        raise Unavailable("the media store keeps failing; retry shortly") from exc
     raise exc
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,17 @@ class Settings(BaseSettings):
     """Every knob of umarvel-search. Each field is ``UMARVEL_<NAME>`` in the environment."""
 
     model_config = SettingsConfigDict(env_prefix="UMARVEL_", extra="ignore", frozen=True)
+
+    def __repr_args__(self) -> Any:
+        """Secrets never reach a log, a traceback or a shell through ``repr``: credentials
+        are masked, and so are the passwords of URLs."""
+        for name, value in super().__repr_args__():
+            if name in _SECRET_FIELDS and value:
+                yield name, "***"
+            elif name in _URL_FIELDS and isinstance(value, str):
+                yield name, _without_password(value)
+            else:
+                yield name, value
 
     auth_enabled: bool = Field(
         True,
@@ -311,3 +322,16 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment once."""
     return Settings()
+
+
+_SECRET_FIELDS = frozenset({"milvus_token", "media_s3_access_key", "media_s3_secret_key"})
+_URL_FIELDS = frozenset({"database_url", "redis_url", "milvus_uri", "media_s3_endpoint"})
+
+
+def _without_password(url: str) -> str:
+    """``scheme://user:***@host/...`` for a URL that carries a password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"

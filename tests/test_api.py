@@ -263,17 +263,23 @@ def test_readyz_reads_the_workers_heartbeats(client: FlaskClient, redis_url: str
         "ok": False,
         "workers": 1,
         "warm": 0,
-        "errors": [],
+        "failing": 0,
     }
+    # A worker's model error is counted, never shown: its text is in the worker's log.
+    failing = {"queue": "rerank", "warm": False, "error": "OSError: /models/secret-path"}
+    beats.set("umarvel:heartbeat:rerank:host", json.dumps(failing), ex=30)
+    checked = anonymous.get("/readyz")
+    assert checked.json["checks"]["queue:rerank"]["failing"] == 1
+    assert "secret-path" not in checked.get_data(as_text=True)
     beats.set("umarvel:heartbeat:rerank:host", json.dumps({"warm": True}), ex=30)
     assert anonymous.get("/readyz").json == {
         "status": "ready",
         "checks": {
             "database": {"ok": True},
             "redis": {"ok": True},
-            "queue:recall": {"ok": True, "workers": 1, "warm": 1, "errors": []},
-            "queue:rerank": {"ok": True, "workers": 1, "warm": 1, "errors": []},
-            "queue:ingest": {"ok": True, "workers": 1, "warm": 1, "errors": []},
+            "queue:recall": {"ok": True, "workers": 1, "warm": 1, "failing": 0},
+            "queue:rerank": {"ok": True, "workers": 1, "warm": 1, "failing": 0},
+            "queue:ingest": {"ok": True, "workers": 1, "warm": 1, "failing": 0},
         },
     }
 

@@ -138,3 +138,20 @@ def test_ingestion_waits_for_a_gap_in_query_traffic(redis_url: str) -> None:
         stop.set()
         streaming.join()
     assert 0.5 <= waited < 1.5  # ingestion still moves, one piece per ``longest``
+
+
+def test_settings_never_show_their_secrets() -> None:
+    from core.settings import Settings
+
+    settings = Settings(
+        database_url="postgresql+psycopg://umarvel:db-pass@db/umarvel",
+        redis_url="redis://:redis-pass@redis:6379/0",
+        milvus_token="root:milvus-pass",
+        media_s3_access_key="access-id",
+        media_s3_secret_key="s3-pass",
+    )
+    shown = f"{settings!r} {settings}"
+    for secret in ("db-pass", "redis-pass", "milvus-pass", "access-id", "s3-pass"):
+        assert secret not in shown
+    assert "postgresql+psycopg://umarvel:***@db/umarvel" in shown
+    assert settings.media_s3_secret_key == "s3-pass"  # the value itself is untouched

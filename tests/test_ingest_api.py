@@ -103,6 +103,25 @@ def test_server_paths_stay_inside_the_allowed_roots(
     assert client.get("/v1/collections/docs/documents/inside").json["image_url"]
 
 
+def test_a_link_swapped_in_after_the_check_never_leads_outside(
+    allowed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The roots are checked on the resolved path, then the file is opened: a link put in
+    place between the two steps (here: resolve() sees no links at all) is still refused."""
+    from api.routes.documents import _read_server_file
+    from core.errors import InvalidRequest
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "secret.png").write_bytes(b"not for you")
+    (allowed / "dir").symlink_to(tmp_path / "elsewhere")  # a folder swapped for a link
+    monkeypatch.setattr(Path, "resolve", lambda self, strict=False: self)
+    with pytest.raises(InvalidRequest, match="cannot read image_path"):  # last part a link
+        _read_server_file(str(allowed / "sneaky.png"), [allowed], 1000)
+    with pytest.raises(InvalidRequest, match="outside the allowed ingestion folders"):
+        _read_server_file(str(allowed / "dir" / "secret.png"), [allowed], 1000)
+    assert _read_server_file(str(allowed / "red.png"), [allowed], 10**6).startswith(b"\x89PNG")
+
+
 def test_delete_by_filter(migrated_url: str, redis_url: str, tmp_path: Path) -> None:
     settings = Settings(database_url=migrated_url, redis_url=redis_url, media_root=tmp_path)
     client = create_app(settings).test_client()

@@ -7,6 +7,7 @@ and do not block the valid ones.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from api.services import Services, services
 from api.validation import id_problem, parse_json, unsafe_strings
 from core.contract import Queue
 from core.db import session_scope
-from core.errors import InvalidRequest, NotFound, PayloadTooLarge, UmarvelError
+from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, UmarvelError
 from core.images import decode_image
 from core.metrics import INGEST_DOCUMENTS
 from core.models import Collection, Document, IngestJob
@@ -43,7 +44,7 @@ DELETE_CHUNK = 1000  # documents per SQL delete and per vector-delete entry
 
 
 def _validate(
-    svc: Services, collection: Collection, raw: Any, files: dict[str, Any]
+    svc: Services, fields: dict[str, str], raw: Any, files: dict[str, Any]
 ) -> tuple[DocumentIn, str | None]:
     """A valid document and the media key of its stored image; raises on any problem."""
     try:
@@ -56,7 +57,6 @@ def _validate(
         raise InvalidRequest("a document needs text, an image, or both")
     if doc.text and len(doc.text) > settings.max_text_chars:
         raise InvalidRequest(f"text is longer than {settings.max_text_chars} characters")
-    fields = collection.metadata_fields
     for name, value in doc.metadata.items():
         if name in fields and value is not None:
             check_value(name, fields[name], value)
@@ -95,10 +95,22 @@ def _read_server_file(path: str, roots: list[Path], limit: int) -> bytes:
     if not any(resolved.is_relative_to(root) for root in allowed):
         raise InvalidRequest(f"image_path {path!r} is outside the allowed ingestion folders")
     try:
-        with open(resolved, "rb") as handle:
-            return handle.read(limit + 1)
+        # The check above and this open are two steps: a link swapped in between must not
+        # lead outside the roots. The last part may not be a link at all (O_NOFOLLOW), and
+        # what was opened is checked again by the kernel's own name for it.
+        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         raise InvalidRequest(f"cannot read image_path {path!r}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        opened = (
+            Path(os.readlink(f"/proc/self/fd/{fd}")) if Path("/proc/self/fd").is_dir() else resolved
+        )
+        if not any(opened.is_relative_to(root) for root in allowed):
+            raise InvalidRequest(f"image_path {path!r} is outside the allowed ingestion folders")
+        try:
+            return handle.read(limit + 1)
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read image_path {path!r}: {exc.strerror}") from None
 
 
 def _documents_input(svc: Services) -> tuple[list[Any], dict[str, Any]]:
@@ -172,29 +184,19 @@ def ingest_documents(name: str) -> Any:
             f"at most {svc.settings.max_documents_per_request} documents per request"
         )
     check_backpressure(svc, [Queue.INGEST], svc.settings.max_ingest_queue_depth)
+    with session_scope(svc.sessions) as session:  # a read: it locks nothing
+        collection = get_collection(session, name)
+        uid, fields = collection.uid, dict(collection.metadata_fields)
+    # Decoding and storing images takes seconds for a large request: done before the write
+    # transaction, which on SQLite holds every other writer back meanwhile.
+    errors, valid = _validate_items(svc, fields, items, files)
     with session_scope(svc.sessions) as session:
         collection = get_collection(session, name)
+        if collection.uid != uid:
+            raise Conflict(f"collection {name!r} was deleted and created again meanwhile")
         job = IngestJob(collection_id=collection.id, total=len(items))
         session.add(job)
         session.flush()
-        errors: list[dict[str, Any]] = []
-        valid: list[tuple[DocumentIn, str | None]] = []
-        seen: set[str] = set()
-        for position, raw in enumerate(items):
-            item_id = raw.get("id") if isinstance(raw, dict) else None
-            if not isinstance(item_id, str) or id_problem(item_id):
-                item_id = None  # the error names the item by its index instead
-            try:
-                if isinstance(raw, _BadLine):
-                    raise InvalidRequest(raw.message)
-                doc, image_key = _validate(svc, collection, raw, files)
-                if doc.id in seen:
-                    raise InvalidRequest(f"document id {doc.id!r} appears twice in this request")
-            except UmarvelError as exc:
-                errors.append({"index": position, "id": item_id, "message": exc.message})
-                continue
-            seen.add(doc.id)
-            valid.append((doc, image_key))
         existing = {
             d.external_id: d
             for d in session.scalars(
@@ -231,6 +233,31 @@ def ingest_documents(name: str) -> Any:
         payload = ingest_job_view(job)
     outbox.dispatch(svc.send, entries)
     return payload, 202, {"Location": payload["url"]}
+
+
+def _validate_items(
+    svc: Services, fields: dict[str, str], items: list[Any], files: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[tuple[DocumentIn, str | None]]]:
+    """Each item validated, its image stored: (errors by item, valid documents)."""
+    errors: list[dict[str, Any]] = []
+    valid: list[tuple[DocumentIn, str | None]] = []
+    seen: set[str] = set()
+    for position, raw in enumerate(items):
+        item_id = raw.get("id") if isinstance(raw, dict) else None
+        if not isinstance(item_id, str) or id_problem(item_id):
+            item_id = None  # the error names the item by its index instead
+        try:
+            if isinstance(raw, _BadLine):
+                raise InvalidRequest(raw.message)
+            doc, image_key = _validate(svc, fields, raw, files)
+            if doc.id in seen:
+                raise InvalidRequest(f"document id {doc.id!r} appears twice in this request")
+        except UmarvelError as exc:
+            errors.append({"index": position, "id": item_id, "message": exc.message})
+            continue
+        seen.add(doc.id)
+        valid.append((doc, image_key))
+    return errors, valid
 
 
 @bp.get("/v1/ingest-jobs/<job_id>")
