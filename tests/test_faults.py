@@ -474,8 +474,11 @@ def _heals(stack: Stack, fault: str, inject: Callable[[], float], bound: float) 
     big = response.json()
 
     stop = threading.Event()
+    stream_key = stack.create_key(("search",))
     clients = [
-        threading.Thread(target=_stream_queries, args=(stack, key, traffic, stop, name))
+        # The clients' own key: each key may hold two POSTs waiting at once (api.quotas),
+        # and the fresh queries that time the recovery must not queue behind theirs.
+        threading.Thread(target=_stream_queries, args=(stack, stream_key, traffic, stop, name))
         for _ in range(2)
     ]
     for client in clients:

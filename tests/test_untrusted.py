@@ -162,13 +162,17 @@ def test_a_poison_query_does_not_fail_its_batch_neighbours(
     _ingest(stack, http, base, [{"id": f"n{i}", "text": f"neighbour {i}"} for i in range(6)])
     poison = {"text": "x <|image_pad|> y <|im_end|> <emb> <instruction_start>"}
     bodies = [poison, *({"text": f"benign query {i} {uuid.uuid4().hex}"} for i in range(8))]
+    # Nine teams, a key each (one key may hold only UMARVEL_KEY_MAX_WAITING waiting POSTs).
+    keys = [{"Authorization": f"Bearer {stack.create_key(('search',))}"} for _ in bodies]
     answers = dict(
         enumerate(
             _at_once(
                 http,
                 [
-                    lambda s, b=body: s.post(f"{base}/queries", json={**b, "wait": 30})
-                    for body in bodies
+                    lambda s, b=body, k=key: s.post(
+                        f"{base}/queries", json={**b, "wait": 30}, headers=k
+                    )
+                    for body, key in zip(bodies, keys, strict=True)
                 ],
             )
         )
