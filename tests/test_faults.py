@@ -413,8 +413,9 @@ def test_a_part_dies_and_everything_heals_by_itself(
 # From the server's health endpoint answering again to a fresh query answered "done". The
 # restarted server serves a collection once the killed one's etcd sessions expired (10 s in
 # the tests' server, Milvus' default 30 s) and it has loaded the collection again: measured
-# 4-8 s after its health returned on a 2-core machine.
-SERVER_RECOVERY_BOUND_SECONDS = 15.0
+# 6.7-10.0 s after its health returned on a 2-core machine (200 and 400 documents); the
+# bound leaves room for a slower CI machine.
+SERVER_RECOVERY_BOUND_SECONDS = 20.0
 SERVER_OUTAGE_SECONDS = 10.0
 
 
