@@ -42,6 +42,7 @@ def omitted(description: str) -> Any:
 
 class Liveness(Answer):
     status: Literal["ok"]
+    version: str = Field(description="The server's version (a release tag without its v).")
 
 
 class ReadinessCheck(Answer):

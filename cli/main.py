@@ -11,6 +11,7 @@ import click
 
 from cli import remote
 from cli.remote import api_options, client_for
+from core.version import VERSION
 
 
 class _Group(click.Group):
@@ -61,17 +62,8 @@ def _database_problem(exc: Any) -> str:
     return f"cannot use the database {url} (UMARVEL_DATABASE_URL): {reason}"
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("umarvel-search")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_version(), "--version", prog_name="umarvel")
+@click.version_option(VERSION, "--version", prog_name="umarvel")
 def main() -> None:
     """umarvel-search: multimodal search with U-MARVEL recall and MLLM rerank.
 

@@ -1,6 +1,6 @@
 """A typed Python client for the umarvel-search HTTP API (see ``client.api``)."""
 
-from client.api import Client, encode_image
+from client.api import USER_AGENT, Client, __version__, encode_image
 from client.errors import (
     ApiError,
     Conflict,
@@ -28,6 +28,7 @@ from client.types import (
 )
 
 __all__ = [
+    "USER_AGENT",
     "ApiError",
     "Client",
     "Collection",
@@ -50,5 +51,6 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "WaitTimeout",
+    "__version__",
     "encode_image",
 ]

@@ -29,6 +29,19 @@ import requests
 from client.errors import ApiError, ConnectionFailed, JobFailed, WaitTimeout, error_for
 from client.types import Collection, Document, IngestJob, IngestSummary, SearchResult
 
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("umarvel-search")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+__version__ = _version()
+USER_AGENT = f"umarvel-client/{__version__} python-requests/{requests.__version__}"
+
 ImageLike = bytes | str | Path
 """Image bytes, or the path of an image file (read and sent as base64)."""
 
@@ -60,6 +73,7 @@ class Client:
         self.max_retry_wait = max_retry_wait
         self.poll_seconds = poll_seconds
         self.http = session or requests.Session()
+        self.http.headers["User-Agent"] = USER_AGENT
         if key:
             self.http.headers["Authorization"] = f"Bearer {key}"
         self.collections = Collections(self)

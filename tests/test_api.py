@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from cli.samples import b64, shape_image
 from core.settings import Settings
+from core.version import VERSION
 from tests.helpers import error as _error
 from tests.helpers import make_key as _key
 
@@ -41,7 +42,8 @@ def client(migrated_url: str, redis_url: str, tmp_path: Path) -> FlaskClient:
 
 
 def test_health(client: FlaskClient) -> None:
-    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/healthz").json == {"status": "ok", "version": VERSION}
+    assert VERSION != "unknown"  # the installed distribution's
 
 
 def test_collection_lifecycle(client: FlaskClient) -> None:

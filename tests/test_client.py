@@ -7,14 +7,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
+import client as client_package
 from cli.stack import free_port
 from client import (
+    USER_AGENT,
     Client,
     ConnectionFailed,
     Forbidden,
@@ -23,6 +26,7 @@ from client import (
     Overloaded,
     ServerError,
     Unavailable,
+    __version__,
 )
 
 Answer = tuple[Any, int, dict[str, str]]
@@ -149,3 +153,19 @@ def test_search_sends_the_request_and_follows_a_running_job(server: Any) -> None
     assert result.status == "done"
     assert [(h.document_id, h.p_yes, h.score) for h in result.hits] == [("d", 0.9, 0.59)]
     assert result.timings == {"recall": 0.1}
+
+
+def test_the_client_names_itself_and_its_version(server: Any) -> None:
+    url, answers, _ = server
+    agents: list[str] = []
+
+    def answer() -> Answer:
+        agents.append(request.headers.get("User-Agent", ""))
+        return {"collections": []}, 200, {}
+
+    answers.append(answer)
+    Client(url, "umk_x").request("GET", "/v1/collections")
+    assert agents == [USER_AGENT]
+    assert USER_AGENT.startswith(f"umarvel-client/{__version__} ")
+    assert __version__ != "unknown"
+    assert (Path(client_package.__file__).parent / "py.typed").exists()  # PEP 561: typed

@@ -13,6 +13,7 @@ from api.services import services
 from core.contract import Queue
 from core.db import session_scope
 from core.heartbeats import read_heartbeats
+from core.version import VERSION
 
 bp = Blueprint("health", __name__)
 
@@ -20,7 +21,7 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 @documented(resp=responses({200: Liveness}, 400), tags=["health"], security={})
 def healthz() -> Any:
-    return {"status": "ok"}
+    return {"status": "ok", "version": VERSION}
 
 
 @bp.get("/readyz")
