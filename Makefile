@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench services clean
+.PHONY: demo test test-fast lint bench services clean
 
 # torch is pinned with torchvision in pyproject.toml, so this one pip command installs
 # the builds that lie on this machine's disk and never a different torch.
@@ -17,7 +17,11 @@ demo: $(STAMP)
 	$(BIN)/umarvel demo
 
 test: $(STAMP) services
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
+
+# The inner loop: no live stack (worker processes), no Milvus standalone server.
+test-fast: $(STAMP) services
+	$(BIN)/pytest -m "not integration and not standalone" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

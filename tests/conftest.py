@@ -166,6 +166,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = getattr(getattr(item, "callspec", None), "params", {})
         pairing = (params.get("milvus_kind"), params.get("database_url"))
         (dropped if pairing == ("standalone", "sqlite") else kept).append(item)
+        server = {"milvus_standalone", "milvus_standalone_server"} & set(item.fixturenames)
+        if pairing[0] == "standalone" or server:
+            item.add_marker(pytest.mark.standalone)  # `-m "not standalone"` skips the server
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

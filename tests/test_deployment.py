@@ -54,8 +54,9 @@ def test_nothing_talks_to_redis_without_its_password(compose: dict[str, Any]) ->
     services = compose["services"]
     assert "flower" not in services  # it would publish the broker without authentication
     redis_service = services["redis"]
-    assert redis_service["command"][-2:] == ["--requirepass", "${REDIS_PASSWORD}"]
-    assert redis_service["environment"]["REDISCLI_AUTH"] == "${REDIS_PASSWORD}"
+    password = "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}"  # compose refuses an empty one
+    assert redis_service["command"][-2:] == ["--requirepass", password]
+    assert redis_service["environment"]["REDISCLI_AUTH"] == password
     urls = [compose["x-umarvel"]["environment"]["UMARVEL_REDIS_URL"]]
     urls += [
         s["environment"]["UMARVEL_REDIS_URL"]
@@ -63,7 +64,7 @@ def test_nothing_talks_to_redis_without_its_password(compose: dict[str, Any]) ->
         if "UMARVEL_REDIS_URL" in s.get("environment", {})
     ]
     assert urls
-    assert all(url.startswith("redis://:${REDIS_PASSWORD}@redis:") for url in urls)
+    assert all(url.startswith(f"redis://:{password}@redis:") for url in urls)
     assert re.search(r"^REDIS_PASSWORD=$", (ROOT / ".env.example").read_text(), re.MULTILINE)
 
 
@@ -193,3 +194,13 @@ def test_api_and_workers_share_media_through_minio_not_a_volume(compose: dict[st
     # One store for all of them: the MinIO service, in a bucket of its own.
     assert stores == {("http://minio:9000", "umarvel-media")}
     assert "media" not in compose["volumes"]
+
+
+def test_compose_refuses_to_start_without_its_secrets() -> None:
+    """`${VAR:?message}`: compose stops with the message when VAR is unset or empty (an empty
+    --requirepass would mean no password at all)."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    for secret in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "MEDIA_S3_ACCESS_KEY"):
+        uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", text)
+        assert uses, secret
+        assert all(use.startswith(":?") for use in uses), (secret, uses)
