@@ -120,12 +120,12 @@ class AuditQuery(Strict):
     model_config = ConfigDict(extra="forbid", strict=False)
 
     action: str | None = Field(None, max_length=64)
-    key_id: int | None = Field(None, ge=0, le=2**63 - 1)
+    key_id: int | None = Field(None, ge=0, le=2**31 - 1)  # SQL INTEGER columns
     outcome: Literal["ok", "failed", "refused"] | None = None
     target: str | None = Field(None, max_length=600)
     since: datetime | None = None
     until: datetime | None = None
-    cursor: int | None = Field(None, ge=0, le=2**63 - 1, description="next_cursor of a page")
+    cursor: int | None = Field(None, ge=0, le=2**31 - 1, description="next_cursor of a page")
     limit: int = Field(100, ge=1, le=1000)
 
 

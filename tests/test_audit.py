@@ -120,6 +120,8 @@ def test_a_scripted_admin_session_is_recorded_exactly(
     assert [e["status"] for e in refused["events"]] == [429, 401, 403]
     assert refused["next_cursor"] is None
     assert error(client.get("/v1/audit?outcome=maybe", headers=as_admin), 400)
+    for past_int4 in ("key_id", "cursor"):  # SQL INTEGER columns: a 400, not a database error
+        assert error(client.get(f"/v1/audit?{past_int4}={2**31}", headers=as_admin), 400)
 
 
 def test_a_key_limited_to_collections_cannot_read_the_audit_log(
