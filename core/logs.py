@@ -1,4 +1,7 @@
-"""Structured logs: one ``key=value`` line per event, with the job id and collection when known.
+"""Structured logs: one line per event, ``key=value`` (logfmt) or JSON
+(``UMARVEL_LOG_FORMAT``), with every field the event carries: the job id and collection
+when known, and whatever else the code logged with it (an ingestion chunk's ``indexed`` and
+``failed``, a repair's counts).
 
 ts=2026-11-26T12:00:00.123Z level=INFO logger=api event=request method=POST
 route=/v1/collections/<name>/queries status=202 ms=8.1 job_id=ab12 collection=docs
@@ -6,12 +9,13 @@ route=/v1/collections/<name>/queries status=202 ms=8.1 job_id=ab12 collection=do
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
 from typing import Any
 
-# Attributes of a record that are context fields rather than logging's own.
+# The fields that come first, in this order; any other field the event carries follows.
 FIELDS = (
     "event",
     "method",
@@ -34,29 +38,71 @@ def _value(value: Any) -> str:
     return text
 
 
+# What every LogRecord has of its own: anything else on a record is a field of the event.
+_RECORD = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def fields(record: logging.LogRecord) -> list[tuple[str, Any]]:
+    """The event's fields, the known ones first: never a field left out."""
+    extra = {
+        name: value
+        for name, value in vars(record).items()
+        if name not in _RECORD and not name.startswith("_") and value is not None
+    }
+    known = [(name, extra.pop(name)) for name in FIELDS if name in extra]
+    return known + sorted(extra.items())
+
+
+def _stamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
+        f".{int(record.msecs):03d}Z"
+    )
+
+
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        parts = [
-            f"ts={stamp}.{int(record.msecs):03d}Z",
-            f"level={record.levelname}",
-            f"logger={record.name}",
-        ]
-        parts += [
-            f"{name}={_value(getattr(record, name))}"
-            for name in FIELDS
-            if getattr(record, name, None) is not None
-        ]
+        parts = [f"ts={_stamp(record)}", f"level={record.levelname}", f"logger={record.name}"]
+        parts += [f"{name}={_value(value)}" for name, value in fields(record)]
         parts.append(f"msg={_value(record.getMessage())}")
         if record.exc_info:
             parts.append(f"exc={_value(self.formatException(record.exc_info))}")
         return " ".join(parts)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Every log line of the process as key=value on stderr."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log pipelines that parse JSON."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": _stamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        event.update(fields(record))
+        event["msg"] = record.getMessage()
+        if record.exc_info:
+            event["exc"] = self.formatException(record.exc_info)
+        return json.dumps(event, default=str, ensure_ascii=False)
+
+
+FORMATTERS: dict[str, type[logging.Formatter]] = {
+    "logfmt": KeyValueFormatter,
+    "json": JsonFormatter,
+}
+
+
+def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
+    """Every log line of the process on stderr, as ``fmt`` (default: the settings')."""
+    if fmt is None:
+        from core.settings import get_settings
+
+        fmt = get_settings().log_format
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
+    handler.setFormatter(FORMATTERS[fmt]())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

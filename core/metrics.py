@@ -27,8 +27,13 @@ REQUESTS = Counter(
 REQUEST_SECONDS = Histogram(
     "umarvel_http_request_seconds", "HTTP request latency by route", ["route", "method"]
 )
+# Read from Redis when /metrics is scraped: across gunicorn's processes the most recent
+# reading counts ("max" kept a depth once seen until the metrics folder was wiped).
 QUEUE_DEPTH = Gauge(
-    "umarvel_queue_depth", "Tasks waiting in each queue", ["queue"], multiprocess_mode="max"
+    "umarvel_queue_depth",
+    "Tasks waiting in each queue",
+    ["queue"],
+    multiprocess_mode="mostrecent",
 )
 CACHE_REQUESTS = Counter("umarvel_cache_requests_total", "Result cache lookups", ["result"])
 STAGE_SECONDS = Histogram(

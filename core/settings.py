@@ -33,6 +33,11 @@ class Settings(BaseSettings):
             else:
                 yield name, value
 
+    log_format: Literal["logfmt", "json"] = Field(
+        "logfmt",
+        description="Log lines as key=value (logfmt) or one JSON object each; every field "
+        "an event carries is kept.",
+    )
     auth_enabled: bool = Field(
         True,
         description="Require an API key on every route but /healthz (off only in development).",
