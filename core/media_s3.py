@@ -186,20 +186,23 @@ class S3MediaStore:
         except BotoCoreError as exc:
             _reraise(exc)
 
-    def exists(self, key: str) -> bool:
+    def _head(self, key: str) -> dict[str, Any] | None:
+        """The object's metadata (HEAD), or None when it is not stored or the key is bad."""
         try:
             name = self._name(key)
         except NotFound:
-            return False
+            return None
         try:
-            self.client.head_object(Bucket=self.bucket, Key=name)
+            return dict(self.client.head_object(Bucket=self.bucket, Key=name))
         except ClientError as exc:
             if _code(exc) in _MISSING:
-                return False
+                return None
             _reraise(exc)
         except BotoCoreError as exc:
             _reraise(exc)
-        return True
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
 
     def _touch(self, key: str) -> bool:
         """Refresh the object's LastModified (S3 has no touch: a copy onto itself); False
@@ -221,19 +224,8 @@ class S3MediaStore:
         return True
 
     def age(self, key: str) -> float | None:
-        try:
-            name = self._name(key)
-        except NotFound:
-            return None
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=name)
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                return None
-            _reraise(exc)
-        except BotoCoreError as exc:
-            _reraise(exc)
-        return time.time() - float(head["LastModified"].timestamp())
+        head = self._head(key)
+        return None if head is None else time.time() - float(head["LastModified"].timestamp())
 
     def delete(self, key: str) -> None:
         name = self._name(key)

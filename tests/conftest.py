@@ -100,6 +100,20 @@ def migrated_url(database_url: str) -> str:
 
 
 @pytest.fixture
+def runner(migrated_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A click runner whose commands use the test's database and Redis."""
+    from click.testing import CliRunner
+
+    from core.settings import get_settings
+
+    monkeypatch.setenv("UMARVEL_DATABASE_URL", migrated_url)
+    monkeypatch.setenv("UMARVEL_REDIS_URL", redis_url)
+    get_settings.cache_clear()
+    yield CliRunner()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
 def redis_url() -> str:
     import redis
 

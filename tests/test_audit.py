@@ -8,7 +8,6 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
@@ -17,17 +16,8 @@ from cli.main import main
 from core.audit import expire
 from core.db import session_scope
 from core.models import AuditEvent, utcnow
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from tests.helpers import error
-
-
-@pytest.fixture
-def runner(migrated_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setenv("UMARVEL_DATABASE_URL", migrated_url)
-    monkeypatch.setenv("UMARVEL_REDIS_URL", redis_url)
-    get_settings.cache_clear()
-    yield CliRunner()
-    get_settings.cache_clear()
 
 
 def _key(runner: CliRunner, *args: str) -> tuple[int, str]:

@@ -17,15 +17,6 @@ from core.models import ApiKey
 from core.settings import get_settings
 
 
-@pytest.fixture
-def runner(migrated_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setenv("UMARVEL_DATABASE_URL", migrated_url)
-    monkeypatch.setenv("UMARVEL_REDIS_URL", redis_url)
-    get_settings.cache_clear()
-    yield CliRunner()
-    get_settings.cache_clear()
-
-
 def test_keys_create_list_revoke(runner: CliRunner, migrated_url: str) -> None:
     created = runner.invoke(
         main, ["keys", "create", "ci", "--scope", "search", "--collection", "docs"]
