@@ -16,13 +16,18 @@ WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY client client
 COPY core core
-COPY api api
-COPY workers workers
+COPY store store
+COPY media media
+COPY mllm mllm
 COPY recall recall
 COPY rerank rerank
-COPY cli cli
-COPY evaluation evaluation
+COPY queries queries
 COPY ingestion ingestion
+COPY evaluation evaluation
+COPY devkit devkit
+COPY api api
+COPY workers workers
+COPY cli cli
 COPY migrations migrations
 RUN pip install --quiet . \
     && useradd --create-home umarvel \

@@ -1,4 +1,4 @@
-"""Recording the API's part of the audit log (core.audit), and reading it back.
+"""Recording the API's part of the audit log (store.audit), and reading it back.
 
 After every answer: an admin action (whatever its outcome) and any request refused for
 who asked (401, 403, 429) become one event, written in a transaction of its own after the
@@ -13,8 +13,8 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from api.services import services
-from core.audit import outcome_of, record
-from core.db import session_scope
+from store.audit import outcome_of, record
+from store.db import session_scope
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from flask import Flask, g, request
 
 from api.quotas import check_rate, rate_counter
 from api.services import services
-from core.auth import Grant, authenticate, authorize, bearer_digest
-from core.db import session_scope
-from core.fences import KEYS_RECORD, Lookup, collection_record
+from store.db import session_scope
+from store.fences import KEYS_RECORD, Lookup, collection_record
+from store.keys import Grant, authenticate, authorize, bearer_digest
 
 # The console's static files are public; everything they do goes through the API with a key.
 PUBLIC_ENDPOINTS = frozenset(
@@ -39,7 +39,7 @@ def register_auth(app: Flask) -> None:
             with session_scope(svc.sessions) as session:
                 return Grant.of(authenticate(session, digest)).to_json()
 
-        # A live key's grant is kept in Redis, fenced against revocation (core.fences). A
+        # A live key's grant is kept in Redis, fenced against revocation (store.fences). A
         # query also needs its collection's copy: both are read in one round trip.
         wanted = [(KEYS_RECORD, digest)]
         if endpoint in PREFETCH_COLLECTION and request.view_args:

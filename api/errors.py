@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from core.db import lost_race
 from core.errors import InvalidRequest, UmarvelError
+from store.db import lost_race
 
 log = logging.getLogger(__name__)
 

@@ -217,7 +217,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
         "maxLength": 256,
         "pattern": r"^[^\x00-\x1f\x7f-\x9f]+$",  # no control characters
     },
-    "job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},  # core.models.new_id
+    "job_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},  # store.tables.new_id
     "key": {"type": "string", "pattern": "^[0-9a-f]{64}$"},  # SHA-256 of the image file
 }
 

@@ -29,12 +29,12 @@ import redis
 from sqlalchemy import func, select
 
 from api.services import Services
-from core.auth import Grant
-from core.cache import PREFIX
-from core.db import session_scope
 from core.errors import Overloaded
-from core.models import QueryJob, utcnow
-from core.states import RUNNING_QUERY
+from store.db import session_scope
+from store.keys import Grant
+from store.redis import PREFIX
+from store.states import RUNNING_QUERY
+from store.tables import QueryJob, utcnow
 
 RATE_RETRY_SECONDS = 1
 QUEUED_RETRY_SECONDS = 2

@@ -1,6 +1,6 @@
 """The bodies of the API's successful answers, for the OpenAPI document.
 
-The views build plain dicts (``render`` in each route module, ``core.results``); these
+The views build plain dicts (``render`` in each route module, ``queries.views``); these
 models describe those dicts exactly, and the fuzz test (tests/test_fuzz.py) checks real
 answers against them. Every model forbids unknown fields, so a new key in a render
 function fails that test until it is documented here.
@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from core.states import DocumentStatus, JobKind, JobState, QueryStatus
+from store.states import DocumentStatus, JobKind, JobState, QueryStatus
 
 FieldType = Literal["int", "float", "str", "bool"]
 

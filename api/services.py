@@ -9,14 +9,15 @@ from celery import Celery
 from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.cache import ResultCache, make_redis
+from core.celery_app import make_celery
 from core.contract import Task
-from core.db import make_engine, make_session_factory
-from core.fences import Fences
-from core.media import MediaStore, open_media_store
-from core.notices import JobNotices
 from core.settings import Settings
-from workers.celery_app import make_celery
+from media.store import MediaStore, open_media_store
+from queries.cache import ResultCache
+from queries.notices import JobNotices
+from store.db import make_engine, make_session_factory
+from store.fences import Fences
+from store.redis import make_redis
 
 
 @dataclass

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cli.samples import COLOURS, SHAPES, shape_image
+from devkit.samples import COLOURS, SHAPES, shape_image
 
 MODALITIES = ("text", "image", "image,text", "mixed")
 

@@ -24,7 +24,7 @@ import redis
 import requests
 
 from cli.stack import Stack, free_port
-from core.tiny_models import build_all
+from devkit.tiny_models import build_all
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 # Names of this run's own: a --database-url may hold earlier runs' collections.

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from bench.common import MODALITIES, rate, sample_items
-from core.tiny_models import build_all
+from devkit.tiny_models import build_all
 from recall import Candidate, Embedder, EmbedderConfig
 
 

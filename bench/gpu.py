@@ -19,10 +19,11 @@ from functools import partial
 from typing import Any
 
 from bench.common import sample_items
-from cli.samples import shape_image
-from core.batching import image_tokens
-from core.modeling import Loaded
-from core.tiny_models import Arch, build_config, build_processor, build_tokenizer
+from devkit.samples import shape_image
+from devkit.tiny_models import build_config, build_processor, build_tokenizer
+from mllm import families
+from mllm.batching import image_tokens
+from mllm.loading import Loaded
 from recall import Candidate, Embedder, EmbedderConfig, prompts
 from rerank import RerankCandidate, Reranker, RerankerConfig, RerankQuery
 from rerank.reranker import shared_prefix_length
@@ -77,9 +78,8 @@ REAL_SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 
-def build(arch: Arch, tiny: bool, device: str) -> Loaded:
+def build(arch: str, tiny: bool, device: str) -> Loaded:
     import torch
-    from transformers import Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
     tokenizer = build_tokenizer(arch)
     processor = build_processor(arch, tokenizer)
@@ -87,15 +87,14 @@ def build(arch: Arch, tiny: bool, device: str) -> Loaded:
     config = build_config(arch, tokenizer, text, vision)
     # Qwen3-VL-4B ties its output head to the input embeddings (a top-level setting).
     config.tie_word_embeddings = bool(text.get("tie_word_embeddings", False))
-    model_class = (
-        Qwen2VLForConditionalGeneration if arch == "qwen2_vl" else Qwen3VLForConditionalGeneration
-    )
+    record = families.family(arch)
+    model_class = families.model_class(record)
     torch_device = torch.device(device)
     dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
     config._attn_implementation = "sdpa"
     with torch.device(torch_device):
         model = model_class._from_config(config, dtype=dtype).eval()
-    return Loaded(model, processor, arch, torch_device, dtype)
+    return Loaded(model, processor, record, torch_device, dtype)
 
 
 def _params(module: Any) -> int:
@@ -118,7 +117,7 @@ def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--arch", default="qwen3_vl", choices=["qwen2_vl", "qwen3_vl"])
+    parser.add_argument("--arch", default="qwen3_vl", choices=sorted(REAL_SIZES))
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (checks the script)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--items", type=int, default=64)

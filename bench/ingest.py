@@ -30,11 +30,11 @@ import redis
 
 from bench.common import rate, sample_items
 from bench.processes import cpu_seconds, peak_mb
-from cli.samples import b64
 from cli.stack import Stack, free_port
-from core.modeling import load_backbone
 from core.settings import Settings
-from core.tiny_models import build_all
+from devkit.samples import b64
+from devkit.tiny_models import build_all
+from mllm.loading import load_backbone
 from recall import Candidate, Embedder
 from recall.embedder import EmbedderConfig
 from workers.runtime import PIECE_BATCHES, Runtime, cpu_cores
@@ -61,8 +61,8 @@ def _timeline(
     finished, and the CLI exited: seconds after it started (the jobs' own timestamps)."""
     from sqlalchemy import func, select
 
-    from core.db import make_engine
-    from core.models import Collection, IngestJob
+    from store.db import make_engine
+    from store.tables import Collection, IngestJob
 
     engine = make_engine(stack.settings().database_url)
     try:

@@ -16,8 +16,8 @@ from functools import partial
 from pathlib import Path
 
 from bench.common import MODALITIES, rate, sample_items
-from cli.samples import shape_image
-from core.tiny_models import build_all
+from devkit.samples import shape_image
+from devkit.tiny_models import build_all
 from rerank import RerankCandidate, Reranker, RerankerConfig, RerankQuery
 
 QUERY = RerankQuery(text="a red circle", instruction="Find an image that matches the caption.")

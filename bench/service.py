@@ -35,9 +35,9 @@ import requests
 
 from bench.common import sample_items
 from bench.processes import cpu_seconds, peak_mb
-from cli.samples import b64
 from cli.stack import Stack, free_port, wait_until
-from core.tiny_models import build_all
+from devkit.samples import b64
+from devkit.tiny_models import build_all
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 

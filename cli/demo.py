@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from cli.samples import sample_documents, sample_queries
 from cli.stack import Stack, free_port
 from client import Client
+from devkit.samples import sample_documents, sample_queries
 
 TINY_WARNING = (
     "NOTE: these are tiny models with RANDOM weights, built offline: the rankings below are\n"
@@ -25,7 +25,7 @@ QUERIES = sample_queries()
 def run_demo(workdir: Path, models: Path, recall_model: str | None, rerank: str | None) -> int:
     tiny = recall_model is None
     if recall_model is None:
-        from core.tiny_models import build_all
+        from devkit.tiny_models import build_all
 
         click.echo(f"building tiny models in {models} ...")
         recall_model = str(build_all(models)["qwen3_vl"].resolve())

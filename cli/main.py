@@ -77,7 +77,7 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 def tiny_models(out_dir: Path, seed: int) -> None:
     """Build tiny random Qwen2-VL and Qwen3-VL checkpoints in OUT_DIR/<arch>."""
-    from core.tiny_models import build_all
+    from devkit.tiny_models import build_all
 
     for arch, path in build_all(out_dir, seed=seed).items():
         click.echo(f"{arch}: {path}")
@@ -92,8 +92,8 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Migrate UMARVEL_DATABASE_URL to REVISION."""
-    from core.db import upgrade
     from core.settings import get_settings
+    from store.db import upgrade
 
     upgrade(get_settings().database_url, revision)
     click.echo(f"database at {revision}")
@@ -117,7 +117,7 @@ def keys() -> None:
 @click.option("--collection", "collections", multiple=True, help="Limit to these collections.")
 def keys_create(name: str, scopes: tuple[str, ...], collections: tuple[str, ...]) -> None:
     """Create a key; its secret is printed once."""
-    from core.auth import create_key
+    from store.keys import create_key
 
     with _session() as session:
         row, secret = create_key(session, name, scopes, collections or None)
@@ -137,7 +137,7 @@ def keys_create(name: str, scopes: tuple[str, ...], collections: tuple[str, ...]
 def keys_quotas(ident: str, rate: int | None, waiting: int | None, queued: int | None) -> None:
     """Give the key with this id or prefix its own quotas; an option left out takes the
     deployment's default (UMARVEL_KEY_RATE_LIMIT, _MAX_WAITING, _MAX_QUEUED)."""
-    from core.auth import Quotas, set_quotas
+    from store.keys import Quotas, set_quotas
 
     with _session() as session:
         row = set_quotas(session, ident, Quotas(rate, waiting, queued))
@@ -152,8 +152,8 @@ def keys_list() -> None:
     """Every key, without secrets."""
     from sqlalchemy import select
 
-    from core.auth import describe
-    from core.models import ApiKey
+    from store.keys import describe
+    from store.tables import ApiKey
 
     with _session() as session:
         for row in session.scalars(select(ApiKey).order_by(ApiKey.id)):
@@ -170,7 +170,7 @@ def keys_list() -> None:
 @click.argument("ident")
 def keys_revoke(ident: str) -> None:
     """Revoke the key with this id or prefix."""
-    from core.auth import revoke
+    from store.keys import revoke
 
     with _session() as session:
         row = revoke(session, ident)
@@ -180,7 +180,7 @@ def keys_revoke(ident: str) -> None:
 
 def _audit(session: Any, action: str, key: Any, detail: str | None = None) -> None:
     """An operator's change to a key, in the audit log, in the change's own transaction."""
-    from core.audit import Outcome, record
+    from store.audit import Outcome, record
 
     target = f"key {key.id} ({key.prefix})"
     record(session, action, Outcome.OK, target=target, detail=detail)
@@ -198,7 +198,7 @@ def audit(
     """The audit log, newest first: admin actions and refused requests."""
     import json
 
-    from core.audit import Filters, page, view
+    from store.audit import Filters, page, view
 
     with _session() as session:
         filters = Filters(action=action, key_id=key_id, outcome=outcome)
@@ -215,9 +215,9 @@ def audit(
 
 
 def _session() -> Any:
-    from core.cache import make_redis
-    from core.db import make_engine, make_session_factory, session_scope
     from core.settings import get_settings
+    from store.db import make_engine, make_session_factory, session_scope
+    from store.redis import make_redis
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
@@ -371,9 +371,9 @@ def ready(queue: str) -> None:
     """Exit 0 when a worker of QUEUE on this host reports a warm model (health checks)."""
     import socket
 
-    from core.cache import make_redis
-    from core.heartbeats import read_heartbeats
     from core.settings import get_settings
+    from store.heartbeats import read_heartbeats
+    from store.redis import make_redis
 
     host = socket.gethostname()
     beats = read_heartbeats(make_redis(get_settings().redis_url), queue)
@@ -420,7 +420,7 @@ def outbox_list(failing: bool, as_json: bool) -> None:
 
     from sqlalchemy import select
 
-    from core.models import OutboxEntry
+    from store.tables import OutboxEntry
 
     query = select(OutboxEntry).order_by(OutboxEntry.id)
     if failing:
@@ -458,9 +458,9 @@ def cache() -> None:
 def cache_clear() -> None:
     """Forget every copy of API keys and collections (after rows were changed by hand in
     SQL; changes made through the API, the CLI or the workers need nothing)."""
-    from core.cache import make_redis
-    from core.fences import Fences
     from core.settings import get_settings
+    from store.fences import Fences
+    from store.redis import make_redis
 
     removed = Fences(make_redis(get_settings().redis_url)).clear()
     click.echo(f"forgot {removed} copies")

@@ -305,7 +305,7 @@ class Stack:
             )
         if self.start_milvus:
             self.start_milvus_only(timeout)
-        from core.db import upgrade
+        from store.db import upgrade
 
         upgrade(settings.database_url)
         for queue in self.worker_queues:
@@ -329,8 +329,8 @@ class Stack:
 
     def create_key(self, scopes: tuple[str, ...], collections: tuple[str, ...] = ()) -> str:
         """A new API key in the stack's database; returns its secret."""
-        from core.auth import create_key
-        from core.db import make_engine, make_session_factory, session_scope
+        from store.db import make_engine, make_session_factory, session_scope
+        from store.keys import create_key
 
         engine = make_engine(self.settings().database_url)
         try:
@@ -377,7 +377,7 @@ class Stack:
         self._spawn(f"worker-{queue}", args, {"UMARVEL_WORKER_METRICS_PORT": str(port)})
 
     def _wait_for_workers(self, queues: tuple[str, ...], timeout: float) -> None:
-        from workers.celery_app import make_celery
+        from core.celery_app import make_celery
 
         app = make_celery(self.settings())
         wanted = {f"{queue}{self.worker_suffix}" for queue in queues}

@@ -11,7 +11,7 @@ import itertools
 import json
 from pathlib import Path
 
-from cli.samples import COLOURS, SHAPES, shape_image
+from devkit.samples import COLOURS, SHAPES, shape_image
 from evaluation.mbeir import TASKS_BY_NAME
 
 DATASET_IDS = {

@@ -15,11 +15,11 @@ from datetime import timedelta
 from typing import Any
 
 from core.contract import Task
-from core.models import OutboxEntry, utcnow
 from ingestion import ingest, reindex, vectors
 from ingestion.outbox import Entry, Kind
 from ingestion.resources import Resources
 from ingestion.retry import backoff, is_transient, reason
+from store.tables import OutboxEntry, utcnow
 
 log = logging.getLogger(__name__)
 

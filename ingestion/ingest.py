@@ -16,14 +16,14 @@ from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from core.metrics import INGEST_DOCUMENTS, STAGE_SECONDS
-from core.models import Collection, Document, IngestJob
-from core.states import DocumentStatus, JobState, advance
 from ingestion import outbox, reindex
 from ingestion.outbox import Kind
 from ingestion.resources import Resources
 from ingestion.retry import reason
 from ingestion.writer import Snapshot, VectorCache, Written, at_least, write
 from recall.index import milvus_name
+from store.states import DocumentStatus, JobState, advance
+from store.tables import Collection, Document, IngestJob
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any, TypedDict
 from sqlalchemy.orm import Session
 
 from core.contract import Task
-from core.models import OutboxEntry, utcnow
+from store.tables import OutboxEntry, utcnow
 
 log = logging.getLogger(__name__)
 

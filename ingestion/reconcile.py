@@ -35,13 +35,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.metrics import RECONCILE_REPAIRS
-from core.models import Collection, Document, IngestJob, OutboxEntry
-from core.states import DocumentStatus, JobKind
 from ingestion import outbox
 from ingestion.chunks import chunked
 from ingestion.outbox import Kind
 from ingestion.resources import Resources
 from recall.index import milvus_name
+from store.states import DocumentStatus, JobKind
+from store.tables import Collection, Document, IngestJob, OutboxEntry
 
 log = logging.getLogger(__name__)
 

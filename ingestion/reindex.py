@@ -17,14 +17,14 @@ from sqlalchemy import Select, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from core.errors import Conflict
-from core.models import Collection, Document, IngestJob, OutboxEntry
-from core.states import RUNNING_JOB, DocumentStatus, JobKind, JobState, advance
 from ingestion import outbox
 from ingestion.chunks import chunked
 from ingestion.outbox import Kind
 from ingestion.resources import Resources
 from ingestion.writer import Snapshot, at_least, write
 from recall.index import milvus_name
+from store.states import RUNNING_JOB, DocumentStatus, JobKind, JobState, advance
+from store.tables import Collection, Document, IngestJob, OutboxEntry
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from core.contract import Task
-from core.media import MediaStore
 from core.settings import Settings
+from media.store import MediaStore
 
 
 class Resources(Protocol):

@@ -22,10 +22,10 @@ from typing import Any
 from sqlalchemy import select
 
 from core.contract import Queue, Task
-from core.models import Collection, IngestJob, OutboxEntry, utcnow
-from core.states import RUNNING_JOB
 from ingestion import outbox, reindex
 from ingestion.resources import Resources
+from store.states import RUNNING_JOB
+from store.tables import Collection, IngestJob, OutboxEntry, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.models import Collection, Document
 from ingestion import outbox
 from ingestion.resources import Resources
 from recall.index import milvus_name
+from store.tables import Collection, Document
 
 
 def delete(rt: Resources, entry: outbox.Entry) -> dict[str, Any]:

@@ -18,12 +18,12 @@ import numpy as np
 from sqlalchemy import case, select
 
 from core.errors import NotFound, Unavailable
-from core.models import Collection, Document
-from core.states import DocumentStatus
 from ingestion.resources import Resources
 from ingestion.retry import is_transient, reason
 from recall.prompts import Candidate
 from recall.service import IndexDocument, RecallService
+from store.states import DocumentStatus
+from store.tables import Collection, Document
 
 MAX_ROUNDS = 5
 

@@ -1,12 +1,12 @@
-"""Alembic environment: the schema is ``core.models.Base.metadata``; never the Flask app."""
+"""Alembic environment: the schema is ``store.tables.Base.metadata``; never the Flask app."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from core.models import Base
 from core.settings import get_settings
+from store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

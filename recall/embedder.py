@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.batching import image_tokens, plan_batches
-from core.images import prepare_image
-from core.modeling import Loaded, load_backbone, load_image
-from core.prompt_tokens import PromptTokenizer, TextPart
+from media.images import prepare_image
+from mllm.batching import image_tokens, plan_batches
+from mllm.families import Positions, TokenRows
+from mllm.loading import Loaded, load_backbone, load_image
+from mllm.prompt_tokens import PromptTokenizer, TextPart
 from recall import prompts
 from recall.prompts import Candidate, Query
 
@@ -64,7 +65,7 @@ class Embedder:
     def __init__(self, loaded: Loaded, config: EmbedderConfig | None = None) -> None:
         self.model = loaded.model
         self.processor = loaded.processor
-        self.model_type = loaded.model_type
+        self.family = loaded.family
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.config = config or EmbedderConfig()
@@ -103,9 +104,7 @@ class Embedder:
             table = self.model.get_input_embeddings().weight
             if table.shape[0] < base_len + 3:
                 raise ValueError("the model's embedding table is smaller than the tokenizer")
-            if self.model_type == "qwen3_vl":
-                # The original resized one token at a time with mean initialisation: rows
-                # N+1 and N+2 are the float32 mean of rows 0..N.
+            if self.family.token_rows is TokenRows.MEAN:
                 with torch.no_grad():
                     mean = table[: base_len + 1].float().mean(dim=0)
                     table[base_len + 1 : base_len + 3] = mean.to(table.dtype)
@@ -193,7 +192,7 @@ class Embedder:
             features = torch.cat(list(features), dim=0).to(embeds.dtype)
             image_positions = (input_ids == self.model.config.image_token_id).unsqueeze(-1)
             embeds = embeds.masked_scatter(image_positions.expand_as(embeds), features)
-        if self.model_type == "qwen3_vl":
+        if self.family.positions is Positions.MASK_CUMSUM:
             positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         else:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(

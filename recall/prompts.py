@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from core.modeling import ImageInput
-from core.prompt_tokens import Client, TextPart
-from core.text import format_string
+from mllm.loading import ImageInput
+from mllm.prompt_tokens import Client, TextPart
+from mllm.text import format_string
 
 EMB_TOKEN = "<emb>"
 INSTRUCTION_START = "<instruction_start>"

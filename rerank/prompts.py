@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.prompt_tokens import Client
-from core.text import format_string
+from mllm.prompt_tokens import Client
+from mllm.text import format_string
 
 # Exactly the trained prompt: 24 spaces after "candidate" and the misspelling "responed".
 RERANK_INSTRUCTION = (

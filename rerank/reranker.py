@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.batching import image_tokens, plan_batches
-from core.images import prepare_image
-from core.modeling import ImageInput, Loaded, load_backbone, load_image
-from core.prompt_tokens import PromptTokenizer
+from media.images import prepare_image
+from mllm.batching import image_tokens, plan_batches
+from mllm.loading import ImageInput, Loaded, load_backbone, load_image
+from mllm.prompt_tokens import PromptTokenizer
 from rerank import prompts
 
 if TYPE_CHECKING:

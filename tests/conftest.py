@@ -19,6 +19,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from devkit.tiny_models import ARCHS
+
 if TYPE_CHECKING:
     from cli.stack import MilvusStandalone, Stack
 
@@ -30,7 +32,7 @@ REDIS_URL = "redis://127.0.0.1:6379/" + os.environ.get("UMARVEL_TEST_REDIS_DB", 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from core.tiny_models import build_all
+    from devkit.tiny_models import build_all
 
     return build_all(tmp_path_factory.mktemp("tiny-models"))
 
@@ -60,7 +62,8 @@ def reranker(rerankers: dict[str, Any], arch: str) -> Any:
     return rerankers[arch]
 
 
-@pytest.fixture(scope="session", params=["qwen2_vl", "qwen3_vl"])
+# Every built-in model family, from the registry.
+@pytest.fixture(scope="session", params=ARCHS)
 def arch(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -93,7 +96,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def migrated_url(database_url: str) -> str:
-    from core.db import upgrade
+    from store.db import upgrade
 
     upgrade(database_url)
     return database_url

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cli.samples import b64, sample_queries
+from devkit.samples import b64, sample_queries
 
 # The three query kinds as JSON request fields, for tests parametrized by them.
 query_kinds = pytest.mark.parametrize(
@@ -24,8 +24,8 @@ query_kinds = pytest.mark.parametrize(
 
 
 def make_key(app: Any, scopes: list[str], collections: list[str] | None = None) -> str:
-    from core.auth import create_key
-    from core.db import session_scope
+    from store.db import session_scope
+    from store.keys import create_key
 
     with session_scope(app.extensions["umarvel"].sessions) as session:
         return create_key(session, "test", scopes, collections)[1]
@@ -44,8 +44,8 @@ def entries(rt: Any, job_id: str | None = None, kind: str | None = None) -> list
     """The outbox entries still owed (of one job, of one kind), oldest first."""
     from sqlalchemy import select
 
-    from core.models import OutboxEntry
     from ingestion.outbox import Entry
+    from store.tables import OutboxEntry
 
     query = select(OutboxEntry).order_by(OutboxEntry.id)
     if job_id is not None:
@@ -132,3 +132,29 @@ class InFlight:
         finally:
             with self._lock:
                 self._now -= 1
+
+
+def generate_p_yes(reranker: Any, penalty: float, query: Any, candidates: list[Any]) -> list[float]:
+    """The reranker's reference: P(Yes) from generate()'s processed first-step scores."""
+    import torch
+
+    pairs = [reranker._prepare(query, reranker._image(query.image), c) for c in candidates]
+    images = [img for pair in pairs for img in pair.images]
+    batch = reranker.processor(
+        text=[p.text for p in pairs],
+        images=images or None,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
+    with torch.inference_mode():
+        out = reranker.model.generate(
+            **batch,
+            max_new_tokens=1,
+            do_sample=False,
+            repetition_penalty=penalty,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+    scores = out.scores[0][:, [reranker.yes_id, reranker.no_id]]
+    return torch.softmax(scores.float(), dim=-1)[:, 0].tolist()

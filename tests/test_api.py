@@ -14,9 +14,9 @@ import pytest
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from cli.samples import b64, shape_image
 from core.settings import Settings
 from core.version import VERSION
+from devkit.samples import b64, shape_image
 from tests.helpers import error as _error
 from tests.helpers import make_key as _key
 
@@ -195,8 +195,8 @@ def test_auth_matrix(client: FlaskClient) -> None:
     listed = anonymous.get("/v1/collections", headers={"Authorization": f"Bearer {limited}"})
     assert listed.json == {"collections": []}
     # A revoked key stops working at once.
-    from core.auth import revoke
-    from core.db import session_scope
+    from store.db import session_scope
+    from store.keys import revoke
 
     with session_scope(app.extensions["umarvel"].sessions) as session:
         revoke(session, search_key[:12])

@@ -13,10 +13,10 @@ from sqlalchemy import update
 
 from api.app import create_app
 from cli.main import main
-from core.audit import expire
-from core.db import session_scope
-from core.models import AuditEvent, utcnow
 from core.settings import Settings
+from store.audit import expire
+from store.db import session_scope
+from store.tables import AuditEvent, utcnow
 from tests.helpers import error
 
 
@@ -126,7 +126,7 @@ def test_a_key_limited_to_collections_cannot_read_the_audit_log(
 def test_events_past_their_retention_are_deleted(runner: CliRunner, migrated_url: str) -> None:
     _key(runner, "old", "--scope", "search")
     _key(runner, "new", "--scope", "search")
-    from core.db import make_engine, make_session_factory
+    from store.db import make_engine, make_session_factory
 
     sessions = make_session_factory(make_engine(migrated_url))
     with session_scope(sessions) as session:

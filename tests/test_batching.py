@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import Qwen2VLImageProcessor
 
-from core.batching import image_tokens, plan_batches
+from mllm.batching import image_tokens, plan_batches
 
 
 def test_batches_hold_similar_sizes_within_the_budget() -> None:

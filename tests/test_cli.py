@@ -9,12 +9,12 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from cli.main import main
-from core.auth import hash_key
-from core.cache import make_redis
-from core.db import make_engine, make_session_factory, session_scope
-from core.fences import Fences, collection_record
-from core.models import ApiKey
 from core.settings import get_settings
+from store.db import make_engine, make_session_factory, session_scope
+from store.fences import Fences, collection_record
+from store.keys import hash_key
+from store.redis import make_redis
+from store.tables import ApiKey
 
 
 def test_keys_create_list_revoke(runner: CliRunner, migrated_url: str) -> None:
@@ -55,7 +55,7 @@ def test_cache_clear_forgets_the_copies(runner: CliRunner, redis_url: str) -> No
 def test_outbox_list_shows_failing_entries(runner: CliRunner, migrated_url: str) -> None:
     import json
 
-    from core.models import OutboxEntry
+    from store.tables import OutboxEntry
 
     sessions = make_session_factory(make_engine(migrated_url))
     with session_scope(sessions) as session:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from cli.samples import shape_image
 from cli.stack import Stack
+from devkit.samples import shape_image
 from tests.conftest import live_stack
 
 pytestmark = pytest.mark.integration

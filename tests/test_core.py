@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli.samples import shape_image
 from core.errors import InvalidRequest, NotFound, PayloadTooLarge
-from core.images import MAX_PIXELS, MIN_PIXELS, decode_image, prepare_image, smart_resize
-from core.media import LocalMediaStore
 from core.settings import Settings
-from core.text import format_string
+from devkit.samples import shape_image
+from media.images import MAX_PIXELS, MIN_PIXELS, decode_image, prepare_image, smart_resize
+from media.store import LocalMediaStore
+from mllm.text import format_string
 
 
 @pytest.mark.parametrize(
@@ -107,9 +107,9 @@ def test_visibility_timeout_must_outlast_tasks() -> None:
         Settings(task_time_limit=600, visibility_timeout=600)
 
 
-def test_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    missing = [n for n in Settings.model_fields if f"`UMARVEL_{n.upper()}`" not in readme]
+def test_docs_configuration_documents_every_setting() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`UMARVEL_{n.upper()}`" not in page]
     assert missing == []
 
 
@@ -117,7 +117,8 @@ def test_ingestion_waits_for_a_gap_in_query_traffic(redis_url: str) -> None:
     import threading
     import time
 
-    from core.cache import make_redis, mark_queries_active, yield_to_queries
+    from store.redis import make_redis
+    from store.traffic import mark_queries_active, yield_to_queries
 
     client = make_redis(redis_url)
     assert yield_to_queries(client, longest=2.0) < 0.1  # no query: no wait

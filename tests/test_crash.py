@@ -20,8 +20,8 @@ import requests
 from sqlalchemy import create_engine, func, select
 
 from cli.stack import Stack
-from core.models import Document
 from recall.index import MilvusIndex
+from store.tables import Document
 from tests.conftest import REDIS_URL, fresh_postgres_database, stack_env
 
 pytestmark = pytest.mark.integration

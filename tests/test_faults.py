@@ -13,7 +13,7 @@ empty Redis lost; transient failures are retried with backoff; reconciliation re
 what a killed milvus-lite forgot after acknowledging it).
 
 The smaller tests pin down each part of the broker fix: kombu's Redis transport adaptation
-(workers.broker), the exit status of ``umarvel worker`` (cli.main), the watchdog
+(core.broker), the exit status of ``umarvel worker`` (cli.main), the watchdog
 (workers.supervision) and the compose restart policies.
 """
 
@@ -58,7 +58,7 @@ RECOVERY_BOUND_SECONDS = 30.0
 INGESTION_WATCH_SECONDS = 120.0
 
 
-# --- kombu's Redis transport: a channel left open by a failed clean-up (workers.broker) ---
+# --- kombu's Redis transport: a channel left open by a failed clean-up (core.broker) ---
 
 
 def _close_after_broker_death(url: str, redis: RedisServer, transport: str | None) -> None:
@@ -96,7 +96,7 @@ def _close_after_broker_death(url: str, redis: RedisServer, transport: str | Non
 
 
 def test_stock_kombu_transport_still_crashes_on_an_orphaned_channel(tmp_path: Path) -> None:
-    """The bug workers.broker adapts to. If this fails, kombu fixed it: drop the adaptation."""
+    """The bug core.broker adapts to. If this fails, kombu fixed it: drop the adaptation."""
     with (
         RedisServer(tmp_path / "redis", binary=redis_binary()) as redis,
         pytest.raises(AttributeError, match="hostname"),
@@ -105,16 +105,16 @@ def test_stock_kombu_transport_still_crashes_on_an_orphaned_channel(tmp_path: Pa
 
 
 def test_adapted_transport_closes_cleanly_after_the_broker_died(tmp_path: Path) -> None:
-    from workers.broker import TRANSPORT
+    from core.broker import TRANSPORT
 
     with RedisServer(tmp_path / "redis", binary=redis_binary()) as redis:
         _close_after_broker_death(redis.url, redis, TRANSPORT)  # no AttributeError
 
 
 def test_the_celery_app_uses_the_adapted_transport() -> None:
+    from core.broker import Transport
+    from core.celery_app import make_celery
     from core.settings import Settings
-    from workers.broker import Transport
-    from workers.celery_app import make_celery
 
     app = make_celery(Settings())
     with app.connection_for_write() as conn:

@@ -1,4 +1,4 @@
-"""The query path's copies of API keys and collections in Redis (core.fences), against real
+"""The query path's copies of API keys and collections in Redis (store.fences), against real
 PostgreSQL (and SQLite) and Redis: a cached answer reads no SQL, and no interleaving of a
 reader with a writer, nor a writer that loses Redis, leaves a copy that disagrees with SQL."""
 
@@ -17,13 +17,13 @@ from sqlalchemy import event, select, update
 
 from api.app import create_app
 from cli.stack import RedisServer
-from core.auth import revoke
-from core.cache import make_redis
-from core.db import make_engine, make_session_factory, session_scope
 from core.errors import Unavailable
-from core.fences import Fences, collection_record
-from core.models import Collection
 from core.settings import Settings
+from store.db import make_engine, make_session_factory, session_scope
+from store.fences import Fences, collection_record
+from store.keys import revoke
+from store.redis import make_redis
+from store.tables import Collection
 from tests.helpers import error, ingest_in_process, make_key, redis_binary
 from workers.queries import recall_step
 from workers.runtime import Runtime
@@ -96,7 +96,7 @@ def test_a_revoked_key_is_refused_at_once(pipeline_env: tuple[FlaskClient, Runti
     headers = {"Authorization": f"Bearer {key}"}
     for _ in range(2):  # the second request is answered from the grant's copy
         assert client.get("/v1/collections/docs", headers=headers).status_code == 200
-    from core.auth import revoke
+    from store.keys import revoke
 
     with rt.sessions.begin() as session:  # another process: a worker's sessions
         revoke(session, key[:12])

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import requests
 
-from cli.samples import b64, shape_image
 from cli.stack import Stack
+from devkit.samples import b64, shape_image
 from tests.conftest import live_stack
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from cli.samples import b64, shape_image
 from core.settings import Settings
+from devkit.samples import b64, shape_image
 from tests.helpers import error, make_key
 
 URL = "/v1/collections/docs/documents"

@@ -16,10 +16,10 @@ import redis
 import requests
 from sqlalchemy import create_engine, func, select
 
-from cli.samples import b64, sample_documents, shape_image
 from cli.stack import Stack, wait_until
-from core.models import Collection, Document, QueryJob
+from devkit.samples import b64, sample_documents, shape_image
 from recall.index import MilvusIndex
+from store.tables import Collection, Document, QueryJob
 from tests.conftest import REDIS_URL, live_stack
 from tests.helpers import admin_session, poll, query_kinds
 

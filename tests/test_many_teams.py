@@ -16,9 +16,9 @@ import redis
 import requests
 
 from cli.stack import RedisServer, Stack
-from core.auth import revoke
-from core.cache import make_redis
-from core.db import make_engine, make_session_factory, session_scope
+from store.db import make_engine, make_session_factory, session_scope
+from store.keys import revoke
+from store.redis import make_redis
 from tests.conftest import live_stack
 from tests.helpers import poll, redis_binary
 

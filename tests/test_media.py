@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from core.errors import NotFound, Unavailable
-from core.media import LocalMediaStore, MediaConfigError, MediaStore, open_media_store
-from core.media_s3 import S3MediaStore
 from core.settings import Settings
+from media.s3 import S3MediaStore
+from media.store import LocalMediaStore, MediaConfigError, MediaStore, open_media_store
 from tests.s3_server import s3_server
 
 _S3_FIELDS = [name for name in Settings.model_fields if name.startswith("media_")]
@@ -126,8 +126,8 @@ def test_the_clean_up_checks_again_just_before_it_deletes(
 ) -> None:
     """An image the clean-up found old and unused is kept when, before the delete, a request
     sends it again (young again) or commits a row that refers to it."""
-    from core.db import make_engine, make_session_factory
-    from core.models import Collection, Document
+    from store.db import make_engine, make_session_factory
+    from store.tables import Collection, Document
     from workers.queries import cleanup_media
 
     store = LocalMediaStore(tmp_path / "media")

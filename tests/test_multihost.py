@@ -20,8 +20,8 @@ import boto3
 import pytest
 import requests
 
-from cli.samples import sample_documents, shape_image
 from cli.stack import Stack, wait_until
+from devkit.samples import sample_documents, shape_image
 from recall.index import MilvusIndex
 from tests.conftest import live_stack
 from tests.helpers import admin_session, poll, query_kinds
@@ -180,7 +180,7 @@ def test_result_images_are_served_from_the_bucket(
 def test_a_deleted_document_leaves_search_and_its_image_is_cleaned_up(
     stack: Stack, http: requests.Session, bucket: Any, ingested: dict[str, Any]
 ) -> None:
-    from core.media import open_media_store
+    from media.store import open_media_store
     from workers.queries import cleanup_media
     from workers.runtime import Runtime
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import redis
 
 from cli.stack import RedisServer
-from core.cache import make_redis, notify_finished
-from core.notices import JobNotices
+from queries.notices import JobNotices, notify_finished
+from store.redis import make_redis
 from tests.helpers import redis_binary
 
 

@@ -1,6 +1,6 @@
 """Client text never becomes control tokens; benign prompts are tokenised as the processor does.
 
-The embedder and the reranker tokenise their prompts themselves (core/prompt_tokens.py), on
+The embedder and the reranker tokenise their prompts themselves (mllm/prompt_tokens.py), on
 tiny real models of both architectures.
 """
 
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from cli.samples import shape_image
-from core.modeling import Loaded
-from core.prompt_tokens import Client
-from core.text import format_string
+from devkit.samples import shape_image
+from mllm.loading import Loaded
+from mllm.prompt_tokens import Client
+from mllm.text import format_string
 from recall import Candidate, Embedder, Query, prompts
 from recall.embedder import CANDIDATE_MAX_TOKENS
 from rerank import RerankCandidate, Reranker, RerankQuery
@@ -75,7 +75,7 @@ def _embedder_items(embedder: Embedder, items: list[Any]) -> list[Any]:
 
 def _old_cost(processor: Any, text: str, images: list[Any]) -> int:
     """The batching cost as it was computed from the processor's own tokenisation."""
-    from core.batching import image_tokens
+    from mllm.batching import image_tokens
 
     tokens = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
     return tokens + sum(image_tokens(processor.image_processor, i.height, i.width) for i in images)
@@ -251,7 +251,7 @@ def test_a_token_in_a_rerank_pair_is_plain_text(
     ]
     # Its own tokenizer, and one shared with an embedder, where the U-MARVEL markers are tokens.
     loaded = Loaded(
-        embedder.model, embedder.processor, embedder.model_type, embedder.device, embedder.dtype
+        embedder.model, embedder.processor, embedder.family, embedder.device, embedder.dtype
     )
     for scorer in (reranker, Reranker(loaded)):
         tokenizer = scorer.processor.tokenizer

@@ -18,12 +18,12 @@ from sqlalchemy import select, update
 
 from api.app import create_app
 from api.routes import queries as queries_route
-from cli.samples import shape_image
-from core.cache import make_redis
-from core.db import session_scope
-from core.models import IngestJob, QueryJob, utcnow
-from core.notices import JobNotices
 from core.settings import Settings
+from devkit.samples import shape_image
+from queries.notices import JobNotices
+from store.db import session_scope
+from store.redis import make_redis
+from store.tables import IngestJob, QueryJob, utcnow
 from tests.helpers import error, make_key
 from workers.queries import cleanup_jobs
 from workers.runtime import Runtime

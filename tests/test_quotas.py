@@ -12,9 +12,9 @@ import pytest
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from core.auth import Quotas, set_quotas
-from core.db import session_scope
 from core.settings import Settings
+from store.db import session_scope
+from store.keys import Quotas, set_quotas
 from tests.helpers import error, make_key
 
 

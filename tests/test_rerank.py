@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli.samples import shape_image
+from devkit.samples import shape_image
 from rerank import RerankCandidate, Reranker, RerankerConfig, RerankQuery, fuse
 from rerank.prompts import RERANK_INSTRUCTION
-from tests.helpers import InFlight
+from tests.helpers import InFlight, generate_p_yes
 
 RED = shape_image("red", "circle")
 BLUE = shape_image("blue", "square")
@@ -68,42 +68,13 @@ def test_rendered_prompts(
     assert rendered == expected
 
 
-def _generate_p_yes(
-    reranker: Reranker,
-    penalty: float,
-    query: RerankQuery = QUERY,
-    candidates: list[RerankCandidate] = CANDIDATES,
-) -> list[float]:
-    """The reference: P(Yes) from generate()'s processed first-step scores."""
-    pairs = [reranker._prepare(query, reranker._image(query.image), c) for c in candidates]
-    images = [img for pair in pairs for img in pair.images]
-    batch = reranker.processor(
-        text=[p.text for p in pairs],
-        images=images or None,
-        padding=True,
-        padding_side="left",
-        return_tensors="pt",
-    )
-    with torch.inference_mode():
-        out = reranker.model.generate(
-            **batch,
-            max_new_tokens=1,
-            do_sample=False,
-            repetition_penalty=penalty,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
-    scores = out.scores[0][:, [reranker.yes_id, reranker.no_id]]
-    return torch.softmax(scores.float(), dim=-1)[:, 0].tolist()
-
-
 @pytest.mark.parametrize("penalty", [1.0, 1.05])
 def test_p_yes_equals_generate_first_step(
     tiny_models: dict[str, Path], arch: str, penalty: float
 ) -> None:
     reranker = Reranker.from_pretrained(str(tiny_models[arch]))
     reranker.penalty = penalty  # the value the setting would take from the generation config
-    expected = _generate_p_yes(reranker, penalty)
+    expected = generate_p_yes(reranker, penalty, QUERY, CANDIDATES)
     got = reranker.score(QUERY, CANDIDATES)
     assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 1e-5
 
@@ -140,7 +111,7 @@ def test_shared_prefix_scores_equal_unshared_and_generate(
     for candidates in [*MODAL_CANDIDATES.values(), mixed]:
         got = shared.score(query, candidates)
         plain = unshared.score(query, candidates)
-        expected = _generate_p_yes(shared, shared.penalty, query, candidates)
+        expected = generate_p_yes(shared, shared.penalty, query, candidates)
         assert max(abs(a - b) for a, b in zip(got, plain, strict=True)) <= 1e-5
         assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 1e-5
         # A random model's P(Yes) can sit near 1, where it hides small errors: the log-odds

@@ -7,7 +7,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from core.db import (
+from store.db import (
     alembic_config,
     downgrade,
     make_engine,
@@ -15,7 +15,7 @@ from core.db import (
     session_scope,
     upgrade,
 )
-from core.models import Base, Collection, Document, IngestJob, QueryJob
+from store.tables import Base, Collection, Document, IngestJob, QueryJob
 
 
 def test_one_alembic_head() -> None:

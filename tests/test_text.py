@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.text import format_string
+from mllm.text import format_string
 
 
 @pytest.mark.parametrize(

@@ -26,8 +26,8 @@ import requests
 from PIL import Image
 from sqlalchemy import create_engine, select
 
-from cli.samples import b64, shape_image
 from cli.stack import Stack, wait_until
+from devkit.samples import b64, shape_image
 from recall.index import MilvusIndex
 from tests.conftest import live_stack
 from tests.helpers import admin_session, poll
@@ -396,7 +396,7 @@ def test_limited_keys_stay_inside_their_collections(stack: Stack, http: requests
 
 
 def _query_image_key(stack: Stack, job_id: str) -> str:
-    from core.models import QueryJob
+    from store.tables import QueryJob
 
     engine = create_engine(stack.settings().database_url)
     try:

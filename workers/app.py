@@ -5,8 +5,8 @@ from typing import Any
 
 from celery.signals import worker_ready
 
+from core.celery_app import make_celery
 from core.settings import get_settings
-from workers.celery_app import make_celery
 
 app = make_celery(get_settings(), include_tasks=True)
 

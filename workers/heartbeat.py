@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from core.contract import Queue
-from core.heartbeats import heartbeat_key
 from core.settings import Settings
+from store.heartbeats import heartbeat_key
 
 log = logging.getLogger(__name__)
 

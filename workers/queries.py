@@ -20,18 +20,20 @@ from typing import Any
 import numpy as np
 from sqlalchemy import and_, delete, or_, select
 
-from core.audit import expire as expire_audit
-from core.cache import ResultCache, mark_queries_active, notify_finished
 from core.metrics import STAGE_SECONDS
-from core.models import Collection, Document, IngestJob, OutboxEntry, QueryJob, utcnow
-from core.results import enrich
-from core.states import DocumentStatus, QueryStatus, advance_query
+from queries.cache import ResultCache
+from queries.notices import notify_finished
+from queries.views import enrich
 from recall.index import milvus_name
 from recall.instructions import default_instruction
 from recall.prompts import Query
 from recall.service import RecallService
 from rerank.fusion import fuse
 from rerank.reranker import RerankCandidate, RerankQuery
+from store.audit import expire as expire_audit
+from store.states import DocumentStatus, QueryStatus, advance_query
+from store.tables import Collection, Document, IngestJob, OutboxEntry, QueryJob, utcnow
+from store.traffic import mark_queries_active
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -230,7 +232,7 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
                 )
             }
             query, _ = _query_of(rt, job)
-        # Deleted since recall, or not indexed at its current revision (core.results): skip.
+        # Deleted since recall, or not indexed at its current revision (queries.views): skip.
         hits = [h for h in hits if h["document_id"] in docs]
         started = time.perf_counter()
         candidates = [

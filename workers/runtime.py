@@ -13,12 +13,14 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
-from core.cache import ResultCache, make_redis, yield_to_queries
 from core.contract import Task
-from core.db import make_engine, make_session_factory
-from core.media import MediaStore, open_media_store
 from core.metrics import BATCH_SIZE
 from core.settings import Settings, get_settings
+from media.store import MediaStore, open_media_store
+from queries.cache import ResultCache
+from store.db import make_engine, make_session_factory
+from store.redis import make_redis
+from store.traffic import yield_to_queries
 from workers.batcher import Arrivals
 
 T = TypeVar("T")
@@ -78,7 +80,7 @@ class Runtime:
 
     @cached_property
     def celery(self) -> Any:
-        from workers.celery_app import make_celery
+        from core.celery_app import make_celery
 
         return make_celery(self.settings)
 
@@ -175,7 +177,7 @@ class Runtime:
 
     @cached_property
     def _on_gpu(self) -> bool:
-        from core.modeling import resolve_device
+        from mllm.loading import resolve_device
 
         return resolve_device(self.settings.device).type != "cpu"
 

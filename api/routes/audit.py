@@ -1,5 +1,5 @@
 """``GET /v1/audit``: the audit log, newest first, for admins whose key is not limited to
-collections (core.audit)."""
+collections (store.audit)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from api.openapi import documented, responses
 from api.responses import AuditPage
 from api.schemas import AuditQuery
 from api.services import services
-from core.audit import Filters, page, view
-from core.db import session_scope
 from core.errors import Forbidden
+from store.audit import Filters, page, view
+from store.db import session_scope
 
 bp = Blueprint("audit", __name__)
 

@@ -14,14 +14,14 @@ from api.openapi import documented, responses
 from api.responses import CollectionList, CollectionOut, IngestJobOut
 from api.schemas import CollectionCreate, CollectionUpdate, ReindexRequest, json_body
 from api.services import services
-from core.db import session_scope
 from core.errors import Conflict, InvalidRequest, NotFound
-from core.models import Collection, Document
-from core.results import ingest_job_view
 from ingestion import outbox, reindex
 from ingestion.outbox import Kind
+from queries.views import ingest_job_view
 from recall.filters import validate_fields
 from recall.index import milvus_name
+from store.db import session_scope
+from store.tables import Collection, Document
 
 bp = Blueprint("collections", __name__, url_prefix="/v1/collections")
 

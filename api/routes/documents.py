@@ -26,17 +26,17 @@ from api.schemas import DocumentIn, DocumentsRequest, decode_base64, json_body
 from api.services import Services, services
 from api.validation import id_problem, parse_json, unsafe_strings
 from core.contract import Queue
-from core.db import session_scope
 from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, UmarvelError
-from core.images import decode_image
 from core.metrics import INGEST_DOCUMENTS
-from core.models import Collection, Document, IngestJob
-from core.results import document_view, ingest_job_view
-from core.states import DocumentStatus, JobState, advance
 from ingestion import outbox
 from ingestion.chunks import chunked
 from ingestion.outbox import Kind
+from media.images import decode_image
+from queries.views import document_view, ingest_job_view
 from recall.filters import check_value, compile_filter, matches
+from store.db import session_scope
+from store.states import DocumentStatus, JobState, advance
+from store.tables import Collection, Document, IngestJob
 
 bp = Blueprint("documents", __name__)
 

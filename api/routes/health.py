@@ -11,9 +11,9 @@ from api.openapi import documented, responses
 from api.responses import Liveness, Readiness
 from api.services import services
 from core.contract import Queue
-from core.db import session_scope
-from core.heartbeats import read_heartbeats
 from core.version import VERSION
+from store.db import session_scope
+from store.heartbeats import read_heartbeats
 
 bp = Blueprint("health", __name__)
 

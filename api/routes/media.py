@@ -14,11 +14,11 @@ from sqlalchemy import select
 from api.auth import require
 from api.openapi import IMAGE, documented, responses
 from api.services import services
-from core.auth import Grant
-from core.db import session_scope
 from core.errors import NotFound
-from core.images import FORMATS
-from core.models import Collection, Document, QueryJob
+from media.images import FORMATS
+from store.db import session_scope
+from store.keys import Grant
+from store.tables import Collection, Document, QueryJob
 
 bp = Blueprint("media", __name__)
 

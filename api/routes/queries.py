@@ -31,18 +31,19 @@ from api.responses import QueryAccepted, QueryAnswer, QueryJobOut
 from api.routes.collections import get_collection
 from api.schemas import PageQuery, QueryRequest, decode_base64, request_parts
 from api.services import Services, services
-from core.cache import notify_finished, result_key
 from core.contract import QUERY_QUEUES, Task, step_ids
-from core.db import session_scope
 from core.errors import InvalidRequest, NotFound, Unavailable
-from core.fences import collection_record
-from core.images import decode_image
-from core.media import media_key
 from core.metrics import CACHE_REQUESTS
-from core.models import Collection, QueryJob, QueryJobKey, new_id, utcnow
-from core.results import enrich
-from core.states import RUNNING_QUERY, QueryStatus, advance_query
+from media.images import decode_image
+from media.store import media_key
+from queries.cache import result_key
+from queries.notices import notify_finished
+from queries.views import enrich
 from recall.filters import compile_filter
+from store.db import session_scope
+from store.fences import collection_record
+from store.states import RUNNING_QUERY, QueryStatus, advance_query
+from store.tables import Collection, QueryJob, QueryJobKey, new_id, utcnow
 
 bp = Blueprint("queries", __name__)
 
@@ -55,7 +56,7 @@ LOST_MESSAGE = "the query's tasks were lost (the broker restarted?); send the qu
 
 @dataclass(frozen=True)
 class Searched:
-    """What the query path needs of a collection: kept in Redis, fenced (core.fences)."""
+    """What the query path needs of a collection: kept in Redis, fenced (store.fences)."""
 
     id: int
     name: str

@@ -12,11 +12,11 @@ from flask.testing import FlaskClient
 from pymilvus import MilvusException
 from sqlalchemy import func, select
 
-from core.cache import make_redis
-from core.models import Document, IngestJob, OutboxEntry, utcnow
 from ingestion import engine, sweep
 from ingestion.outbox import Kind
 from recall.index import MilvusIndex
+from store.redis import make_redis
+from store.tables import Document, IngestJob, OutboxEntry, utcnow
 from tests.helpers import entries, error, run_entries
 from workers.runtime import Runtime
 

@@ -8,8 +8,8 @@ from typing import Any
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from cli.samples import b64, shape_image
-from core.models import Document
+from devkit.samples import b64, shape_image
+from store.tables import Document
 from tests.helpers import ingest_in_process, run_entries
 from workers.runtime import Runtime
 

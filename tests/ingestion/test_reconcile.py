@@ -11,9 +11,9 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from core.models import Collection, Document
 from ingestion import reconcile
 from recall.index import milvus_name
+from store.tables import Collection, Document
 from tests.helpers import entries, ingest_in_process, run_entries
 from workers.queries import recall_step
 from workers.runtime import Runtime

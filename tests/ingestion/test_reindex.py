@@ -15,12 +15,12 @@ import redis
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
-from core.models import Collection, Document, OutboxEntry, utcnow
 from ingestion import engine, outbox
 from ingestion.outbox import Kind
 from recall.index import milvus_name
 from recall.prompts import Candidate
 from recall.service import RecallService
+from store.tables import Collection, Document, OutboxEntry, utcnow
 from tests.helpers import entries, error, ingest_in_process, run_entries, sweep_now
 from workers.runtime import Runtime
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 import redis
 from flask.testing import FlaskClient
 
-from core.models import OutboxEntry, utcnow
+from store.tables import OutboxEntry, utcnow
 from tests.helpers import entries, sweep_now
 from workers.runtime import Runtime
 

@@ -75,10 +75,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_session_factory(engine: Engine, redis_client: Any = None) -> sessionmaker[Session]:
     """Sessions; with ``redis_client``, their changes to collections and API keys move the
-    fences of the copies the query path reads from Redis (``core.fences``)."""
+    fences of the copies the query path reads from Redis (``store.fences``)."""
     factory = sessionmaker(engine, expire_on_commit=False)
     if redis_client is not None:
-        from core.fences import Fences, watch
+        from store.fences import Fences, watch
 
         watch(factory, Fences(redis_client))
     return factory

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from core.models import IngestJob, QueryJob, utcnow
+from store.tables import IngestJob, QueryJob, utcnow
 
 
 class JobKind(StrEnum):

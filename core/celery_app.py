@@ -10,10 +10,10 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
+from core.broker import TRANSPORT
 from core.contract import Queue as Queues
 from core.contract import Task
 from core.settings import Settings
-from workers.broker import TRANSPORT
 
 QUEUES = tuple(queue.value for queue in Queues)
 CLEANUP_SECONDS = 600.0
@@ -80,7 +80,7 @@ BROKER_SOCKETS = {"socket_connect_timeout": 5, "socket_keepalive": True}
 def reconnect_options() -> dict[str, object]:
     """How the broker and publishing ride out a Redis restart."""
     return {
-        # kombu's Redis transport with the fix in workers.broker: without it a worker that
+        # kombu's Redis transport with the fix in core.broker: without it a worker that
         # held unacknowledged tasks when Redis died stopped instead of reconnecting.
         "broker_transport": TRANSPORT,
         # The consumer reconnects after 2, 4, 6 ... s, then every 30 s. After 100 failed

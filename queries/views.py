@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.models import Document, IngestJob, utcnow
-from core.states import DocumentStatus, JobState
+from store.states import DocumentStatus, JobState
+from store.tables import Document, IngestJob, utcnow
 
 
 def document_view(doc: Document) -> dict[str, Any]:

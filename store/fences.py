@@ -50,9 +50,9 @@ import redis
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
-from core.cache import PREFIX, server_run
 from core.errors import Unavailable
-from core.models import ApiKey, Collection
+from store.redis import PREFIX, server_run
+from store.tables import ApiKey, Collection
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def watch(factory: sessionmaker[Session], fences: Fences) -> None:
         if (state.is_update or state.is_delete) and getattr(table, "name", None) in FENCED_TABLES:
             raise RuntimeError(
                 f"change {table.name} rows through the ORM: bulk statements bypass the "  # type: ignore[union-attr]
-                "metadata fences (core.fences)"
+                "metadata fences (store.fences)"
             )
 
     @event.listens_for(factory, "before_commit")

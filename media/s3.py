@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from core.errors import NotFound, Unavailable
-from core.media import MediaConfigError, is_media_key, media_key
+from media.store import MediaConfigError, is_media_key, media_key
 
 if TYPE_CHECKING:
     from core.settings import Settings

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from core.models import AuditEvent, utcnow
+from store.tables import AuditEvent, utcnow
 
 
 class Outcome(StrEnum):

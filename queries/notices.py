@@ -1,7 +1,7 @@
 """Finished-job notices, read through one subscription per process.
 
 A worker publishes on a job's channel once the job has finished and its outcome is
-committed (``core.cache.notify_finished``). A process that waits for jobs (the API) keeps
+committed (``notify_finished`` below). A process that waits for jobs (the API) keeps
 one pub/sub connection, subscribed to the pattern of every job's channel and read by one
 thread, which wakes the requests waiting for the job a notice names. A request opening and
 closing a subscription of its own instead cost a Redis connection (a TCP handshake and
@@ -22,12 +22,22 @@ from contextlib import contextmanager
 
 import redis
 
-from core.cache import job_channel
+from store.redis import PREFIX
+
+
+def job_channel(job_id: str) -> str:
+    return f"{PREFIX}:job-finished:{job_id}"
+
+
+def notify_finished(client: redis.Redis, job_id: str) -> None:
+    """Wake the requests waiting on ``job_id`` (they re-read its state from SQL)."""
+    client.publish(job_channel(job_id), b"1")
+
 
 log = logging.getLogger(__name__)
 
 PATTERN = job_channel("*")
-PREFIX = job_channel("")
+CHANNEL_PREFIX = job_channel("")
 READY_SECONDS = 2.0  # the longest a first watcher waits for the subscription
 
 
@@ -100,7 +110,7 @@ class JobNotices:
 
     def _wake(self, channel: bytes | str) -> None:
         name = channel.decode() if isinstance(channel, bytes) else channel
-        job_id = name[len(PREFIX) :]
+        job_id = name[len(CHANNEL_PREFIX) :]
         with self._lock:
             for event in self._watchers.get(job_id, ()):
                 event.set()

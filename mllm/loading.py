@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from core.errors import InvalidRequest
-from core.images import decode_image
+from media.images import decode_image
+from mllm import families
+from mllm.families import Family
 
 if TYPE_CHECKING:
     import torch
 
 ImageInput = str | Path | bytes | Image.Image
-
-SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen3_vl")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Loaded:
 
     model: Any
     processor: Any
-    model_type: str
+    family: Family
     device: torch.device
     dtype: torch.dtype
 
@@ -73,7 +73,7 @@ def load_backbone(
     attn_implementation: str = "sdpa",
     base_model: str | None = None,
 ) -> Loaded:
-    """Load a Qwen2-VL or Qwen3-VL checkpoint (hub id or folder), chosen from its config.
+    """Load a checkpoint (hub id or folder) of a registered family, chosen from its config.
 
     ``model_path`` may also be a LoRA adapter: it is applied to its base model (from the
     adapter's config, or ``base_model``) and merged, so inference runs at full speed.
@@ -86,39 +86,35 @@ def load_backbone(
     base = base_model or base
     loaded = _load(base, processor_path or base, device, dtype, attn_implementation)
     merged = PeftModel.from_pretrained(loaded.model, model_path).merge_and_unload().eval()
-    return Loaded(merged, loaded.processor, loaded.model_type, loaded.device, loaded.dtype)
+    return Loaded(merged, loaded.processor, loaded.family, loaded.device, loaded.dtype)
 
 
 def _load(
     model_path: str, processor_path: str, device: str, dtype: str, attn_implementation: str
 ) -> Loaded:
-    from transformers import (
-        AutoConfig,
-        AutoProcessor,
-        Qwen2VLForConditionalGeneration,
-        Qwen3VLForConditionalGeneration,
-    )
+    from transformers import AutoProcessor, PretrainedConfig
 
-    config = AutoConfig.from_pretrained(model_path)
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"{model_path}: model_type {config.model_type!r} is not one of {SUPPORTED_MODEL_TYPES}"
-        )
-    model_class = (
-        Qwen2VLForConditionalGeneration
-        if config.model_type == "qwen2_vl"
-        else Qwen3VLForConditionalGeneration
-    )
+    # The family comes from the raw config: one transformers does not know is refused with
+    # the families this service knows, not transformers' advice to upgrade.
+    config, _ = PretrainedConfig.get_config_dict(model_path)
+    try:
+        record = families.family(str(config.get("model_type")))
+    except ValueError as exc:
+        raise ValueError(f"{model_path}: {exc}") from None
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    model = model_class.from_pretrained(
-        model_path,
-        dtype=torch_dtype,
-        attn_implementation=attn_implementation,
-        device_map=str(torch_device),
-    ).eval()
+    model = (
+        families.model_class(record)
+        .from_pretrained(
+            model_path,
+            dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+            device_map=str(torch_device),
+        )
+        .eval()
+    )
     processor = AutoProcessor.from_pretrained(processor_path)
-    return Loaded(model, processor, config.model_type, torch_device, torch_dtype)
+    return Loaded(model, processor, record, torch_device, torch_dtype)
 
 
 def load_image(value: ImageInput, *, max_bytes: int, max_pixels: int) -> Image.Image:

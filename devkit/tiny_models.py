@@ -1,4 +1,4 @@
-"""Deterministic tiny random checkpoints of the Qwen2-VL and Qwen3-VL architectures.
+"""Deterministic tiny random checkpoints of every family in ``mllm.families``.
 
 Weights cannot be downloaded on build machines, so tests and the demo use these: the same
 model classes, a byte-level BPE tokenizer with the Qwen-VL special tokens, the real chat
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-Arch = Literal["qwen2_vl", "qwen3_vl"]
-ARCHS: tuple[Arch, ...] = ("qwen2_vl", "qwen3_vl")
+from mllm import families
+from mllm.families import Tiny
+
+# The families the demo, the benchmarks and the tests build by default.
+ARCHS: tuple[str, ...] = (families.QWEN2_VL.name, families.QWEN3_VL.name)
 
 # The order of the Qwen2 tokenizer family's special tokens (ids 151643... in the real ones).
 _QWEN2_VL_SPECIALS = [
@@ -54,8 +57,19 @@ _MERGE_WORDS = ["Yes", "No", "the", "and", "image", "sentence", "Summarize", "ab
 _VOCAB_SIZE = 384
 
 
-def chat_template(arch: Arch) -> str:
-    return (resources.files("core") / "chat_templates" / f"{arch}.jinja").read_text()
+def _tiny(arch: str) -> Tiny:
+    recipe = families.family(arch).tiny
+    if recipe is None:
+        raise ValueError(f"family {arch!r} has no tiny recipe")
+    return recipe
+
+
+def chat_template(arch: str) -> str:
+    """The family's chat template: a file of devkit/chat_templates, or its own path."""
+    template = _tiny(arch).chat_template
+    if isinstance(template, Path):
+        return template.read_text()
+    return (resources.files("devkit") / "chat_templates" / template).read_text()
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -75,7 +89,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in chars), strict=True))
 
 
-def build_tokenizer(arch: Arch) -> Any:
+def build_tokenizer(arch: str) -> Any:
     from transformers import AddedToken, Qwen2Tokenizer
 
     byte_chars = _bytes_to_unicode()
@@ -104,57 +118,35 @@ def build_tokenizer(arch: Arch) -> Any:
     )
     specials = [AddedToken(t, special=True, normalized=False) for t in _QWEN2_VL_SPECIALS]
     tokenizer.add_tokens(specials, special_tokens=True)
-    if arch == "qwen3_vl":
+    if _tiny(arch).qwen3_tokens:
         tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in _QWEN3_EXTRA])
     tokenizer.chat_template = chat_template(arch)
     return tokenizer
 
 
-def build_processor(arch: Arch, tokenizer: Any) -> Any:
-    if arch == "qwen2_vl":
-        from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+def build_processor(arch: str, tokenizer: Any) -> Any:
+    import transformers
 
-        image_processor = Qwen2VLImageProcessor(
-            patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=3136, max_pixels=12845056
-        )
-        return Qwen2VLProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=Qwen2VLVideoProcessor(),
-            chat_template=chat_template(arch),
-        )
-    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
-
-    image_processor = Qwen2VLImageProcessor(
-        patch_size=16,
-        temporal_patch_size=2,
-        merge_size=2,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-        size={"shortest_edge": 65536, "longest_edge": 16777216},
-    )
-    return Qwen3VLProcessor(
-        image_processor=image_processor,
+    tiny = _tiny(arch)
+    return getattr(transformers, tiny.processor_class)(
+        image_processor=transformers.Qwen2VLImageProcessor(**tiny.image_processor),
         tokenizer=tokenizer,
-        video_processor=Qwen3VLVideoProcessor(),
+        video_processor=getattr(transformers, tiny.video_processor_class)(),
         chat_template=chat_template(arch),
     )
 
 
 def build_config(
-    arch: Arch,
+    arch: str,
     tokenizer: Any,
     text_sizes: dict[str, Any] | None = None,
     vision_sizes: dict[str, Any] | None = None,
 ) -> Any:
     """A config of ``arch`` with the tokenizer's ids; tiny sizes unless others are given."""
+    import transformers
+
+    tiny = _tiny(arch)
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in _QWEN2_VL_SPECIALS}
-    common = {
-        "image_token_id": ids["<|image_pad|>"],
-        "video_token_id": ids["<|video_pad|>"],
-        "vision_start_token_id": ids["<|vision_start|>"],
-        "vision_end_token_id": ids["<|vision_end|>"],
-    }
     text: dict[str, Any] = {
         "vocab_size": _VOCAB_SIZE,
         "hidden_size": 64,
@@ -166,58 +158,22 @@ def build_config(
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
+        **tiny.text,
+        **(text_sizes or {}),
     }
-    if arch == "qwen2_vl":
-        from transformers import Qwen2VLConfig
-
-        text["rope_parameters"] = {
-            "rope_type": "default",
-            "rope_theta": 1000000.0,
-            "mrope_section": [2, 3, 3],  # sums to head_dim / 2 = 64 / 4 / 2
-        }
-        vision: dict[str, Any] = {
-            "depth": 2,
-            "embed_dim": 32,
-            "hidden_size": 64,  # the merger's output: the language model's width
-            "num_heads": 2,
-            "mlp_ratio": 2,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        }
-        text.update(text_sizes or {})
-        vision.update(vision_sizes or {})
-        return Qwen2VLConfig(text_config=text, vision_config=vision, **common)
-    from transformers import Qwen3VLConfig
-
-    text["head_dim"] = 16
-    text["rope_parameters"] = {
-        "rope_type": "default",
-        "rope_theta": 5000000.0,
-        "mrope_section": [2, 3, 3],
-        "mrope_interleaved": True,
-    }
-    vision = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "out_hidden_size": 64,
-        "num_position_embeddings": 64,
-        "deepstack_visual_indexes": [0],
-    }
-    text.update(text_sizes or {})
-    vision.update(vision_sizes or {})
-    return Qwen3VLConfig(text_config=text, vision_config=vision, **common)
+    return getattr(transformers, tiny.config_class)(
+        text_config=text,
+        vision_config={**tiny.vision, **(vision_sizes or {})},
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
 
 
-def build_tiny_model(arch: Arch, out_dir: Path | str, seed: int = 0) -> Path:
+def build_tiny_model(arch: str, out_dir: Path | str, seed: int = 0) -> Path:
     """Write a tiny random ``arch`` checkpoint with tokenizer and processor to ``out_dir``."""
     import torch
-    from transformers import Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -226,13 +182,10 @@ def build_tiny_model(arch: Arch, out_dir: Path | str, seed: int = 0) -> Path:
     tokenizer = build_tokenizer(arch)
     processor = build_processor(arch, tokenizer)
     config = build_config(arch, tokenizer)
-    model_class = (
-        Qwen2VLForConditionalGeneration if arch == "qwen2_vl" else Qwen3VLForConditionalGeneration
-    )
     torch.manual_seed(seed)
-    model = model_class(config).eval()
-    if arch == "qwen2_vl":  # the real Qwen2-VL-7B-Instruct generation config has it
-        model.generation_config.repetition_penalty = 1.05
+    model = families.model_class(families.family(arch))(config).eval()
+    for name, value in _tiny(arch).generation.items():
+        setattr(model.generation_config, name, value)
     # Random init gives tiny logits; widen them so scores are not all ~0.5.
     with torch.no_grad():
         model.lm_head.weight.mul_(20.0)
@@ -244,11 +197,13 @@ def build_tiny_model(arch: Arch, out_dir: Path | str, seed: int = 0) -> Path:
     return out
 
 
-def build_all(out_dir: Path | str, seed: int = 0) -> dict[str, Path]:
-    """Both architectures under ``out_dir/<arch>``; existing complete folders are kept."""
+def build_all(
+    out_dir: Path | str, seed: int = 0, archs: tuple[str, ...] = ARCHS
+) -> dict[str, Path]:
+    """Each of ``archs`` under ``out_dir/<arch>``; existing complete folders are kept."""
     root = Path(out_dir)
     built: dict[str, Path] = {}
-    for arch in ARCHS:
+    for arch in archs:
         target = root / arch
         if not (target / "config.json").exists() or not (target / "model.safetensors").exists():
             build_tiny_model(arch, target, seed=seed)

@@ -17,7 +17,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
-from core.models import ApiKey, utcnow
+from store.tables import ApiKey, utcnow
 
 SCOPES = ("search", "admin")
 KEY_PREFIX = "umk_"

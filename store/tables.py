@@ -150,7 +150,7 @@ class IngestJob(Base):
     collection_id: Mapped[int] = mapped_column(
         ForeignKey("collections.id", ondelete="CASCADE"), index=True
     )
-    # core.states.JobKind: "ingest", "reindex" or "repair".
+    # store.states.JobKind: "ingest", "reindex" or "repair".
     kind: Mapped[str] = mapped_column(String(16), default="ingest", server_default="ingest")
     # The generation a reindex job builds (never reused, even after a failed attempt).
     generation: Mapped[int | None] = mapped_column(Integer)
@@ -246,7 +246,7 @@ class ApiKey(Base):
 
 
 class AuditEvent(Base):
-    """One admin action or one refused request (core.audit): who, what, on what, how it
+    """One admin action or one refused request (store.audit): who, what, on what, how it
     ended, and when."""
 
     __tablename__ = "audit_events"
@@ -257,6 +257,6 @@ class AuditEvent(Base):
     key_prefix: Mapped[str | None] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str | None] = mapped_column(String(600))
-    outcome: Mapped[str] = mapped_column(String(16))  # core.audit.Outcome
+    outcome: Mapped[str] = mapped_column(String(16))  # store.audit.Outcome
     status: Mapped[int | None] = mapped_column(Integer)  # the HTTP status, for API actions
     detail: Mapped[str | None] = mapped_column(Text)

@@ -1,6 +1,6 @@
 """Content-addressed media store: the same bytes are stored once, under their SHA-256.
 
-Two backends: ``LocalMediaStore`` (a folder) and ``core.media_s3.S3MediaStore`` (a bucket of
+Two backends: ``LocalMediaStore`` (a folder) and ``media.s3.S3MediaStore`` (a bucket of
 an S3-compatible object store). ``open_media_store`` builds the one the settings name; the
 API, the workers and the CLI build their store through it and nothing else.
 
@@ -69,7 +69,7 @@ def is_media_key(key: str) -> bool:
 def open_media_store(settings: Settings) -> MediaStore:
     """The media store ``settings.media_backend`` names, configured from ``settings``."""
     if settings.media_backend == "s3":
-        from core.media_s3 import S3MediaStore
+        from media.s3 import S3MediaStore
 
         return S3MediaStore.from_settings(settings)
     return LocalMediaStore(settings.media_root)
