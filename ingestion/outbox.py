@@ -13,12 +13,12 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any, TypedDict
 
 from sqlalchemy.orm import Session
 
 from core.contract import Task
+from store.states import OutboxKind
 from store.tables import OutboxEntry, utcnow
 
 log = logging.getLogger(__name__)
@@ -27,12 +27,7 @@ log = logging.getLogger(__name__)
 Send = Callable[[Task, list[Any], float], None]
 
 
-class Kind(StrEnum):
-    INGEST = "ingest"  # embed and write documents of an ingestion job
-    PLAN = "plan"  # cut a reindex job into chunks
-    REINDEX = "reindex"  # embed documents into the generation being built
-    DELETE = "delete"  # remove deleted documents' vectors
-    DROP = "drop"  # drop Milvus generations (a deleted collection, or one no longer served)
+Kind = OutboxKind
 
 
 class Documents(TypedDict):

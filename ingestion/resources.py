@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.contract import Task
 from core.settings import Settings
 from media.store import MediaStore
+
+if TYPE_CHECKING:
+    import numpy as np
+    import redis
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from recall.embedder import Embedder
+    from recall.index import MilvusIndex
+    from recall.prompts import Candidate
 
 
 class Resources(Protocol):
@@ -15,20 +24,20 @@ class Resources(Protocol):
     def settings(self) -> Settings: ...
 
     @property
-    def sessions(self) -> Any: ...  # sessionmaker[Session]
+    def sessions(self) -> sessionmaker[Session]: ...
 
     @property
-    def redis(self) -> Any: ...
+    def redis(self) -> redis.Redis: ...
 
     @property
     def media(self) -> MediaStore: ...
 
     @property
-    def index(self) -> Any: ...  # recall.index.MilvusIndex
+    def index(self) -> MilvusIndex: ...
 
-    def embedder(self, model: str) -> Any: ...  # recall.embedder.Embedder
+    def embedder(self, model: str) -> Embedder: ...
 
-    def candidate_encoder(self, model: str) -> Callable[[list[Any]], Any]:
+    def candidate_encoder(self, model: str) -> Callable[[list[Candidate]], np.ndarray]:
         """Embeds candidates with ``model`` (``Embedder.encode_candidates``'s contract)."""
         ...
 

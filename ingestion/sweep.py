@@ -72,7 +72,9 @@ def sweep(rt: Resources, interval: float) -> list[int]:
     for job_id in idle_builds:
         reindex.maybe_switch(rt, job_id)
     uncovered = {str(i) for i in due - covered(client)}
-    previous = {raw.decode() for raw in client.smembers(SUSPECTS)}
+    previous = {
+        raw.decode() if isinstance(raw, bytes) else raw for raw in client.smembers(SUSPECTS)
+    }
     pipe = client.pipeline()
     pipe.delete(SUSPECTS)
     if uncovered:

@@ -13,12 +13,8 @@ from typing import Any
 
 import redis
 
+from core.contract import SearchPlan
 from store.redis import PREFIX
-
-
-def request_hash(request: dict[str, Any]) -> str:
-    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def result_key(
@@ -26,11 +22,11 @@ def result_key(
     version: int,
     recall_model: str,
     rerank_model: str,
-    request: dict[str, Any],
+    plan: SearchPlan,
 ) -> str:
     """``collection_uid`` is unique per created collection, ``version`` bumps on each write."""
     models = hashlib.sha256(f"{recall_model}\0{rerank_model}".encode()).hexdigest()[:16]
-    return f"{PREFIX}:result:{collection_uid}:v{version}:{models}:{request_hash(request)}"
+    return f"{PREFIX}:result:{collection_uid}:v{version}:{models}:{plan.digest()}"
 
 
 class ResultCache:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.contract import Hit
 from store.states import DocumentStatus, JobState
 from store.tables import Document, IngestJob, utcnow
 
@@ -22,7 +24,7 @@ def document_view(doc: Document) -> dict[str, Any]:
 
 
 def enrich(
-    session: Session, collection_id: int, hits: list[dict[str, Any]], first_rank: int = 1
+    session: Session, collection_id: int, hits: Sequence[Hit], first_rank: int = 1
 ) -> list[dict[str, Any]]:
     """Hits, ranked, with their documents' text, metadata and image URL.
 
@@ -30,7 +32,7 @@ def enrich(
     since it was found is left out, and so is one whose current content is not the one its
     vector was made from (sent again and still pending, or failed).
     """
-    ids = [h["document_id"] for h in hits]
+    ids = [h.document_id for h in hits]
     docs = {}
     if ids:
         rows = session.scalars(
@@ -41,13 +43,13 @@ def enrich(
         docs = {doc.external_id: doc for doc in rows}
     enriched: list[dict[str, Any]] = []
     for hit in hits:
-        doc = docs.get(hit["document_id"])
+        doc = docs.get(hit.document_id)
         if doc is None or doc.status != DocumentStatus.INDEXED:
             continue
         extra = document_view(doc)
         extra.pop("id", None)
         extra.pop("status", None)
-        enriched.append({"rank": first_rank + len(enriched), **hit, **extra})
+        enriched.append({"rank": first_rank + len(enriched), **hit.model_dump(), **extra})
     return enriched
 
 

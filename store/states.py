@@ -1,5 +1,8 @@
 """The states of jobs and documents, and the one place where each may change.
 
+The enums are the columns' types (``store.tables``): a row holds a member, never a bare
+string, and a value outside its enum is refused before it reaches SQL.
+
 A row's state is changed only through ``advance`` (jobs) or the document helpers, which
 refuse a step the state machine does not have, and stamp the times that go with it. A
 finished job never starts again: a late or replayed message finds it finished and stops.
@@ -7,16 +10,33 @@ finished job never starts again: a late or replayed message finds it finished an
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from store.tables import IngestJob, QueryJob, utcnow
+if TYPE_CHECKING:
+    from store.tables import IngestJob, QueryJob
+
+
+def utcnow() -> datetime:
+    """The time every state change and every row is stamped with."""
+    return datetime.now(UTC)
 
 
 class JobKind(StrEnum):
     INGEST = "ingest"  # documents sent by a client
     REINDEX = "reindex"  # a new generation of every document
     REPAIR = "repair"  # documents whose vectors Milvus lost (ingestion.reconcile)
+
+
+class OutboxKind(StrEnum):
+    """What an outbox entry asks of the ingestion engine (``ingestion.outbox``)."""
+
+    INGEST = "ingest"  # embed and write documents of an ingestion job
+    PLAN = "plan"  # cut a reindex job into chunks
+    REINDEX = "reindex"  # embed documents into the generation being built
+    DELETE = "delete"  # remove deleted documents' vectors
+    DROP = "drop"  # drop Milvus generations (a deleted collection, or one no longer served)
 
 
 class JobState(StrEnum):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -24,6 +26,9 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from core.contract import Hit, RankedHit, SearchPlan
+from store.states import DocumentStatus, JobKind, JobState, OutboxKind, QueryStatus, utcnow
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -51,8 +56,42 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+class State(TypeDecorator[StrEnum]):
+    """A member of ``enum``, stored as its value: a string outside the enum is refused."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Any) -> StrEnum | None:
+        return None if value is None else self.enum(value)
+
+
+class Typed(TypeDecorator[Any]):
+    """JSON holding a typed record (``core.contract``): validated on the way in, the
+    record again on the way out."""
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(self, kind: Any) -> None:
+        super().__init__()
+        self.kind = kind
+        self._adapter: TypeAdapter[Any] = TypeAdapter(kind)
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        return self._adapter.dump_python(self._adapter.validate_python(value), mode="json")
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else self._adapter.validate_python(value)
 
 
 def new_id() -> str:
@@ -131,8 +170,10 @@ class Document(Base):
     ingest_job_id: Mapped[str | None] = mapped_column(String(32), index=True)
     # The newest generation whose Milvus collection holds this document's current content.
     generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # "pending" until its vector is visible to search, then "indexed"; "failed" keeps `error`.
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # Pending until its vector is visible to search, then indexed; failed keeps `error`.
+    status: Mapped[DocumentStatus] = mapped_column(
+        State(DocumentStatus), default=DocumentStatus.PENDING
+    )
     error: Mapped[str | None] = mapped_column(Text)
     # Failed for a reason outside the document (an outage that outlasted the retry budget),
     # not for its content: reconciliation queues it again once Milvus answers.
@@ -150,11 +191,12 @@ class IngestJob(Base):
     collection_id: Mapped[int] = mapped_column(
         ForeignKey("collections.id", ondelete="CASCADE"), index=True
     )
-    # store.states.JobKind: "ingest", "reindex" or "repair".
-    kind: Mapped[str] = mapped_column(String(16), default="ingest", server_default="ingest")
+    kind: Mapped[JobKind] = mapped_column(
+        State(JobKind), default=JobKind.INGEST, server_default="ingest"
+    )
     # The generation a reindex job builds (never reused, even after a failed attempt).
     generation: Mapped[int | None] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[JobState] = mapped_column(State(JobState), default=JobState.QUEUED)
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -174,7 +216,7 @@ class OutboxEntry(Base):
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # ingestion.outbox.Kind
+    kind: Mapped[OutboxKind] = mapped_column(State(OutboxKind))
     # The ingestion or reindex job it belongs to; gone with the job (and its collection).
     job_id: Mapped[str | None] = mapped_column(
         ForeignKey("ingest_jobs.id", ondelete="CASCADE"), index=True
@@ -197,16 +239,17 @@ class QueryJob(Base):
     collection_id: Mapped[int] = mapped_column(
         ForeignKey("collections.id", ondelete="CASCADE"), index=True
     )
-    status: Mapped[str] = mapped_column(String(16), default="queued")
-    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[QueryStatus] = mapped_column(State(QueryStatus), default=QueryStatus.QUEUED)
+    # What the steps run; its digest is part of cache_key (core.contract.SearchPlan).
+    request: Mapped[SearchPlan] = mapped_column(Typed(SearchPlan))
     query_image_key: Mapped[str | None] = mapped_column(String(128), index=True)
     # The key that submitted the query: its image is served to that key only.
     api_key_id: Mapped[int | None] = mapped_column(
         ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
     )
     cache_key: Mapped[str] = mapped_column(String(255), index=True)
-    recall_hits: Mapped[list[Any] | None] = mapped_column(JSON)
-    results: Mapped[list[Any] | None] = mapped_column(JSON)
+    recall_hits: Mapped[list[Hit] | None] = mapped_column(Typed(list[Hit]))
+    results: Mapped[list[RankedHit] | None] = mapped_column(Typed(list[RankedHit]))
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -143,7 +143,7 @@ def _wait_and_cancel(client: FlaskClient, text: str, wait: float) -> tuple[dict,
         time.sleep(0.05)
         with session_scope(sessions) as session:
             jobs = session.scalars(select(QueryJob)).all()
-            job_id = next((j.id for j in jobs if j.request.get("text") == text), None)
+            job_id = next((j.id for j in jobs if j.request.text == text), None)
     time.sleep(0.3)  # the POST is waiting now
     cancelled_at = time.monotonic()
     assert other.delete(f"/v1/queries/{job_id}").status_code == 200

@@ -15,11 +15,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import and_, delete, or_, select
 
+from core.contract import Hit, RankedHit, SearchPlan
 from core.metrics import STAGE_SECONDS
 from queries.cache import ResultCache
 from queries.notices import notify_finished
@@ -62,18 +63,18 @@ def _recording_failure(rt: Runtime, job_id: str) -> Iterator[None]:
 
 
 def _query_of(rt: Runtime, job: QueryJob) -> tuple[Query, str]:
-    request = job.request
+    plan = job.request
     image = rt.media.get(job.query_image_key) if job.query_image_key else None
-    query = Query(text=request.get("text"), image=image)
-    instruction = request.get("instruction")
-    if instruction is None and request.get("use_default_instruction", True):
+    query = Query(text=plan.text, image=image)
+    instruction = plan.instruction
+    if instruction is None and plan.use_default_instruction:
         instruction = default_instruction(query.modality)
     return Query(text=query.text, image=image, instruction=instruction), query.modality
 
 
-def _embedding_key(model: str, request: dict[str, Any], instruction: str | None) -> str:
+def _embedding_key(model: str, plan: SearchPlan, instruction: str | None) -> str:
     """Query embeddings are cached per model, text, image (by content hash) and instruction."""
-    parts = json.dumps([model, request.get("text"), request.get("image"), instruction])
+    parts = json.dumps([model, plan.text, plan.image, instruction])
     return f"umarvel:qemb:{hashlib.sha256(parts.encode()).hexdigest()}"
 
 
@@ -81,7 +82,7 @@ def _cached_vector(rt: Runtime, key: str) -> np.ndarray | None:
     if rt.settings.query_embedding_ttl_seconds <= 0:
         return None
     raw = rt.redis.get(key)
-    return None if raw is None else np.frombuffer(raw, dtype=np.float32)
+    return None if raw is None else np.frombuffer(cast(bytes, raw), dtype=np.float32)
 
 
 def _store_vector(rt: Runtime, key: str, vector: np.ndarray) -> None:
@@ -171,11 +172,9 @@ def recall_step(rt: Runtime, job_id: str) -> str:
             model = collection.recall_model
             collection_name = collection.name
             fields = dict(collection.metadata_fields)
-            request = dict(job.request)
+            plan = job.request
             query, _ = _query_of(rt, job)
-        rerank = request["rerank"]
-        k = rerank["k"] if rerank["enabled"] else request["top_k"]
-        cache_key = _embedding_key(model, request, query.instruction)
+        cache_key = _embedding_key(model, plan, query.instruction)
         started = time.perf_counter()
         vector = _cached_vector(rt, cache_key)
         if vector is None:
@@ -186,22 +185,22 @@ def recall_step(rt: Runtime, job_id: str) -> str:
         arrived()
         embedded = time.perf_counter() - started
         service = RecallService(rt.embedder(model), rt.index)
-        expression = rt.index.expression(request.get("filter"), fields)
-        result = service.search(target, query, k, expression, vector=vector)
+        expression = rt.index.expression(plan.filter, fields)
+        result = service.search(target, query, plan.recall_k, expression, vector=vector)
         result.timings["embed"] = embedded
         for stage, seconds in result.timings.items():
             STAGE_SECONDS.labels(stage).observe(seconds)
-        hits = [{"document_id": h.document_id, "cosine": h.score} for h in result.hits]
+        hits = [Hit(document_id=h.document_id, cosine=h.score) for h in result.hits]
         with rt.sessions.begin() as session:
             job = session.get_one(QueryJob, job_id)
             if _finished(job):
                 return job_id
             job.recall_hits = hits
             job.timings = {**job.timings, **result.timings}
-            finished = not (rerank["enabled"] and hits)
+            finished = not (plan.rerank.enabled and hits)
             if finished:
-                results = [{**h, "p_yes": None, "score": h["cosine"]} for h in hits]
-                _finish(rt, session, job, results[: request["top_k"]])
+                results = [RankedHit(**h.model_dump(), p_yes=None, score=h.cosine) for h in hits]
+                _finish(rt, session, job, results[: plan.top_k])
             else:
                 advance_query(job, QueryStatus.RERANKING)
         if finished:
@@ -218,7 +217,7 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
             job = session.get(QueryJob, job_id)
             if job is None or job.status != QueryStatus.RERANKING:
                 return job_id
-            request = dict(job.request)
+            plan = job.request
             collection_name = session.get_one(Collection, job.collection_id).name
             hits = list(job.recall_hits or [])
             docs = {
@@ -226,19 +225,19 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
                 for doc in session.scalars(
                     select(Document).where(
                         Document.collection_id == job.collection_id,
-                        Document.external_id.in_([h["document_id"] for h in hits]),
+                        Document.external_id.in_([h.document_id for h in hits]),
                         Document.status == DocumentStatus.INDEXED,
                     )
                 )
             }
             query, _ = _query_of(rt, job)
         # Deleted since recall, or not indexed at its current revision (queries.views): skip.
-        hits = [h for h in hits if h["document_id"] in docs]
+        hits = [h for h in hits if h.document_id in docs]
         started = time.perf_counter()
         candidates = [
             RerankCandidate(
-                text=docs[h["document_id"]].text,
-                image=rt.media.get(key) if (key := docs[h["document_id"]].image_key) else None,
+                text=docs[h.document_id].text,
+                image=rt.media.get(key) if (key := docs[h.document_id].image_key) else None,
             )
             for h in hits
         ]
@@ -247,16 +246,16 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
         batcher = rt.pair_batcher(rt.settings.rerank_model)
         p_yes = batcher.submit(pairs, timeout=rt.settings.task_time_limit, arrived=arrived)
         fused = fuse(
-            [h["document_id"] for h in hits],
-            [h["cosine"] for h in hits],
+            [h.document_id for h in hits],
+            [h.cosine for h in hits],
             p_yes,
-            request["rerank"]["weight"],
+            plan.rerank.weight,
         )
         seconds = time.perf_counter() - started
         STAGE_SECONDS.labels("rerank").observe(seconds)
         results = [
-            {"document_id": f.document_id, "cosine": f.cosine, "p_yes": f.p_yes, "score": f.score}
-            for f in fused[: request["top_k"]]
+            RankedHit(document_id=f.document_id, cosine=f.cosine, p_yes=f.p_yes, score=f.score)
+            for f in fused[: plan.top_k]
         ]
         with rt.sessions.begin() as session:
             job = session.get_one(QueryJob, job_id)
@@ -282,7 +281,7 @@ def _timings_text(timings: dict[str, float]) -> str:
     return " ".join(f"{stage}={seconds * 1000:.1f}ms" for stage, seconds in timings.items())
 
 
-def _finish(rt: Runtime, session: Any, job: QueryJob, results: list[dict[str, Any]]) -> None:
+def _finish(rt: Runtime, session: Any, job: QueryJob, results: list[RankedHit]) -> None:
     """Store the final ranking, cache it enriched with its documents, tell the waiters."""
     job.results = results
     advance_query(job, QueryStatus.DONE)

@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable
 from functools import cached_property
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from core.contract import Task
 from core.metrics import BATCH_SIZE
@@ -22,6 +22,22 @@ from store.db import make_engine, make_session_factory
 from store.redis import make_redis
 from store.traffic import yield_to_queries
 from workers.batcher import Arrivals
+
+if TYPE_CHECKING:
+    import numpy as np
+    import redis
+    from celery import Celery
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from recall.embedder import Embedder
+    from recall.index import MilvusIndex
+    from recall.prompts import Candidate, Query
+    from rerank.reranker import RerankCandidate, Reranker, RerankQuery
+    from workers.batcher import MicroBatcher
+
+    # What the models' batchers take and give: embedding rows, P(Yes) values.
+    EmbedBatcher = MicroBatcher[Query | Candidate, np.ndarray]
+    PairBatcher = MicroBatcher[tuple[RerankQuery, RerankCandidate], float]
 
 T = TypeVar("T")
 INGEST_PRIORITY = 1  # after queries (0) in the model's batcher
@@ -54,20 +70,20 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._embedders: dict[str, Lazy[Any]] = {}
-        self._rerankers: dict[str, Lazy[Any]] = {}
-        self._batchers: dict[tuple[str, str], Lazy[Any]] = {}
+        self._embedders: dict[str, Lazy[Embedder]] = {}
+        self._rerankers: dict[str, Lazy[Reranker]] = {}
+        self._batchers: dict[tuple[str, str], Lazy[MicroBatcher[Any, Any]]] = {}
         self._lock = threading.Lock()
         # Query steps on their way to a model (``workers.batcher.Arrivals``), by batcher kind.
         self.arrivals = {"query": Arrivals(), "pairs": Arrivals()}
 
     @cached_property
-    def sessions(self) -> Any:
+    def sessions(self) -> sessionmaker[Session]:
         engine = make_engine(self.settings.database_url, pool_size=self.settings.database_pool_size)
         return make_session_factory(engine, self.redis)
 
     @cached_property
-    def redis(self) -> Any:
+    def redis(self) -> redis.Redis:
         return make_redis(self.settings.redis_url)
 
     @cached_property
@@ -79,7 +95,7 @@ class Runtime:
         return open_media_store(self.settings)
 
     @cached_property
-    def celery(self) -> Any:
+    def celery(self) -> Celery:
         from core.celery_app import make_celery
 
         return make_celery(self.settings)
@@ -89,7 +105,7 @@ class Runtime:
         self.celery.send_task(task.value, args=args, countdown=countdown or None)
 
     @cached_property
-    def index(self) -> Any:
+    def index(self) -> MilvusIndex:
         from recall.index import MilvusIndex
 
         return MilvusIndex(
@@ -98,11 +114,11 @@ class Runtime:
             search_consistency=self.settings.milvus_search_consistency,
         )
 
-    def query_batcher(self, model: str) -> Any:
+    def query_batcher(self, model: str) -> EmbedBatcher:
         """The one caller of ``model``: embeds the queries of concurrent tasks together (one
         forward per batch), and ingestion's candidates when no query waits."""
 
-        def embed(items: list[Any]) -> Any:
+        def embed(items: list[Any]) -> np.ndarray:
             from recall.prompts import Query
 
             embedder = self.embedder(model)
@@ -112,7 +128,7 @@ class Runtime:
 
         return self._batcher(("query", model), embed, self.settings.embed_batch_size)
 
-    def candidate_encoder(self, model: str) -> Callable[[list[Any]], Any]:
+    def candidate_encoder(self, model: str) -> Callable[[list[Candidate]], np.ndarray]:
         """Embeds ingestion candidates through ``query_batcher``, in pieces at a lower
         priority than queries: a query waits for at most one piece, never a whole chunk.
         Each piece first waits (up to ``UMARVEL_INGEST_YIELD_SECONDS``) for a gap in query
@@ -124,7 +140,7 @@ class Runtime:
 
         piece = self.settings.embed_batch_size * PIECE_BATCHES
 
-        def encode(candidates: list[Any]) -> Any:
+        def encode(candidates: list[Candidate]) -> np.ndarray:
             batcher = self.query_batcher(model)
             limit = self.settings.task_time_limit
             parts = []
@@ -136,7 +152,7 @@ class Runtime:
 
         return encode
 
-    def pair_batcher(self, model: str) -> Any:
+    def pair_batcher(self, model: str) -> PairBatcher:
         """Scores the (query, candidate) pairs of concurrent rerank tasks together."""
         return self._batcher(
             ("pairs", model),
@@ -144,7 +160,9 @@ class Runtime:
             self.settings.rerank_batch_size * 8,
         )
 
-    def _batcher(self, key: tuple[str, str], run: Callable[[list[Any]], Any], size: int) -> Any:
+    def _batcher(
+        self, key: tuple[str, str], run: Callable[[list[Any]], Any], size: int
+    ) -> MicroBatcher[Any, Any]:
         from workers.batcher import MicroBatcher
 
         with self._lock:
@@ -195,7 +213,7 @@ class Runtime:
 
             torch.set_num_threads(self.torch_threads)
 
-    def embedder(self, model: str) -> Any:
+    def embedder(self, model: str) -> Embedder:
         """The U-MARVEL embedder for checkpoint ``model``, loaded on first use."""
         with self._lock:
             holder = self._embedders.get(model)
@@ -203,14 +221,14 @@ class Runtime:
                 holder = self._embedders[model] = Lazy(lambda: self._load_embedder(model))
         return holder.get()
 
-    def reranker(self, model: str) -> Any:
+    def reranker(self, model: str) -> Reranker:
         with self._lock:
             holder = self._rerankers.get(model)
             if holder is None:
                 holder = self._rerankers[model] = Lazy(lambda: self._load_reranker(model))
         return holder.get()
 
-    def _load_embedder(self, model: str) -> Any:
+    def _load_embedder(self, model: str) -> Embedder:
         from recall.embedder import Embedder, EmbedderConfig
 
         self._threads()
@@ -227,7 +245,7 @@ class Runtime:
             model, processor, device=s.device, dtype=s.dtype, config=config
         )
 
-    def _load_reranker(self, model: str) -> Any:
+    def _load_reranker(self, model: str) -> Reranker:
         from rerank.reranker import Reranker, RerankerConfig
 
         self._threads()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, g, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,6 +22,7 @@ from queries.views import ingest_job_view
 from recall.filters import validate_fields
 from recall.index import milvus_name
 from store.db import session_scope
+from store.states import DocumentStatus
 from store.tables import Collection, Document
 
 bp = Blueprint("collections", __name__, url_prefix="/v1/collections")
@@ -80,9 +82,9 @@ def render(session: Session, collection: Collection) -> dict[str, Any]:
         },
         "documents": {
             "total": sum(counts.values()),
-            "indexed": counts.get("indexed", 0),
-            "pending": counts.get("pending", 0),
-            "failed": counts.get("failed", 0),
+            "indexed": counts.get(DocumentStatus.INDEXED, 0),
+            "pending": counts.get(DocumentStatus.PENDING, 0),
+            "failed": counts.get(DocumentStatus.FAILED, 0),
         },
         "created_at": collection.created_at.isoformat(),
     }
@@ -94,7 +96,7 @@ def render(session: Session, collection: Collection) -> dict[str, Any]:
     resp=responses({201: CollectionOut}, 400, 401, 403, 409, 413, 503),
     tags=["collections"],
 )
-def create_collection() -> Any:
+def create_collection() -> ResponseReturnValue:
     require("admin")
     body = CollectionCreate.model_validate(json_body(request))
     g.collection = body.name
@@ -124,7 +126,7 @@ def create_collection() -> Any:
 
 @bp.get("")
 @documented(resp=responses({200: CollectionList}, 400, 401, 503), tags=["collections"])
-def list_collections() -> Any:
+def list_collections() -> ResponseReturnValue:
     require("search")
     with session_scope(services().sessions) as session:
         rows = session.scalars(select(Collection).order_by(Collection.name)).all()
@@ -133,7 +135,7 @@ def list_collections() -> Any:
 
 @bp.get("/<name>")
 @documented(resp=responses({200: CollectionOut}, 400, 401, 403, 404, 503), tags=["collections"])
-def read_collection(name: str) -> Any:
+def read_collection(name: str) -> ResponseReturnValue:
     require("search", name)
     with session_scope(services().sessions) as session:
         return render(session, get_collection(session, name))
@@ -145,7 +147,7 @@ def read_collection(name: str) -> Any:
     resp=responses({200: CollectionOut}, 400, 401, 403, 404, 409, 413, 503),
     tags=["collections"],
 )
-def update_collection(name: str) -> Any:
+def update_collection(name: str) -> ResponseReturnValue:
     require("admin", name)
     body = CollectionUpdate.model_validate(json_body(request))
     with session_scope(services().sessions) as session:
@@ -167,7 +169,7 @@ def update_collection(name: str) -> Any:
 
 @bp.delete("/<name>")
 @documented(resp=responses({204: None}, 400, 401, 403, 404, 409, 503), tags=["collections"])
-def delete_collection(name: str) -> Any:
+def delete_collection(name: str) -> ResponseReturnValue:
     """Delete the collection's rows at once; a worker drops its Milvus collections."""
     require("admin", name)
     svc = services()
@@ -188,7 +190,7 @@ def delete_collection(name: str) -> Any:
     tags=["collections"],
     extra={"requestBody": {"required": False}},  # no body: the collection's own model
 )
-def reindex_collection(name: str) -> Any:
+def reindex_collection(name: str) -> ResponseReturnValue:
     """Build the next generation (optionally with a new recall model) beside the served
     one; search keeps answering from the old one until the new one is complete."""
     g.collection = name

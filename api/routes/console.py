@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, send_from_directory
+from flask.typing import ResponseReturnValue
 
 from api.openapi import documented, responses
 from api.responses import Models
@@ -37,7 +38,7 @@ ASSET = {"content": {"text/html": TEXT, "text/javascript": TEXT, "text/css": TEX
     security={},
     extra={"responses": {"200": PAGE}},
 )
-def console() -> Any:
+def console() -> ResponseReturnValue:
     """The web console: sign in with a key, collections, search, ingestion."""
     return _send("index.html")
 
@@ -49,7 +50,7 @@ def console() -> Any:
     security={},
     extra={"responses": {"200": ASSET}},
 )
-def console_file(file: str) -> Any:
+def console_file(file: str) -> ResponseReturnValue:
     """One of the console's files."""
     return _send(file)
 
@@ -67,7 +68,7 @@ def _send(file: str) -> Any:
 
 @bp.get("/v1/models")
 @documented(resp=responses({200: Models}, 400, 401, 503), tags=["collections"])
-def models() -> Any:
+def models() -> ResponseReturnValue:
     """The recall models a new collection may name (``recall_model``); the first is the
     default. Any valid key may read it."""
     return {"recall_models": services().settings.recall_models}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, g, request
+from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
@@ -172,7 +173,7 @@ def _jsonl_items(stream: Any, limit: int) -> list[Any]:
     tags=["documents"],
     extra={"requestBody": JSONL_DOCUMENTS},
 )
-def ingest_documents(name: str) -> Any:
+def ingest_documents(name: str) -> ResponseReturnValue:
     g.collection = name
     require("admin", name)
     svc = services()
@@ -262,7 +263,7 @@ def _validate_items(
 
 @bp.get("/v1/ingest-jobs/<job_id>")
 @documented(resp=responses({200: IngestJobOut}, 400, 401, 403, 404, 503), tags=["documents"])
-def read_ingest_job(job_id: str) -> Any:
+def read_ingest_job(job_id: str) -> ResponseReturnValue:
     with session_scope(services().sessions) as session:
         job = session.get(IngestJob, job_id)
         if job is None:
@@ -284,7 +285,7 @@ def _document(session: Any, collection: Collection, document_id: str) -> Documen
 
 @bp.get("/v1/collections/<name>/documents/<path:document_id>")
 @documented(resp=responses({200: DocumentOut}, 400, 401, 403, 404, 503), tags=["documents"])
-def read_document(name: str, document_id: str) -> Any:
+def read_document(name: str, document_id: str) -> ResponseReturnValue:
     require("search", name)
     with session_scope(services().sessions) as session:
         return document_view(_document(session, get_collection(session, name), document_id))
@@ -292,7 +293,7 @@ def read_document(name: str, document_id: str) -> Any:
 
 @bp.delete("/v1/collections/<name>/documents/<path:document_id>")
 @documented(resp=responses({204: None}, 400, 401, 403, 404, 409, 503), tags=["documents"])
-def delete_document(name: str, document_id: str) -> Any:
+def delete_document(name: str, document_id: str) -> ResponseReturnValue:
     """Gone from SQL (hence from every answer) at once; a worker removes its vector."""
     g.collection = name
     require("admin", name)
@@ -321,7 +322,7 @@ def _vector_deletes(session: Any, collection: Collection, ids: list[str]) -> lis
     resp=responses({200: Deleted}, 400, 401, 403, 404, 409, 503),
     tags=["documents"],
 )
-def delete_documents(name: str) -> Any:
+def delete_documents(name: str) -> ResponseReturnValue:
     """Delete every document whose metadata matches ``?filter=<JSON>`` (the filter language).
 
     SQL is the source of truth: matching rows go at once, then a worker removes the vectors.

@@ -8,6 +8,7 @@ import io
 from typing import Any
 
 from flask import Blueprint, Response, g
+from flask.typing import ResponseReturnValue
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
@@ -44,7 +45,7 @@ def _may_read(session: Any, key: Grant | None, media_key: str) -> bool:
     tags=["media"],
     extra={"responses": {"200": IMAGE}},
 )
-def read_media(key: str) -> Any:
+def read_media(key: str) -> ResponseReturnValue:
     require("search")
     svc = services()
     with session_scope(svc.sessions) as session:

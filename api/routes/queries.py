@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import chain
 from flask import Blueprint, g, request
+from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -27,11 +28,11 @@ from api.backpressure import check_backpressure
 from api.errors import validation_error
 from api.openapi import QueryForm, documented, responses
 from api.quotas import check_queued, waiting_slot
-from api.responses import QueryAccepted, QueryAnswer, QueryJobOut
+from api.responses import CachedAnswer, QueryAccepted, QueryAnswer, QueryJobOut
 from api.routes.collections import get_collection
 from api.schemas import PageQuery, QueryRequest, decode_base64, request_parts
 from api.services import Services, services
-from core.contract import QUERY_QUEUES, Task, step_ids
+from core.contract import QUERY_QUEUES, Hit, RerankPlan, SearchPlan, Task, step_ids
 from core.errors import InvalidRequest, NotFound, Unavailable
 from core.metrics import CACHE_REQUESTS
 from media.images import decode_image
@@ -51,6 +52,7 @@ POLL_SECONDS = 0.5  # a safety net only: workers publish when a job finishes
 RETRY_AFTER_SECONDS = 2
 RUNNING = RUNNING_QUERY
 ANONYMOUS = 0  # the caller's key id when auth is disabled
+Item = TypeVar("Item")
 LOST_MESSAGE = "the query's tasks were lost (the broker restarted?); send the query again"
 
 
@@ -80,10 +82,10 @@ def _searched(svc: Services, name: str) -> Searched:
     return Searched(**svc.fences.through(record, "searched", load, found))
 
 
-def _normalise(
+def _plan(
     svc: Services, collection: Searched, body: QueryRequest, image_key: str | None
-) -> dict[str, Any]:
-    """The request as the workers need it, with every default filled in: also the cache key."""
+) -> SearchPlan:
+    """The request as the workers run it, with every default filled in: also the cache key."""
     settings = svc.settings
     top_k = body.top_k or settings.default_top_k
     if top_k > settings.max_top_k:
@@ -93,16 +95,16 @@ def _normalise(
         raise InvalidRequest(f"rerank.k must be at most {settings.max_rerank_k}")
     k = min(max(body.rerank.k or collection.rerank_k, top_k), max(settings.max_rerank_k, top_k))
     weight = collection.rerank_weight if body.rerank.weight is None else body.rerank.weight
-    return {
-        "text": body.text,
-        "image": image_key,
-        "instruction": body.instruction,
-        "use_default_instruction": body.use_default_instruction,
-        "top_k": top_k,
-        "rerank": {"enabled": enabled, "k": k, "weight": weight},
-        "filter": body.filter,
-        "expression": compile_filter(body.filter, collection.metadata_fields),
-    }
+    return SearchPlan(
+        text=body.text,
+        image=image_key,
+        instruction=body.instruction,
+        use_default_instruction=body.use_default_instruction,
+        top_k=top_k,
+        rerank=RerankPlan(enabled=enabled, k=k, weight=float(weight)),
+        filter=body.filter,
+        expression=compile_filter(body.filter, collection.metadata_fields),
+    )
 
 
 @bp.post("/v1/collections/<name>/queries")
@@ -113,7 +115,7 @@ def _normalise(
     resp=responses({200: QueryAnswer, 202: QueryAccepted}, 400, 401, 403, 404, 409, 413, 429, 503),
     tags=["queries"],
 )
-def submit_query(name: str) -> Any:
+def submit_query(name: str) -> ResponseReturnValue:
     g.collection = name
     require("search", name)
     svc = services()
@@ -137,13 +139,13 @@ def submit_query(name: str) -> Any:
     # collection, a bad option, a full queue) come before the image is decoded or stored;
     # a cached answer needs neither (its image, the same bytes, was checked when it ran).
     collection = _searched(svc, name)
-    normalised = _normalise(svc, collection, body, image_key)
+    plan = _plan(svc, collection, body, image_key)
     key = result_key(
         collection.uid,
         collection.version,
         collection.recall_model,
         svc.settings.rerank_model,
-        normalised,
+        plan,
     )
     cached = svc.cache.get(key)
     CACHE_REQUESTS.labels("hit" if cached is not None else "miss").inc()
@@ -164,7 +166,7 @@ def submit_query(name: str) -> Any:
                     QueryJob(
                         id=job_id,
                         collection_id=collection.id,
-                        request=normalised,
+                        request=plan,
                         query_image_key=image_key,
                         cache_key=key,
                         api_key_id=g.api_key.id if g.get("api_key") is not None else None,
@@ -187,7 +189,7 @@ def submit_query(name: str) -> Any:
         watching = svc.notices.watch(holder) if wait > 0 else contextlib.nullcontext(None)
         with watching as finished:
             if holder == job_id:
-                _enqueue(svc, job_id, normalised["rerank"]["enabled"])
+                _enqueue(svc, job_id, plan.rerank.enabled)
             return _answer(
                 svc,
                 holder,
@@ -294,33 +296,49 @@ def _paging() -> PageQuery:
         raise validation_error(exc, prefix="query.") from None
 
 
-def _page(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def _page(results: Sequence[Item]) -> tuple[list[Item], dict[str, int]]:
     page = _paging()
     start, count = page.offset, page.limit or max(1, len(results))
-    return results[start : start + count], {"offset": start, "limit": count, "total": len(results)}
+    return list(results[start : start + count]), {
+        "offset": start,
+        "limit": count,
+        "total": len(results),
+    }
+
+
+def _published(fields: dict[str, Any]) -> dict[str, Any]:
+    """A query answer, through the model the OpenAPI document publishes for it: a field
+    not in the model is an error here, not a surprise for clients."""
+    model = CachedAnswer if fields["cached"] else QueryJobOut
+    return model.model_validate(fields).model_dump(mode="json", exclude_unset=True)
+
+
+def _head(job_id: str, collection: str, status: QueryStatus) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "url": f"/v1/queries/{job_id}",
+        "collection": collection,
+        "status": status,
+        "is_running": status in RUNNING,
+    }
 
 
 def render_job(session: Any, job: QueryJob) -> dict[str, Any]:
-    collection = session.get_one(Collection, job.collection_id)
-    payload: dict[str, Any] = {
-        "id": job.id,
-        "url": f"/v1/queries/{job.id}",
-        "collection": collection.name,
-        "status": job.status,
-        "is_running": job.status in RUNNING,
+    """A job as its row holds it, results enriched with their documents (one page)."""
+    fields = {
+        **_head(job.id, session.get_one(Collection, job.collection_id).name, job.status),
         "is_partial": job.status != QueryStatus.DONE and job.recall_hits is not None,
-        "created_at": job.created_at.isoformat(),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
         "timings": job.timings,
         "error": job.error,
         "cached": False,
     }
-    hits = job.results if job.status == QueryStatus.DONE else job.recall_hits
+    hits: Sequence[Hit] | None = job.results if job.status == QueryStatus.DONE else job.recall_hits
     if hits is not None:
-        page, paging = _page(hits)
-        payload["results"] = enrich(session, job.collection_id, page, paging["offset"] + 1)
-        payload["paging"] = paging
-    return payload
+        page, fields["paging"] = _page(hits)
+        fields["results"] = enrich(session, job.collection_id, page, fields["paging"]["offset"] + 1)
+    return _published(fields)
 
 
 def _finished_answer(
@@ -332,17 +350,17 @@ def _finished_answer(
     if cached is None or cached.get("job_id") != job_id or "created_at" not in cached:
         return None
     stamps = {"created_at": cached["created_at"], "finished_at": cached["finished_at"]}
-    return {**_render_cached(collection, cached), **stamps, "cached": False}
+    return _published({**_cached_fields(collection, cached), **stamps, "cached": False})
 
 
 def _render_cached(collection: Searched, cached: dict[str, Any]) -> dict[str, Any]:
+    return _published(_cached_fields(collection, cached))
+
+
+def _cached_fields(collection: Searched, cached: dict[str, Any]) -> dict[str, Any]:
     page, paging = _page(cached["results"])
     return {
-        "id": cached["job_id"],
-        "url": f"/v1/queries/{cached['job_id']}",
-        "collection": collection.name,
-        "status": "done",
-        "is_running": False,
+        **_head(cached["job_id"], collection.name, QueryStatus.DONE),
         "is_partial": False,
         "timings": cached.get("timings", {}),
         "error": None,
@@ -382,7 +400,7 @@ def _job(session: Any, job_id: str, lock: bool = False) -> QueryJob:
     resp=responses({200: QueryJobOut}, 400, 401, 403, 404, 409, 503),
     tags=["queries"],
 )
-def read_query(job_id: str) -> Any:
+def read_query(job_id: str) -> ResponseReturnValue:
     _paging()  # a bad offset or limit is a 400 whatever the job's state
     with session_scope(services().sessions) as session:
         return render_job(session, _job(session, job_id))
@@ -394,7 +412,7 @@ def read_query(job_id: str) -> Any:
     resp=responses({200: QueryJobOut, 204: None}, 400, 401, 403, 404, 409, 503),
     tags=["queries"],
 )
-def delete_query(job_id: str) -> Any:
+def delete_query(job_id: str) -> ResponseReturnValue:
     """Withdraw the caller from a job. Identical queries of several keys share one job: it
     is cancelled (its queued steps revoked), or deleted when finished, only once every key
     that asked for it has withdrawn; until then it goes on for the others (204)."""
