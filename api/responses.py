@@ -156,11 +156,17 @@ class Deleted(Answer):
     deleted: int = Field(description="How many documents matched the filter and were deleted.")
 
 
+class MediaOut(Answer):
+    kind: str = Field(description="A registered media kind, e.g. image.")
+    url: str = Field(description="`/v1/media/{key}`.")
+
+
 class DocumentOut(Answer):
     id: str
     text: str | None
     metadata: dict[str, Any]
     image_url: str | None = Field(description="`/v1/media/{key}`, when it has an image.")
+    media: list[MediaOut] = Field(description="Its media parts, in the order they were sent.")
     status: DocumentStatus
 
 
@@ -176,6 +182,7 @@ class RecallHit(Answer):
     text: str | None
     metadata: dict[str, Any]
     image_url: str | None
+    media: list[MediaOut]
 
 
 class RankedHit(RecallHit):

@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from api.validation import check_document_id, check_strings, parse_json
 from core.errors import InvalidRequest, PayloadTooLarge
+from media.kinds import KIND_NAME
 
 COLLECTION_NAME = r"^[a-z][a-z0-9_]{0,47}$"
 
@@ -47,6 +48,21 @@ class CollectionCreate(Strict):
     metadata_fields: dict[str, str] = Field(default_factory=dict)
 
 
+class MediaIn(Strict):
+    """One media part: its kind (``media.kinds``) and exactly one source of its bytes."""
+
+    kind: str = Field(pattern=KIND_NAME, description="A registered media kind, e.g. image.")
+    data: str | None = Field(None, description="Base64-encoded file.")
+    path: str | None = Field(None, description="A file on the server, inside UMARVEL_INGEST_ROOTS.")
+    file: str | None = Field(None, description="The name of a file part of a multipart request.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MediaIn:
+        if sum(s is not None for s in (self.data, self.path, self.file)) != 1:
+            raise ValueError("give exactly one of data, path and file")
+        return self
+
+
 class DocumentIn(Strict):
     id: DocumentId
     text: str | None = None
@@ -57,6 +73,12 @@ class DocumentIn(Strict):
     image_file: str | None = Field(
         None, description="The name of a file part of a multipart request."
     )
+    media: list[MediaIn] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Media parts of any registered kind; image, image_path and image_file "
+        "are a shorthand for one image part, which comes first.",
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -65,6 +87,14 @@ class DocumentIn(Strict):
         if len(sources) > 1:
             raise ValueError("give at most one of image, image_path and image_file")
         return self
+
+    def parts(self) -> list[MediaIn]:
+        """Every media part, the shorthand image first."""
+        shorthand = (self.image, self.image_path, self.image_file)
+        if all(source is None for source in shorthand):
+            return list(self.media)
+        image = MediaIn(kind="image", data=self.image, path=self.image_path, file=self.image_file)
+        return [image, *self.media]
 
 
 class DocumentsRequest(Strict):

@@ -83,6 +83,13 @@ class SearchPlan(_Record):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class MediaPart(_Record):
+    """A stored media part of a document: its kind (``media.kinds``) and its media key."""
+
+    kind: str
+    key: str
+
+
 class Hit(_Record):
     """A recall hit as a job stores it."""
 

@@ -16,6 +16,9 @@ import redis
 from core.contract import SearchPlan
 from store.redis import PREFIX
 
+# Bumped when a cached answer's shape changes: answers of an older shape are never read.
+RESULT_FORMAT = 2
+
 
 def result_key(
     collection_uid: str,
@@ -26,7 +29,8 @@ def result_key(
 ) -> str:
     """``collection_uid`` is unique per created collection, ``version`` bumps on each write."""
     models = hashlib.sha256(f"{recall_model}\0{rerank_model}".encode()).hexdigest()[:16]
-    return f"{PREFIX}:result:{collection_uid}:v{version}:{models}:{plan.digest()}"
+    digest = plan.digest()
+    return f"{PREFIX}:result:f{RESULT_FORMAT}:{collection_uid}:v{version}:{models}:{digest}"
 
 
 class ResultCache:

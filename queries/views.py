@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from core.contract import Hit
 from store.states import DocumentStatus, JobState
@@ -19,6 +19,7 @@ def document_view(doc: Document) -> dict[str, Any]:
         "text": doc.text,
         "metadata": doc.doc_metadata,
         "image_url": f"/v1/media/{doc.image_key}" if doc.image_key else None,
+        "media": [{"kind": part.kind, "url": f"/v1/media/{part.key}"} for part in doc.media],
         "status": doc.status,
     }
 
@@ -36,9 +37,9 @@ def enrich(
     docs = {}
     if ids:
         rows = session.scalars(
-            select(Document).where(
-                Document.collection_id == collection_id, Document.external_id.in_(ids)
-            )
+            select(Document)
+            .where(Document.collection_id == collection_id, Document.external_id.in_(ids))
+            .options(selectinload(Document.media))
         )
         docs = {doc.external_id: doc for doc in rows}
     enriched: list[dict[str, Any]] = []

@@ -161,7 +161,8 @@ class Document(Base):
     )
     external_id: Mapped[str] = mapped_column(String(256))
     text: Mapped[str | None] = mapped_column(Text)
-    # Indexed: the media route and the media clean-up look documents up by image.
+    # The key of its image part (``media``), the one the recall model embeds. Indexed: the
+    # media route and the media clean-up look documents up by image.
     image_key: Mapped[str | None] = mapped_column(String(128), index=True)
     doc_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     # Bumped by every write of new content: a vector is kept only for the current revision.
@@ -182,6 +183,26 @@ class Document(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     collection: Mapped[Collection] = relationship(back_populates="documents")
+    # Its media parts in the order they were sent, replaced as a whole by a new revision.
+    media: Mapped[list[DocumentMedia]] = relationship(
+        order_by="DocumentMedia.position",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+
+class DocumentMedia(Base):
+    """One media part of a document: its kind (``media.kinds``) and its stored object."""
+
+    __tablename__ = "document_media"
+
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    # Indexed: the media route and the media clean-up look parts up by key.
+    key: Mapped[str] = mapped_column(String(128), index=True)
 
 
 class IngestJob(Base):

@@ -116,10 +116,12 @@ def test_a_link_swapped_in_after_the_check_never_leads_outside(
     (allowed / "dir").symlink_to(tmp_path / "elsewhere")  # a folder swapped for a link
     monkeypatch.setattr(Path, "resolve", lambda self, strict=False: self)
     with pytest.raises(InvalidRequest, match="cannot read image_path"):  # last part a link
-        _read_server_file(str(allowed / "sneaky.png"), [allowed], 1000)
+        _read_server_file(str(allowed / "sneaky.png"), [allowed], 1000, "image_path")
     with pytest.raises(InvalidRequest, match="outside the allowed ingestion folders"):
-        _read_server_file(str(allowed / "dir" / "secret.png"), [allowed], 1000)
-    assert _read_server_file(str(allowed / "red.png"), [allowed], 10**6).startswith(b"\x89PNG")
+        _read_server_file(str(allowed / "dir" / "secret.png"), [allowed], 1000, "image_path")
+    assert _read_server_file(str(allowed / "red.png"), [allowed], 10**6, "image_path").startswith(
+        b"\x89PNG"
+    )
 
 
 def test_delete_by_filter(migrated_url: str, redis_url: str, tmp_path: Path) -> None:

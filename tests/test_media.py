@@ -127,7 +127,7 @@ def test_the_clean_up_checks_again_just_before_it_deletes(
     """An image the clean-up found old and unused is kept when, before the delete, a request
     sends it again (young again) or commits a row that refers to it."""
     from store.db import make_engine, make_session_factory
-    from store.tables import Collection, Document
+    from store.tables import Collection, Document, DocumentMedia
     from workers.queries import cleanup_media
 
     store = LocalMediaStore(tmp_path / "media")
@@ -153,7 +153,10 @@ def test_the_clean_up_checks_again_just_before_it_deletes(
                 self.put(b"a")  # the same image in a new request
                 with sessions.begin() as session:  # another request commits its document
                     cid = session.query(Collection.id).scalar()
-                    doc = Document(collection_id=cid, external_id="d", image_key=referenced)
+                    part = DocumentMedia(position=0, kind="image", key=referenced)
+                    doc = Document(
+                        collection_id=cid, external_id="d", image_key=referenced, media=[part]
+                    )
                     session.add(doc)
             return super().age(key)
 

@@ -109,7 +109,9 @@ def test_typed_columns_refuse_what_their_type_does_not_hold(migrated_url: str) -
     for values in refused:
         with pytest.raises(StatementError), session_scope(sessions) as session:
             session.add(
-                QueryJob(collection_id=collection_id, cache_key="k", request=PLAN, **values)
+                QueryJob(
+                    **{"collection_id": collection_id, "cache_key": "k", "request": PLAN, **values}
+                )
             )
     engine.dispose()
 

@@ -33,7 +33,15 @@ from rerank.fusion import fuse
 from rerank.reranker import RerankCandidate, RerankQuery
 from store.audit import expire as expire_audit
 from store.states import DocumentStatus, QueryStatus, advance_query
-from store.tables import Collection, Document, IngestJob, OutboxEntry, QueryJob, utcnow
+from store.tables import (
+    Collection,
+    Document,
+    DocumentMedia,
+    IngestJob,
+    OutboxEntry,
+    QueryJob,
+    utcnow,
+)
 from store.traffic import mark_queries_active
 from workers.runtime import Runtime
 
@@ -145,11 +153,11 @@ def cleanup_media(rt: Runtime, batch: int = 500) -> int:
 
 
 def _referenced(rt: Runtime, keys: list[str]) -> set[str]:
-    """Those of ``keys`` that a document or a query job refers to."""
+    """Those of ``keys`` that a document's media part or a query job refers to."""
     if not keys:
         return set()
     with rt.sessions() as session:
-        used = set(session.scalars(select(Document.image_key).where(Document.image_key.in_(keys))))
+        used = set(session.scalars(select(DocumentMedia.key).where(DocumentMedia.key.in_(keys))))
         used |= set(
             session.scalars(
                 select(QueryJob.query_image_key).where(QueryJob.query_image_key.in_(keys))

@@ -3,8 +3,9 @@ collections (store.audit)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, g, request
-from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 
 from api.auth import require
@@ -22,7 +23,7 @@ bp = Blueprint("audit", __name__)
 
 @bp.get("/v1/audit")
 @documented(query=AuditQuery, resp=responses({200: AuditPage}, 400, 401, 403, 503), tags=["audit"])
-def read_audit() -> ResponseReturnValue:
+def read_audit() -> Any:
     require("admin")
     grant = g.get("api_key")
     if grant is not None and grant.collections is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, g, request
-from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -96,7 +95,7 @@ def render(session: Session, collection: Collection) -> dict[str, Any]:
     resp=responses({201: CollectionOut}, 400, 401, 403, 409, 413, 503),
     tags=["collections"],
 )
-def create_collection() -> ResponseReturnValue:
+def create_collection() -> Any:
     require("admin")
     body = CollectionCreate.model_validate(json_body(request))
     g.collection = body.name
@@ -126,7 +125,7 @@ def create_collection() -> ResponseReturnValue:
 
 @bp.get("")
 @documented(resp=responses({200: CollectionList}, 400, 401, 503), tags=["collections"])
-def list_collections() -> ResponseReturnValue:
+def list_collections() -> Any:
     require("search")
     with session_scope(services().sessions) as session:
         rows = session.scalars(select(Collection).order_by(Collection.name)).all()
@@ -135,7 +134,7 @@ def list_collections() -> ResponseReturnValue:
 
 @bp.get("/<name>")
 @documented(resp=responses({200: CollectionOut}, 400, 401, 403, 404, 503), tags=["collections"])
-def read_collection(name: str) -> ResponseReturnValue:
+def read_collection(name: str) -> Any:
     require("search", name)
     with session_scope(services().sessions) as session:
         return render(session, get_collection(session, name))
@@ -147,7 +146,7 @@ def read_collection(name: str) -> ResponseReturnValue:
     resp=responses({200: CollectionOut}, 400, 401, 403, 404, 409, 413, 503),
     tags=["collections"],
 )
-def update_collection(name: str) -> ResponseReturnValue:
+def update_collection(name: str) -> Any:
     require("admin", name)
     body = CollectionUpdate.model_validate(json_body(request))
     with session_scope(services().sessions) as session:
@@ -169,7 +168,7 @@ def update_collection(name: str) -> ResponseReturnValue:
 
 @bp.delete("/<name>")
 @documented(resp=responses({204: None}, 400, 401, 403, 404, 409, 503), tags=["collections"])
-def delete_collection(name: str) -> ResponseReturnValue:
+def delete_collection(name: str) -> Any:
     """Delete the collection's rows at once; a worker drops its Milvus collections."""
     require("admin", name)
     svc = services()
@@ -190,7 +189,7 @@ def delete_collection(name: str) -> ResponseReturnValue:
     tags=["collections"],
     extra={"requestBody": {"required": False}},  # no body: the collection's own model
 )
-def reindex_collection(name: str) -> ResponseReturnValue:
+def reindex_collection(name: str) -> Any:
     """Build the next generation (optionally with a new recall model) beside the served
     one; search keeps answering from the old one until the new one is complete."""
     g.collection = name

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, send_from_directory
-from flask.typing import ResponseReturnValue
 
 from api.openapi import documented, responses
 from api.responses import Models
@@ -38,7 +37,7 @@ ASSET = {"content": {"text/html": TEXT, "text/javascript": TEXT, "text/css": TEX
     security={},
     extra={"responses": {"200": PAGE}},
 )
-def console() -> ResponseReturnValue:
+def console() -> Any:
     """The web console: sign in with a key, collections, search, ingestion."""
     return _send("index.html")
 
@@ -50,7 +49,7 @@ def console() -> ResponseReturnValue:
     security={},
     extra={"responses": {"200": ASSET}},
 )
-def console_file(file: str) -> ResponseReturnValue:
+def console_file(file: str) -> Any:
     """One of the console's files."""
     return _send(file)
 
@@ -68,7 +67,7 @@ def _send(file: str) -> Any:
 
 @bp.get("/v1/models")
 @documented(resp=responses({200: Models}, 400, 401, 503), tags=["collections"])
-def models() -> ResponseReturnValue:
+def models() -> Any:
     """The recall models a new collection may name (``recall_model``); the first is the
     default. Any valid key may read it."""
     return {"recall_models": services().settings.recall_models}

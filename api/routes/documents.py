@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import io
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, g, request
-from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from api.auth import require
 from api.backpressure import check_backpressure
@@ -23,21 +24,21 @@ from api.errors import validation_error
 from api.openapi import JSONL_DOCUMENTS, DocumentFilter, DocumentsForm, documented, responses
 from api.responses import Deleted, DocumentOut, IngestJobOut
 from api.routes.collections import get_collection
-from api.schemas import DocumentIn, DocumentsRequest, decode_base64, json_body
+from api.schemas import DocumentIn, DocumentsRequest, MediaIn, decode_base64, json_body
 from api.services import Services, services
 from api.validation import id_problem, parse_json, unsafe_strings
-from core.contract import Queue
+from core.contract import MediaPart, Queue
 from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, UmarvelError
 from core.metrics import INGEST_DOCUMENTS
 from ingestion import outbox
 from ingestion.chunks import chunked
 from ingestion.outbox import Kind
-from media.images import decode_image
+from media.kinds import IMAGE, media_kind
 from queries.views import document_view, ingest_job_view
 from recall.filters import check_value, compile_filter, matches
 from store.db import session_scope
 from store.states import DocumentStatus, JobState, advance
-from store.tables import Collection, Document, IngestJob
+from store.tables import Collection, Document, DocumentMedia, IngestJob
 
 bp = Blueprint("documents", __name__)
 
@@ -46,72 +47,81 @@ DELETE_CHUNK = 1000  # documents per SQL delete and per vector-delete entry
 
 def _validate(
     svc: Services, fields: dict[str, str], raw: Any, files: dict[str, Any]
-) -> tuple[DocumentIn, str | None]:
-    """A valid document and the media key of its stored image; raises on any problem."""
+) -> tuple[DocumentIn, list[MediaPart]]:
+    """A valid document and its stored media parts; raises on any problem. Every part is
+    checked by its kind's rule before any is stored."""
     try:
         doc = DocumentIn.model_validate(raw)
     except ValidationError as exc:
         raise validation_error(exc) from None
     settings = svc.settings
-    data = _image_bytes(svc, doc, files)
-    if not (doc.text and doc.text.strip()) and data is None:
+    parts = doc.parts()
+    for kind_name, count in Counter(part.kind for part in parts).items():
+        allowed = media_kind(kind_name).per_document
+        if count > allowed:
+            raise InvalidRequest(f"a document may carry at most {allowed} {kind_name} part(s)")
+    if not (doc.text and doc.text.strip()) and not any(p.kind == IMAGE.name for p in parts):
         raise InvalidRequest("a document needs text, an image, or both")
     if doc.text and len(doc.text) > settings.max_text_chars:
         raise InvalidRequest(f"text is longer than {settings.max_text_chars} characters")
     for name, value in doc.metadata.items():
         if name in fields and value is not None:
             check_value(name, fields[name], value)
-    if data is None:
-        return doc, None
-    decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    return doc, svc.media.put(data)
+    checked = []
+    for part in parts:
+        kind = media_kind(part.kind)
+        data = _part_bytes(svc, part, files, kind.max_bytes(settings))
+        kind.check(data, settings)
+        checked.append((part.kind, data))
+    return doc, [MediaPart(kind=kind, key=svc.media.put(data)) for kind, data in checked]
 
 
-def _image_bytes(svc: Services, doc: DocumentIn, files: dict[str, Any]) -> bytes | None:
-    limit = svc.settings.max_image_bytes
-    if doc.image is not None:
-        return decode_base64(doc.image, "image")
-    if doc.image_file is not None:
-        upload = files.get(doc.image_file)
+def _part_bytes(svc: Services, part: MediaIn, files: dict[str, Any], limit: int) -> bytes:
+    """A part's bytes from its one source; more than ``limit`` of them is a 413."""
+    image = part.kind == IMAGE.name  # messages name the image shorthand's own fields
+    if part.data is not None:
+        data = decode_base64(part.data, "image" if image else f"{part.kind} data")
+    elif part.file is not None:
+        upload = files.get(part.file)
         if upload is None:
-            raise InvalidRequest(f"no file part named {doc.image_file!r} in this request")
+            raise InvalidRequest(f"no file part named {part.file!r} in this request")
         upload.stream.seek(0)
         data = bytes(upload.stream.read(limit + 1))
-    elif doc.image_path is not None:
-        data = _read_server_file(doc.image_path, svc.settings.ingest_roots, limit)
     else:
-        return None
+        assert part.path is not None  # MediaIn has exactly one source
+        field = "image_path" if image else f"{part.kind} path"
+        data = _read_server_file(part.path, svc.settings.ingest_roots, limit, field)
     if len(data) > limit:
-        raise PayloadTooLarge(f"image is larger than {limit} bytes")
+        raise PayloadTooLarge(f"{part.kind} is larger than {limit} bytes")
     return data
 
 
-def _read_server_file(path: str, roots: list[Path], limit: int) -> bytes:
+def _read_server_file(path: str, roots: list[Path], limit: int, field: str) -> bytes:
     """A file's bytes if it lies inside an allowed root (links resolved first)."""
     try:
         resolved = Path(path).resolve()
     except (OSError, ValueError, RuntimeError):
-        raise InvalidRequest(f"image_path {path!r} is not a usable path") from None
+        raise InvalidRequest(f"{field} {path!r} is not a usable path") from None
     allowed = [root.resolve() for root in roots]
     if not any(resolved.is_relative_to(root) for root in allowed):
-        raise InvalidRequest(f"image_path {path!r} is outside the allowed ingestion folders")
+        raise InvalidRequest(f"{field} {path!r} is outside the allowed ingestion folders")
     try:
         # The check above and this open are two steps: a link swapped in between must not
         # lead outside the roots. The last part may not be a link at all (O_NOFOLLOW), and
         # what was opened is checked again by the kernel's own name for it.
         fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
-        raise InvalidRequest(f"cannot read image_path {path!r}: {exc.strerror}") from None
+        raise InvalidRequest(f"cannot read {field} {path!r}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as handle:
         opened = (
             Path(os.readlink(f"/proc/self/fd/{fd}")) if Path("/proc/self/fd").is_dir() else resolved
         )
         if not any(opened.is_relative_to(root) for root in allowed):
-            raise InvalidRequest(f"image_path {path!r} is outside the allowed ingestion folders")
+            raise InvalidRequest(f"{field} {path!r} is outside the allowed ingestion folders")
         try:
             return handle.read(limit + 1)
         except OSError as exc:
-            raise InvalidRequest(f"cannot read image_path {path!r}: {exc.strerror}") from None
+            raise InvalidRequest(f"cannot read {field} {path!r}: {exc.strerror}") from None
 
 
 def _documents_input(svc: Services) -> tuple[list[Any], dict[str, Any]]:
@@ -173,7 +183,7 @@ def _jsonl_items(stream: Any, limit: int) -> list[Any]:
     tags=["documents"],
     extra={"requestBody": JSONL_DOCUMENTS},
 )
-def ingest_documents(name: str) -> ResponseReturnValue:
+def ingest_documents(name: str) -> Any:
     g.collection = name
     require("admin", name)
     svc = services()
@@ -201,20 +211,26 @@ def ingest_documents(name: str) -> ResponseReturnValue:
         existing = {
             d.external_id: d
             for d in session.scalars(
-                select(Document).where(
+                select(Document)
+                .where(
                     Document.collection_id == collection.id,
                     Document.external_id.in_([doc.id for doc, _ in valid]),
                 )
+                .options(selectinload(Document.media))  # replaced below: one read for all
             )
         }
         rows = []
-        for doc, image_key in valid:
+        for doc, parts in valid:
             row = existing.get(doc.id)
             if row is None:
                 row = Document(collection_id=collection.id, external_id=doc.id, revision=1)
             else:
                 row.revision += 1  # a vector of an older revision is never kept for it
-            row.text, row.image_key, row.doc_metadata = doc.text, image_key, doc.metadata
+            row.text, row.doc_metadata = doc.text, doc.metadata
+            row.image_key = next((p.key for p in parts if p.kind == IMAGE.name), None)
+            row.media = [
+                DocumentMedia(position=i, kind=p.kind, key=p.key) for i, p in enumerate(parts)
+            ]
             row.status, row.error, row.ingest_job_id = DocumentStatus.PENDING, None, job.id
             row.generation = 0  # this content is in no generation until it is ingested
             session.add(row)
@@ -238,10 +254,10 @@ def ingest_documents(name: str) -> ResponseReturnValue:
 
 def _validate_items(
     svc: Services, fields: dict[str, str], items: list[Any], files: dict[str, Any]
-) -> tuple[list[dict[str, Any]], list[tuple[DocumentIn, str | None]]]:
-    """Each item validated, its image stored: (errors by item, valid documents)."""
+) -> tuple[list[dict[str, Any]], list[tuple[DocumentIn, list[MediaPart]]]]:
+    """Each item validated, its media stored: (errors by item, valid documents)."""
     errors: list[dict[str, Any]] = []
-    valid: list[tuple[DocumentIn, str | None]] = []
+    valid: list[tuple[DocumentIn, list[MediaPart]]] = []
     seen: set[str] = set()
     for position, raw in enumerate(items):
         item_id = raw.get("id") if isinstance(raw, dict) else None
@@ -250,20 +266,20 @@ def _validate_items(
         try:
             if isinstance(raw, _BadLine):
                 raise InvalidRequest(raw.message)
-            doc, image_key = _validate(svc, fields, raw, files)
+            doc, parts = _validate(svc, fields, raw, files)
             if doc.id in seen:
                 raise InvalidRequest(f"document id {doc.id!r} appears twice in this request")
         except UmarvelError as exc:
             errors.append({"index": position, "id": item_id, "message": exc.message})
             continue
         seen.add(doc.id)
-        valid.append((doc, image_key))
+        valid.append((doc, parts))
     return errors, valid
 
 
 @bp.get("/v1/ingest-jobs/<job_id>")
 @documented(resp=responses({200: IngestJobOut}, 400, 401, 403, 404, 503), tags=["documents"])
-def read_ingest_job(job_id: str) -> ResponseReturnValue:
+def read_ingest_job(job_id: str) -> Any:
     with session_scope(services().sessions) as session:
         job = session.get(IngestJob, job_id)
         if job is None:
@@ -285,7 +301,7 @@ def _document(session: Any, collection: Collection, document_id: str) -> Documen
 
 @bp.get("/v1/collections/<name>/documents/<path:document_id>")
 @documented(resp=responses({200: DocumentOut}, 400, 401, 403, 404, 503), tags=["documents"])
-def read_document(name: str, document_id: str) -> ResponseReturnValue:
+def read_document(name: str, document_id: str) -> Any:
     require("search", name)
     with session_scope(services().sessions) as session:
         return document_view(_document(session, get_collection(session, name), document_id))
@@ -293,7 +309,7 @@ def read_document(name: str, document_id: str) -> ResponseReturnValue:
 
 @bp.delete("/v1/collections/<name>/documents/<path:document_id>")
 @documented(resp=responses({204: None}, 400, 401, 403, 404, 409, 503), tags=["documents"])
-def delete_document(name: str, document_id: str) -> ResponseReturnValue:
+def delete_document(name: str, document_id: str) -> Any:
     """Gone from SQL (hence from every answer) at once; a worker removes its vector."""
     g.collection = name
     require("admin", name)
@@ -322,7 +338,7 @@ def _vector_deletes(session: Any, collection: Collection, ids: list[str]) -> lis
     resp=responses({200: Deleted}, 400, 401, 403, 404, 409, 503),
     tags=["documents"],
 )
-def delete_documents(name: str) -> ResponseReturnValue:
+def delete_documents(name: str) -> Any:
     """Delete every document whose metadata matches ``?filter=<JSON>`` (the filter language).
 
     SQL is the source of truth: matching rows go at once, then a worker removes the vectors.

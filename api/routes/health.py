@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
-from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
 from api.openapi import documented, responses
@@ -21,13 +20,13 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 @documented(resp=responses({200: Liveness}, 400), tags=["health"], security={})
-def healthz() -> ResponseReturnValue:
+def healthz() -> Any:
     return {"status": "ok", "version": VERSION}
 
 
 @bp.get("/readyz")
 @documented(resp=responses({200: Readiness, 503: Readiness}, 400), tags=["health"], security={})
-def readyz() -> ResponseReturnValue:
+def readyz() -> Any:
     """Ready when SQL and Redis answer and every queue has a worker with a warm model."""
     svc = services()
     checks: dict[str, Any] = {}

@@ -1,42 +1,46 @@
-"""Stored media (document and query images), served by content hash to those who may see
-them: a key that may read a collection with a document holding the image, or the key that
-sent a query with it. Anyone else gets the same 404 as for a hash that was never stored."""
+"""Stored media (documents' media parts and query images), served by content hash to those
+who may see them: a key that may read a collection with a document holding the part, or the
+key that sent a query with it. Anyone else gets the same 404 as for a hash never stored.
+The Content-Type is the one the part's kind gives (``media.kinds``)."""
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from flask import Blueprint, Response, g
-from flask.typing import ResponseReturnValue
-from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 
 from api.auth import require
 from api.openapi import IMAGE, documented, responses
 from api.services import services
 from core.errors import NotFound
-from media.images import FORMATS
+from media import kinds
 from store.db import session_scope
 from store.keys import Grant
-from store.tables import Collection, Document, QueryJob
+from store.tables import Collection, Document, DocumentMedia, QueryJob
 
 bp = Blueprint("media", __name__)
 
 
-def _may_read(session: Any, key: Grant | None, media_key: str) -> bool:
-    if key is None:  # authentication is off
-        return True
-    collections = select(Collection.name).join(Document, Document.collection_id == Collection.id)
-    collections = collections.where(Document.image_key == media_key)
-    if key.collections is not None:
-        collections = collections.where(Collection.name.in_(key.collections))
-    if session.scalar(collections.limit(1)) is not None:
-        return True
+def _readable_kind(session: Any, key: Grant | None, media_key: str) -> str | None:
+    """The kind of the stored object ``media_key`` if the caller may read it, else None."""
+    parts = (
+        select(DocumentMedia.kind)
+        .join(Document, DocumentMedia.document_id == Document.id)
+        .join(Collection, Document.collection_id == Collection.id)
+        .where(DocumentMedia.key == media_key)
+    )
+    if key is not None and key.collections is not None:
+        parts = parts.where(Collection.name.in_(key.collections))
+    kind = session.scalar(parts.limit(1))
+    if kind is not None:
+        return str(kind)
+    if key is None:  # authentication is off: whatever is stored, as a query's image
+        return kinds.IMAGE.name
     own_query = select(QueryJob.id).where(
         QueryJob.query_image_key == media_key, QueryJob.api_key_id == key.id
     )
-    return session.scalar(own_query.limit(1)) is not None
+    return kinds.IMAGE.name if session.scalar(own_query.limit(1)) is not None else None
 
 
 @bp.get("/v1/media/<key>")
@@ -45,19 +49,16 @@ def _may_read(session: Any, key: Grant | None, media_key: str) -> bool:
     tags=["media"],
     extra={"responses": {"200": IMAGE}},
 )
-def read_media(key: str) -> ResponseReturnValue:
+def read_media(key: str) -> Any:
     require("search")
     svc = services()
     with session_scope(svc.sessions) as session:
-        if not _may_read(session, g.get("api_key"), key):
-            raise NotFound(f"no media object {key!r}")
+        kind = _readable_kind(session, g.get("api_key"), key)
+    if kind is None:
+        raise NotFound(f"no media object {key!r}")
     data = svc.media.get(key)
-    try:
-        Image.init()
-        fmt = Image.open(io.BytesIO(data), formats=FORMATS).format or ""
-    except (UnidentifiedImageError, OSError):
-        fmt = ""
-    mimetype = Image.MIME.get(fmt, "application/octet-stream")
+    known = kind in kinds.kind_names()  # a kind no longer registered is served as bytes
+    mimetype = kinds.media_kind(kind).content_type(data) if known else "application/octet-stream"
     # Content-addressed, so never stale; private, since access depends on the key.
     headers = {
         "Cache-Control": "private, max-age=31536000, immutable",

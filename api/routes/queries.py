@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 from celery import chain
 from flask import Blueprint, g, request
-from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -115,7 +114,7 @@ def _plan(
     resp=responses({200: QueryAnswer, 202: QueryAccepted}, 400, 401, 403, 404, 409, 413, 429, 503),
     tags=["queries"],
 )
-def submit_query(name: str) -> ResponseReturnValue:
+def submit_query(name: str) -> Any:
     g.collection = name
     require("search", name)
     svc = services()
@@ -400,7 +399,7 @@ def _job(session: Any, job_id: str, lock: bool = False) -> QueryJob:
     resp=responses({200: QueryJobOut}, 400, 401, 403, 404, 409, 503),
     tags=["queries"],
 )
-def read_query(job_id: str) -> ResponseReturnValue:
+def read_query(job_id: str) -> Any:
     _paging()  # a bad offset or limit is a 400 whatever the job's state
     with session_scope(services().sessions) as session:
         return render_job(session, _job(session, job_id))
@@ -412,7 +411,7 @@ def read_query(job_id: str) -> ResponseReturnValue:
     resp=responses({200: QueryJobOut, 204: None}, 400, 401, 403, 404, 409, 503),
     tags=["queries"],
 )
-def delete_query(job_id: str) -> ResponseReturnValue:
+def delete_query(job_id: str) -> Any:
     """Withdraw the caller from a job. Identical queries of several keys share one job: it
     is cancelled (its queued steps revoked), or deleted when finished, only once every key
     that asked for it has withdrawn; until then it goes on for the others (204)."""
