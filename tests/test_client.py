@@ -14,9 +14,9 @@ import pytest
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
-import client as client_package
+import umarvel_client as client_package
 from cli.stack import free_port
-from client import (
+from umarvel_client import (
     USER_AGENT,
     Client,
     ConnectionFailed,

@@ -1,6 +1,6 @@
 """``Client``: the umarvel-search HTTP API from Python.
 
-    from client import Client
+    from umarvel_client import Client
 
     api = Client("http://127.0.0.1:8000", key)
     api.collections.create("photos", metadata_fields={"year": "int"})
@@ -8,8 +8,8 @@
     for hit in api.search("photos", text="a red car", top_k=5).hits:
         print(hit.rank, hit.document_id, hit.score)
 
-Answers come back as the dataclasses of ``client.types``; error answers as the exceptions of
-``client.errors``. ``429`` and ``503`` are retried after the server's ``Retry-After`` (at
+Answers come back as the dataclasses of ``umarvel_client.types``; error answers as the exceptions of
+``umarvel_client.errors``. ``429`` and ``503`` are retried after the server's ``Retry-After`` (at
 most ``retries`` times, each wait capped at ``max_retry_wait``), and a search or an
 ingestion waits for its job unless told not to.
 """
@@ -26,20 +26,10 @@ from typing import Any
 
 import requests
 
-from client.errors import ApiError, ConnectionFailed, JobFailed, WaitTimeout, error_for
-from client.types import Collection, Document, IngestJob, IngestSummary, SearchResult
+from umarvel_client._version import __version__
+from umarvel_client.errors import ApiError, ConnectionFailed, JobFailed, WaitTimeout, error_for
+from umarvel_client.types import Collection, Document, IngestJob, IngestSummary, SearchResult
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("umarvel-search")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-__version__ = _version()
 USER_AGENT = f"umarvel-client/{__version__} python-requests/{requests.__version__}"
 
 ImageLike = bytes | str | Path

@@ -1,7 +1,7 @@
-"""A typed Python client for the umarvel-search HTTP API (see ``client.api``)."""
+"""A typed Python client for the umarvel-search HTTP API (see ``umarvel_client.api``)."""
 
-from client.api import USER_AGENT, Client, __version__, encode_image
-from client.errors import (
+from umarvel_client.api import USER_AGENT, Client, __version__, encode_image
+from umarvel_client.errors import (
     ApiError,
     Conflict,
     ConnectionFailed,
@@ -17,7 +17,7 @@ from client.errors import (
     Unavailable,
     WaitTimeout,
 )
-from client.types import (
+from umarvel_client.types import (
     Collection,
     Document,
     Hit,
