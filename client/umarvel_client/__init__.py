@@ -1,5 +1,7 @@
-"""A typed Python client for the umarvel-search HTTP API (see ``umarvel_client.api``)."""
+"""A typed Python client of the umarvel-search HTTP API: ``Client`` with blocking calls
+(``umarvel_client.api``), ``AsyncClient`` with coroutines (``umarvel_client.aio``)."""
 
+from umarvel_client.aio import AsyncClient
 from umarvel_client.api import USER_AGENT, Client, __version__, encode_image
 from umarvel_client.errors import (
     ApiError,
@@ -30,6 +32,7 @@ from umarvel_client.types import (
 __all__ = [
     "USER_AGENT",
     "ApiError",
+    "AsyncClient",
     "Client",
     "Collection",
     "Conflict",
