@@ -61,7 +61,7 @@ T = TypeVar("T")
 
 
 class Client:
-    """One API, one key, one pool of connections (an ``httpx.Client``). Thread-safe.
+    """One API, one key, one pool of connections (an ``httpx.Client``). Thread-safe for reads.
 
     ``timeout``: seconds for each request (to connect, and between bytes of the answer).
     ``retries``: how many times a request is sent again after a ``429``, a ``503`` or,
