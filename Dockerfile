@@ -29,7 +29,9 @@ COPY api api
 COPY workers workers
 COPY cli cli
 COPY migrations migrations
-RUN pip install --quiet . \
+# The HTTP client is a distribution of its own that the server depends on: one pip command
+# installs both, ./client taken from here.
+RUN pip install --quiet ./client . \
     && useradd --create-home umarvel \
     && mkdir -p /data/media /models /tmp/prometheus \
     && chown umarvel /data/media /models /tmp/prometheus

@@ -7,10 +7,12 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: demo test test-fast lint bench services clean
 
 # torch is pinned with torchvision in pyproject.toml, so this one pip command installs
-# the builds that lie on this machine's disk and never a different torch.
-$(STAMP): pyproject.toml
+# the builds that lie on this machine's disk and never a different torch. The HTTP client
+# is a distribution of its own (client/) that the server depends on: installed in the same
+# command, pip takes it from here and never looks for it on an index.
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ./client -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

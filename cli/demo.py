@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from cli.stack import Stack, free_port
-from client import Client
 from devkit.samples import sample_documents, sample_queries
+from umarvel_client import Client
 
 TINY_WARNING = (
     "NOTE: these are tiny models with RANDOM weights, built offline: the rankings below are\n"

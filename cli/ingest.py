@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from client import Client, IngestSummary
 from core.jsonl import read_jsonl
+from umarvel_client import Client, IngestSummary
 
 POLL_SECONDS = 0.5  # between reads of the jobs' progress
 FEW_JOBS = 2  # at most this many unfinished jobs are read five times as often

@@ -24,8 +24,8 @@ class _Group(click.Group):
         from redis.exceptions import ConnectionError as RedisDown
         from sqlalchemy.exc import DBAPIError
 
-        from client.errors import UmarvelClientError
         from core.errors import UmarvelError
+        from umarvel_client.errors import UmarvelClientError
 
         try:
             return super().invoke(ctx)

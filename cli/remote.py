@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from client import Client, Collection, SearchResult
+from umarvel_client import Client, Collection, SearchResult
 
 FIELD_TYPES = ("int", "float", "str", "bool")
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client import Client
 from core.errors import InvalidRequest
 from core.jsonl import read_jsonl
 from evaluation import metrics
+from umarvel_client import Client
 
 MODES = {"recall": False, "rerank": True}
 NDCG_K = 10

@@ -158,13 +158,17 @@ def test_dockerfile_builds_the_package_on_a_cuda_base() -> None:
     assert torch.version.cuda is not None
     assert base.removeprefix("FROM nvidia/cuda:").startswith(f"{torch.version.cuda}.")
     assert "python3.11" in text
-    assert "pip install --quiet ." in text
+    # The client's distribution and the server's in one pip command: the server depends on
+    # the client, which is on no index.
+    assert "pip install --quiet ./client . " in text
     assert "USER umarvel" in text
-    # Every package the wheel is built from (pyproject's list), or the image cannot start.
+    # Every package the wheel is built from (pyproject's list), and the client's folder, or
+    # the image cannot start.
     found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     packages = [pattern.rstrip("*") for pattern in found["packages"]["find"]["include"]]
     assert {"core", "api", "workers", "ingestion", "recall", "rerank"} <= set(packages)
-    for package in packages:
+    assert "client" not in packages
+    for package in [*packages, "client"]:
         assert f"COPY {package} {package}" in text
 
 

@@ -474,7 +474,7 @@ def test_eval_collection_measures_labelled_queries_through_the_api(
 
 
 def test_python_client_drives_the_whole_api(stack: Stack) -> None:
-    from client import Client, Conflict, InvalidRequest, NotFound, Unauthorized
+    from umarvel_client import Client, Conflict, InvalidRequest, NotFound, Unauthorized
 
     api = Client(stack.api_url, stack.create_key(("admin",)), poll_seconds=0.05)
     created = api.collections.create(

@@ -11,6 +11,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUT = ROOT / "docs" / "layout.md"
 _ROW = re.compile(r"^\| `(\w+)` \|[^|]*\|([^|]*)\|$")
+# The rooms that are not a top-level folder of the same name: the client's folder client/ is
+# the root of its own distribution, with the package inside.
+FOLDERS = {"umarvel_client": "client/umarvel_client"}
+
+
+def folder(root: Path, room: str) -> Path:
+    return root / FOLDERS.get(room, room)
+
+
+def packages(root: Path) -> set[str]:
+    """The packages of the tree: each top-level one, and each of ``FOLDERS`` found."""
+    found = {p.parent.name for p in root.glob("*/__init__.py")} - {"tests"} | {"migrations"}
+    return found | {room for room in FOLDERS if (folder(root, room) / "__init__.py").exists()}
 
 
 def allowed_imports(layout: str) -> dict[str, set[str]]:
@@ -37,7 +50,7 @@ def violations(root: Path, rules: dict[str, set[str]]) -> list[str]:
     """``file: imports room`` for every import of a room its row does not allow."""
     found = []
     for room, allowed in rules.items():
-        for path in sorted((root / room).rglob("*.py")):
+        for path in sorted(folder(root, room).rglob("*.py")):
             for module in imported_modules(path.read_text()):
                 target = module.split(".")[0]
                 if target in rules and target != room and target not in allowed:
@@ -58,8 +71,7 @@ def _order(rules: dict[str, set[str]]) -> list[str]:
 
 def test_the_layout_names_every_package_and_the_rules_have_no_cycle() -> None:
     rules = allowed_imports(LAYOUT.read_text())
-    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"} | {"migrations"}
-    assert set(rules) == packages
+    assert set(rules) == packages(ROOT)
     for room, allowed in rules.items():
         assert allowed <= set(rules), f"{room} names an unknown room"
     assert len(_order(rules)) == len(rules), "the rules have a cycle"
@@ -81,6 +93,12 @@ def test_a_planted_upward_import_is_caught(tmp_path: Path) -> None:
         "api/tasks.py: imports workers.tasks",
         "store/late.py: imports api.app",
     ]
+    # A room in a sub-folder is read there, and counts as a package of the tree.
+    (tmp_path / "client" / "umarvel_client").mkdir(parents=True)
+    (tmp_path / "client" / "umarvel_client" / "__init__.py").write_text("import core.version\n")
+    assert "client/umarvel_client/__init__.py: imports core.version" in violations(tmp_path, rules)
+    assert "umarvel_client" in packages(tmp_path)
+    assert "client" not in packages(tmp_path)
     # A cycle written into the rules is refused too.
     assert len(_order({**rules, "core": {"api"}})) < len(rules)
 

@@ -1,7 +1,9 @@
-"""A typed Python client for the umarvel-search HTTP API (see ``client.api``)."""
+"""A typed Python client of the umarvel-search HTTP API: ``Client`` with blocking calls
+(``umarvel_client.api``), ``AsyncClient`` with coroutines (``umarvel_client.aio``)."""
 
-from client.api import USER_AGENT, Client, __version__, encode_image
-from client.errors import (
+from umarvel_client.aio import AsyncClient
+from umarvel_client.api import USER_AGENT, Client, __version__, encode_image
+from umarvel_client.errors import (
     ApiError,
     Conflict,
     ConnectionFailed,
@@ -17,7 +19,7 @@ from client.errors import (
     Unavailable,
     WaitTimeout,
 )
-from client.types import (
+from umarvel_client.types import (
     Collection,
     Document,
     Hit,
@@ -30,6 +32,7 @@ from client.types import (
 __all__ = [
     "USER_AGENT",
     "ApiError",
+    "AsyncClient",
     "Client",
     "Collection",
     "Conflict",
