@@ -51,8 +51,12 @@ _QWEN3_EXTRA = [
     "<think>",
     "</think>",
 ]
-# A few merges so that common words are single tokens, as in a real BPE.
-_MERGE_WORDS = ["Yes", "No", "the", "and", "image", "sentence", "Summarize", "above", "word"]
+# A few merges so that common words are single tokens, as in a real BPE (the rerankers' Yes/No
+# and Qwen3-VL-Reranker's yes/no among them).
+_MERGE_WORDS = [
+    *("Yes", "No", "the", "and", "image", "sentence", "Summarize", "above", "word"),
+    *("yes", "no"),
+]
 # Model vocabulary: larger than the tokenizer, as in the real checkpoints.
 _VOCAB_SIZE = 384
 

@@ -19,10 +19,13 @@ MAX_RATIO = 200
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG opens MPO (phones) too
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+def decode_image(
+    data: bytes, *, max_bytes: int, max_pixels: int, keep_alpha: bool = False
+) -> Image.Image:
     """Decode ``data`` to an RGB image, refusing formats not in ``FORMATS``, oversized files
     and decompression bombs: the pixel count is read from the header, before any decode.
-    The API and the workers apply this same rule."""
+    The API and the workers apply this same rule. ``keep_alpha``: an RGBA image stays RGBA
+    (a model that composites it on white wants its alpha)."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"image is {len(data)} bytes; the limit is {max_bytes}")
     try:
@@ -45,7 +48,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
         raise InvalidRequest(f"image could not be decoded: {exc}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"image is too large to decode: {exc}") from None
-    return image.convert("RGB")
+    return image if keep_alpha and image.mode == "RGBA" else image.convert("RGB")
 
 
 def check_geometry(width: int, height: int) -> None:

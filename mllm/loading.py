@@ -117,15 +117,20 @@ def _load(
     return Loaded(model, processor, record, torch_device, torch_dtype)
 
 
-def load_image(value: ImageInput, *, max_bytes: int, max_pixels: int) -> Image.Image:
-    """An RGB PIL image from a path, raw bytes or a PIL image."""
+def load_image(
+    value: ImageInput, *, max_bytes: int, max_pixels: int, keep_alpha: bool = False
+) -> Image.Image:
+    """An RGB PIL image from a path, raw bytes or a PIL image (RGBA kept with
+    ``keep_alpha``)."""
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return value if keep_alpha and value.mode == "RGBA" else value.convert("RGB")
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return decode_image(bytes(value), max_bytes=max_bytes, max_pixels=max_pixels)
+        return decode_image(
+            bytes(value), max_bytes=max_bytes, max_pixels=max_pixels, keep_alpha=keep_alpha
+        )
     path = Path(value)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InvalidRequest(f"cannot read image {str(path)!r}: {exc.strerror}") from None
-    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, keep_alpha=keep_alpha)

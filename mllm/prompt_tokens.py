@@ -129,12 +129,14 @@ class PromptTokenizer:
         *,
         padding_side: Literal["left", "right"],
         max_length: int | None = None,
+        resize: bool = True,
     ) -> Any:
         """What the processor returns for these prompts (ids from ``render``) and images.
 
         The images fill the prompts' image placeholders in order; each placeholder becomes as
         many tokens as its image has merged patches. Prompts longer than ``max_length`` are
-        cut on the right; the batch is padded to its longest prompt.
+        cut on the right; the batch is padded to its longest prompt. ``resize=False``: the
+        images come resized already, and the processor only rescales and patchifies them.
         """
         import torch
         from transformers import BatchFeature
@@ -146,7 +148,8 @@ class PromptTokenizer:
         counts: list[int] = []
         if images:
             image_processor = self._processor.image_processor
-            vision = dict(image_processor(images=list(images), return_tensors="pt"))
+            options = {} if resize else {"do_resize": False}
+            vision = dict(image_processor(images=list(images), return_tensors="pt", **options))
             counts = (vision["image_grid_thw"].prod(-1) // image_processor.merge_size**2).tolist()
         sizes = iter(counts)
         rows = []
