@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     import redis
     from sqlalchemy.orm import Session, sessionmaker
 
-    from recall.embedder import Embedder
     from recall.index import MilvusIndex
+    from recall.methods import RecallEmbedder
     from recall.prompts import Candidate
 
 
@@ -35,10 +35,10 @@ class Resources(Protocol):
     @property
     def index(self) -> MilvusIndex: ...
 
-    def embedder(self, model: str) -> Embedder: ...
+    def embedder(self, model: str) -> RecallEmbedder: ...
 
     def candidate_encoder(self, model: str) -> Callable[[list[Candidate]], np.ndarray]:
-        """Embeds candidates with ``model`` (``Embedder.encode_candidates``'s contract)."""
+        """Embeds candidates with ``model`` (``RecallEmbedder.encode_candidates``'s contract)."""
         ...
 
     def send(self, task: Task, args: list[Any], countdown: float = 0.0) -> None: ...

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from recall.embedder import Embedder
 from recall.index import PK_FIELD, VECTOR_FIELD, IndexHit, MilvusIndex
+from recall.methods import RecallEmbedder
 from recall.prompts import Candidate, Query
 
 
@@ -31,7 +31,7 @@ class RecallResult:
 class RecallService:
     def __init__(
         self,
-        embedder: Embedder,
+        embedder: RecallEmbedder,
         index: MilvusIndex,
         encode_candidates: Callable[[list[Candidate]], np.ndarray] | None = None,
     ) -> None:

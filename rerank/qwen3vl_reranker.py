@@ -129,7 +129,7 @@ class Qwen3VLReranker:
             {"type": "text", "text": "\n<Document>:"},
             *inputs.content(candidate.text, int(candidate_image is not None)),
         ]
-        messages = [
+        messages: list[dict[str, Any]] = [
             {"role": "system", "content": [{"type": "text", "text": JUDGE}]},
             {"role": "user", "content": user},
         ]

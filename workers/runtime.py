@@ -29,10 +29,11 @@ if TYPE_CHECKING:
     from celery import Celery
     from sqlalchemy.orm import Session, sessionmaker
 
-    from recall.embedder import Embedder
     from recall.index import MilvusIndex
+    from recall.methods import RecallEmbedder
     from recall.prompts import Candidate, Query
-    from rerank.reranker import RerankCandidate, Reranker, RerankQuery
+    from rerank.methods import PairScorer
+    from rerank.reranker import RerankCandidate, RerankQuery
     from workers.batcher import MicroBatcher
 
     # What the models' batchers take and give: embedding rows, P(Yes) values.
@@ -70,8 +71,8 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._embedders: dict[str, Lazy[Embedder]] = {}
-        self._rerankers: dict[str, Lazy[Reranker]] = {}
+        self._embedders: dict[str, Lazy[RecallEmbedder]] = {}
+        self._rerankers: dict[str, Lazy[PairScorer]] = {}
         self._batchers: dict[tuple[str, str], Lazy[MicroBatcher[Any, Any]]] = {}
         self._lock = threading.Lock()
         # Query steps on their way to a model (``workers.batcher.Arrivals``), by batcher kind.
@@ -213,59 +214,58 @@ class Runtime:
 
             torch.set_num_threads(self.torch_threads)
 
-    def embedder(self, model: str) -> Embedder:
-        """The U-MARVEL embedder for checkpoint ``model``, loaded on first use."""
+    def embedder(self, model: str) -> RecallEmbedder:
+        """The embedder recall model spec ``model`` names (``recall.methods``), loaded on
+        first use."""
         with self._lock:
             holder = self._embedders.get(model)
             if holder is None:
                 holder = self._embedders[model] = Lazy(lambda: self._load_embedder(model))
         return holder.get()
 
-    def reranker(self, model: str) -> Reranker:
+    def reranker(self, model: str) -> PairScorer:
         with self._lock:
             holder = self._rerankers.get(model)
             if holder is None:
                 holder = self._rerankers[model] = Lazy(lambda: self._load_reranker(model))
         return holder.get()
 
-    def _load_embedder(self, model: str) -> Embedder:
-        from recall.embedder import Embedder, EmbedderConfig
+    def _load_embedder(self, model: str) -> RecallEmbedder:
+        from recall.methods import Options, load_embedder
 
         self._threads()
         s = self.settings
         processor = s.recall_processor if model == s.recall_model and s.recall_processor else None
-        config = EmbedderConfig(
+        options = Options(
+            processor=processor,
+            device=s.device,
+            dtype=s.dtype,
             concurrent_calls=self.runners,
             batch_size=s.embed_batch_size,
             batch_tokens=s.embed_batch_tokens,
             max_image_bytes=s.max_image_bytes,
             max_image_pixels=s.max_image_pixels,
         )
-        return Embedder.from_pretrained(
-            model, processor, device=s.device, dtype=s.dtype, config=config
-        )
+        return load_embedder(model, options)
 
-    def _load_reranker(self, model: str) -> Reranker:
-        from rerank.reranker import Reranker, RerankerConfig
+    def _load_reranker(self, model: str) -> PairScorer:
+        from rerank.methods import Options, load_reranker
 
         self._threads()
         s = self.settings
         processor = s.rerank_processor if model == s.rerank_model and s.rerank_processor else None
-        config = RerankerConfig(
+        options = Options(
+            processor=processor,
+            base_model=s.rerank_base_model or None,
+            device=s.device,
+            dtype=s.dtype,
             concurrent_calls=self.runners,
             batch_size=s.rerank_batch_size,
             batch_tokens=s.rerank_batch_tokens,
             max_image_bytes=s.max_image_bytes,
             max_image_pixels=s.max_image_pixels,
         )
-        return Reranker.from_pretrained(
-            model,
-            processor,
-            device=s.device,
-            dtype=s.dtype,
-            config=config,
-            base_model=s.rerank_base_model or None,
-        )
+        return load_reranker(model, options)
 
 
 def cpu_cores() -> int:

@@ -19,6 +19,7 @@ from ingestion import outbox, reindex
 from ingestion.outbox import Kind
 from queries.views import ingest_job_view
 from recall.filters import validate_fields
+from recall.methods import parse_spec
 from recall.index import milvus_name
 from store.db import session_scope
 from store.states import DocumentStatus
@@ -44,6 +45,7 @@ def allowed_model(name: str | None) -> str:
             f"recall_model {name!r} is not allowed here; allowed: {allowed}",
             [{"field": "recall_model", "message": "not in UMARVEL_ALLOWED_RECALL_MODELS"}],
         )
+    parse_spec(name)  # an operator's malformed spec is refused before any collection uses it
     return name
 
 

@@ -1,0 +1,94 @@
+"""Rerank methods: which reranker ``UMARVEL_RERANK_MODEL`` names, one record per method.
+
+A checkpoint alone is an instruct model asked for P(Yes) zero-shot (``rerank.reranker``);
+``qwen3-vl-reranker:<checkpoint>`` is Qwen3-VL-Reranker's trained score
+(``rerank.qwen3vl_reranker``). The two scales differ: a collection's fusion weight is tuned
+for the method it is used with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from core.errors import InvalidRequest
+from rerank.reranker import RerankCandidate, RerankQuery
+
+
+class PairScorer(Protocol):
+    def score_pairs(self, pairs: Sequence[tuple[RerankQuery, RerankCandidate]]) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a worker runs a reranker (none of it changes a score)."""
+
+    processor: str | None = None
+    base_model: str | None = None  # of a LoRA adapter (P(Yes) only)
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 8
+    batch_tokens: int = 16384
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    concurrent_calls: int = 1
+
+
+def _p_yes(checkpoint: str, options: Options) -> PairScorer:
+    from rerank.reranker import Reranker, RerankerConfig
+
+    config = RerankerConfig(
+        batch_size=options.batch_size,
+        batch_tokens=options.batch_tokens,
+        max_image_bytes=options.max_image_bytes,
+        max_image_pixels=options.max_image_pixels,
+        concurrent_calls=options.concurrent_calls,
+    )
+    return Reranker.from_pretrained(
+        checkpoint,
+        options.processor,
+        device=options.device,
+        dtype=options.dtype,
+        config=config,
+        base_model=options.base_model,
+    )
+
+
+def _qwen3_vl_reranker(checkpoint: str, options: Options) -> PairScorer:
+    from rerank.qwen3vl_reranker import Qwen3VLReranker, Qwen3VLRerankerConfig
+
+    config = Qwen3VLRerankerConfig(
+        batch_size=options.batch_size,
+        batch_tokens=options.batch_tokens,
+        max_image_bytes=options.max_image_bytes,
+        max_image_pixels=options.max_image_pixels,
+        concurrent_calls=options.concurrent_calls,
+    )
+    return Qwen3VLReranker.from_pretrained(
+        checkpoint, options.processor, device=options.device, dtype=options.dtype, config=config
+    )
+
+
+P_YES = "p-yes"
+METHODS: dict[str, Callable[[str, Options], PairScorer]] = {
+    P_YES: _p_yes,
+    "qwen3-vl-reranker": _qwen3_vl_reranker,
+}
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """(method, checkpoint) of a rerank model spec."""
+    method, sep, rest = spec.partition(":")
+    if not sep or rest.startswith("//") or "/" in method:  # a plain checkpoint or a URL
+        return P_YES, spec
+    if method not in METHODS:
+        raise InvalidRequest(
+            f"rerank model {spec!r}: method {method!r} is not one of {', '.join(METHODS)}"
+        )
+    return method, rest
+
+
+def load_reranker(spec: str, options: Options) -> PairScorer:
+    method, checkpoint = parse_spec(spec)
+    return METHODS[method](checkpoint, options)
