@@ -13,7 +13,7 @@ RUN apt-get update \
     && python3.11 -m venv $VIRTUAL_ENV
 
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY client client
 COPY core core
 COPY store store
@@ -30,8 +30,9 @@ COPY workers workers
 COPY cli cli
 COPY migrations migrations
 # The HTTP client is a distribution of its own that the server depends on: one pip command
-# installs both, ./client taken from here.
-RUN pip install --quiet ./client . \
+# installs both, ./client taken from here, with the worker extra (the model stack) and every
+# runtime distribution at the version of constraints.txt.
+RUN pip install --quiet -c constraints.txt ./client '.[worker]' \
     && useradd --create-home umarvel \
     && mkdir -p /data/media /models /tmp/prometheus \
     && chown umarvel /data/media /models /tmp/prometheus

@@ -160,7 +160,8 @@ def test_dockerfile_builds_the_package_on_a_cuda_base() -> None:
     assert "python3.11" in text
     # The client's distribution and the server's in one pip command: the server depends on
     # the client, which is on no index.
-    assert "pip install --quiet ./client . " in text
+    assert "pip install --quiet -c constraints.txt ./client '.[worker]' " in text
+    assert re.search(r"^COPY [^\n]*\bconstraints\.txt\b", text, re.MULTILINE)
     assert "USER umarvel" in text
     # Every package the wheel is built from (pyproject's list), and the client's folder, or
     # the image cannot start.
