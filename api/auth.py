@@ -15,7 +15,14 @@ from store.keys import Grant, authenticate, authorize, bearer_digest
 
 # The console's static files are public; everything they do goes through the API with a key.
 PUBLIC_ENDPOINTS = frozenset(
-    {"health.healthz", "health.readyz", "metrics", "console.console", "console.console_file"}
+    {
+        "health.healthz",
+        "health.readyz",
+        "health.statusz",
+        "metrics",
+        "console.console",
+        "console.console_file",
+    }
 )
 
 

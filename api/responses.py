@@ -54,9 +54,13 @@ class ReadinessCheck(Answer):
 
 
 class Readiness(Answer):
+    """`/readyz` (this API process: `ready` when `database` and `redis` are ok) and
+    `/statusz` (the whole system: every check ok, a warm worker for each queue)."""
+
     status: Literal["ready", "not_ready"]
     checks: dict[str, ReadinessCheck] = Field(
-        description="By name: `database`, `redis`, then `queue:<name>` for each queue."
+        description="By name: `database`, `redis`, then `queue:<name>` for each queue "
+        "(left out while Redis does not answer)."
     )
 
 

@@ -320,11 +320,11 @@ class Stack:
         self._wait_for_workers(self.worker_queues, timeout)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Until ``/readyz`` answers 200: every queue has a worker with a warm model."""
+        """Until ``/statusz`` answers 200: every queue has a worker with a warm model."""
         wait_until(
-            lambda: requests.get(f"{self.api_url}/readyz", timeout=2).status_code == 200,
+            lambda: requests.get(f"{self.api_url}/statusz", timeout=2).status_code == 200,
             timeout,
-            "warm workers (/readyz)",
+            "warm workers (/statusz)",
         )
 
     def create_key(self, scopes: tuple[str, ...], collections: tuple[str, ...] = ()) -> str:

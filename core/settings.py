@@ -159,7 +159,7 @@ class Settings(BaseSettings):
         0, ge=0, description="Port of a worker's Prometheus /metrics (0: not served)."
     )
     heartbeat_seconds: float = Field(
-        5.0, gt=0, description="How often a worker reports its warm model to Redis (/readyz)."
+        5.0, gt=0, description="How often a worker reports its warm model to Redis (/statusz)."
     )
 
     # Search defaults and limits

@@ -1,5 +1,5 @@
 """Worker heartbeats in Redis: written by workers (``workers.heartbeat``), read by the
-API's ``/readyz`` and by ``umarvel ready``."""
+API's ``/statusz`` and ``/readyz`` and by ``umarvel ready``."""
 
 from __future__ import annotations
 

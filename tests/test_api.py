@@ -242,23 +242,29 @@ def test_paging_parameters_are_validated(client: FlaskClient) -> None:
     assert "query.limit" in _error(client.get(job["url"] + "?limit=abc"), 400)["message"]
 
 
-def test_readyz_reads_the_workers_heartbeats(client: FlaskClient, redis_url: str) -> None:
+def test_readyz_is_this_process_and_statusz_the_whole_system(
+    client: FlaskClient, redis_url: str
+) -> None:
     import json
 
     import redis as redis_client
 
     anonymous = client.application.test_client()
+    # No worker yet: this API process can serve (SQL and Redis answer), the system cannot.
     body = anonymous.get("/readyz")
-    assert body.status_code == 503
+    assert body.status_code == 200
     checks = body.json["checks"]
     assert checks["database"]["ok"]
     assert checks["redis"]["ok"]
-    assert not checks["queue:recall"]["ok"]
+    assert checks["queue:recall"] == {"ok": False, "workers": 0, "warm": 0, "failing": 0}
+    status = anonymous.get("/statusz")
+    assert status.status_code == 503
+    assert status.json == {"status": "not_ready", "checks": checks}
     beats = redis_client.Redis.from_url(redis_url)
     for queue in ("recall", "ingest", "rerank"):  # a recall worker beats for ingest too
         state = {"queue": queue, "warm": queue != "rerank", "error": None}
         beats.set(f"umarvel:heartbeat:{queue}:host", json.dumps(state), ex=30)
-    body = anonymous.get("/readyz")
+    body = anonymous.get("/statusz")
     assert body.status_code == 503  # the rerank worker is up but not warm yet
     assert body.json["checks"]["queue:recall"]["ok"]
     assert body.json["checks"]["queue:rerank"] == {
@@ -267,14 +273,16 @@ def test_readyz_reads_the_workers_heartbeats(client: FlaskClient, redis_url: str
         "warm": 0,
         "failing": 0,
     }
+    assert anonymous.get("/readyz").json["status"] == "ready"
     # A worker's model error is counted, never shown: its text is in the worker's log.
     failing = {"queue": "rerank", "warm": False, "error": "OSError: /models/secret-path"}
     beats.set("umarvel:heartbeat:rerank:host", json.dumps(failing), ex=30)
-    checked = anonymous.get("/readyz")
-    assert checked.json["checks"]["queue:rerank"]["failing"] == 1
-    assert "secret-path" not in checked.get_data(as_text=True)
+    for path in ("/readyz", "/statusz"):
+        checked = anonymous.get(path)
+        assert checked.json["checks"]["queue:rerank"]["failing"] == 1
+        assert "secret-path" not in checked.get_data(as_text=True)
     beats.set("umarvel:heartbeat:rerank:host", json.dumps({"warm": True}), ex=30)
-    assert anonymous.get("/readyz").json == {
+    everything = {
         "status": "ready",
         "checks": {
             "database": {"ok": True},
@@ -284,15 +292,28 @@ def test_readyz_reads_the_workers_heartbeats(client: FlaskClient, redis_url: str
             "queue:ingest": {"ok": True, "workers": 1, "warm": 1, "failing": 0},
         },
     }
+    assert anonymous.get("/statusz").json == everything
+    assert anonymous.get("/readyz").json == everything
+    # Both are public and documented, answers 200 and 503 alike.
+    paths = anonymous.get("/v1/openapi.json").json["paths"]
+    for path in ("/readyz", "/statusz"):
+        operation = paths[path]["get"]
+        assert operation["security"] == []
+        assert {"200", "503"} <= set(operation["responses"])
 
 
 def test_readyz_without_redis(migrated_url: str, tmp_path: Path) -> None:
     settings = Settings(
         database_url=migrated_url, redis_url="redis://127.0.0.1:1/0", media_root=tmp_path
     )
-    response = create_app(settings).test_client().get("/readyz")
-    assert response.status_code == 503
-    assert response.json["checks"]["redis"] == {"ok": False, "error": "ConnectionError"}
+    app = create_app(settings).test_client()
+    for path in ("/readyz", "/statusz"):
+        response = app.get(path)
+        assert response.status_code == 503, path
+        assert response.json["checks"] == {
+            "database": {"ok": True},
+            "redis": {"ok": False, "error": "ConnectionError"},
+        }
 
 
 def test_metrics_count_requests_and_cache_lookups(client: FlaskClient) -> None:

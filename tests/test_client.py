@@ -148,6 +148,21 @@ def test_a_non_json_error_and_an_unreachable_api(server: Any, through: Through) 
         through(closed, "k", lambda api: api.collections.list())
 
 
+def test_health_reads_the_whole_systems_status(server: Any, through: Through) -> None:
+    url, answers, hits = server
+    checks = {"database": {"ok": True}, "redis": {"ok": True}}
+    not_ready = {"status": "not_ready", "checks": checks}
+    # A 503 with the checks is the answer (not retried); a 503 without them is an outage.
+    answers.append(lambda: (not_ready, 503 if request.path == "/statusz" else 404, {}))
+    assert through(url, "k", lambda api: api.health()) == not_ready
+    assert len(hits) == 1
+    answers.append(lambda: ({"status": "ready", "checks": checks}, 200, {}))
+    assert through(url, "k", lambda api: api.health())["status"] == "ready"
+    answers.append(_error(503, "unavailable"))
+    with pytest.raises(Unavailable):
+        through(url, "k", lambda api: api.health(), retries=0)
+
+
 def test_search_sends_the_request_and_follows_a_running_job(server: Any, through: Through) -> None:
     url, answers, _ = server
     seen: list[Any] = []

@@ -1,4 +1,5 @@
-"""The compose file and .env.example agree with the CLI and the settings (no Docker here)."""
+"""The compose file, its two example files and the two Dockerfiles agree with the CLI, the
+settings and the packages (no Docker here)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,19 @@ from cli.main import main as cli
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+UMARVEL_SERVICES = ("migrate", "api", "recall-worker", "ingest-worker", "rerank-worker", "beat")
+WORKERS = ("recall-worker", "ingest-worker", "rerank-worker")
+# Each secret of .env and the services that get it, nothing else.
+SECRETS = {
+    "POSTGRES_PASSWORD": {"postgres"},
+    "DATABASE_PASSWORD": {"postgres", "migrate", "api", *WORKERS},
+    "REDIS_PASSWORD": {"redis", "api", *WORKERS, "beat"},
+    "MINIO_ACCESS_KEY": {"minio", "milvus"},
+    "MINIO_SECRET_KEY": {"minio", "milvus"},
+    "MEDIA_S3_ACCESS_KEY": {"api", *WORKERS},
+    "MEDIA_S3_SECRET_KEY": {"api", *WORKERS},
+    "MILVUS_TOKEN": {"api", *WORKERS},
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +71,7 @@ def test_nothing_talks_to_redis_without_its_password(compose: dict[str, Any]) ->
     password = "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}"  # compose refuses an empty one
     assert redis_service["command"][-2:] == ["--requirepass", password]
     assert redis_service["environment"]["REDISCLI_AUTH"] == password
-    urls = [compose["x-umarvel"]["environment"]["UMARVEL_REDIS_URL"]]
-    urls += [
+    urls = [
         s["environment"]["UMARVEL_REDIS_URL"]
         for s in services.values()
         if "UMARVEL_REDIS_URL" in s.get("environment", {})
@@ -71,7 +84,7 @@ def test_nothing_talks_to_redis_without_its_password(compose: dict[str, Any]) ->
 def test_images_are_pinned(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         image = service.get("image", "")
-        if image.startswith("umarvel-search:") or not image:
+        if "build" in service or not image:
             continue  # built here
         tag = image.rsplit(":", 1)[-1]
         assert tag != "latest", name
@@ -117,9 +130,68 @@ def test_environment_names_real_settings(compose: dict[str, Any]) -> None:
 
 
 def test_env_example_documents_every_setting() -> None:
-    text = (ROOT / ".env.example").read_text()
+    text = (ROOT / "umarvel.env.example").read_text()
     named = set(re.findall(r"UMARVEL_[A-Z0-9_]+", text))
     assert named == {f"UMARVEL_{name.upper()}" for name in Settings.model_fields}
+
+
+def _assigned(path: Path) -> set[str]:
+    """The variables a .env-style file sets (uncommented lines)."""
+    return set(re.findall(r"^([A-Z][A-Z0-9_]*)=", path.read_text(), re.MULTILINE))
+
+
+def test_secrets_and_settings_live_in_two_files() -> None:
+    secrets = _assigned(ROOT / ".env.example")
+    assert set(SECRETS) <= secrets
+    assert not {v for v in secrets if v.startswith("UMARVEL_")}, "settings go to umarvel.env"
+    settings = _assigned(ROOT / "umarvel.env.example")
+    assert settings
+    assert all(v.startswith("UMARVEL_") for v in settings)
+    # No setting that is a secret, or that the compose file sets with one.
+    wired = {"UMARVEL_DATABASE_URL", "UMARVEL_REDIS_URL", "UMARVEL_MILVUS_TOKEN"}
+    assert not settings & (wired | {"UMARVEL_MEDIA_S3_ACCESS_KEY", "UMARVEL_MEDIA_S3_SECRET_KEY"})
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert {".env", "umarvel.env"} <= set(ignored)
+
+
+def test_each_service_gets_only_its_secrets(compose: dict[str, Any]) -> None:
+    """No env_file hands .env to a container; each secret reaches only the services that
+    use it (the MinIO root keys MinIO and Milvus, PostgreSQL's superuser password postgres)."""
+    services = compose["services"]
+    for name, service in services.items():
+        env_file = service.get("env_file")
+        if name in UMARVEL_SERVICES:
+            assert env_file == "umarvel.env", name
+        else:
+            assert env_file is None, name
+    for secret, allowed in SECRETS.items():
+        used = re.compile(r"\$\{" + secret + r"[:}-]")
+        using = {
+            name
+            for name, service in services.items()
+            if used.search(yaml.safe_dump(service, width=10_000))
+        }
+        assert using == allowed, (secret, sorted(using))
+    beat = services["beat"]["environment"]
+    assert set(beat) == {"UMARVEL_REDIS_URL"}  # it only sends the clean-up task
+    assert set(services["migrate"]["environment"]) == {"UMARVEL_DATABASE_URL"}
+    for name in UMARVEL_SERVICES:
+        url = services[name]["environment"].get("UMARVEL_DATABASE_URL", "")
+        assert "POSTGRES_PASSWORD" not in url, name
+        assert url == "" or url.startswith("postgresql+psycopg://umarvel:${DATABASE_PASSWORD:?")
+
+
+def test_postgres_creates_the_services_role_on_a_fresh_volume(compose: dict[str, Any]) -> None:
+    postgres = compose["services"]["postgres"]
+    assert postgres["environment"]["POSTGRES_USER"] == "postgres"
+    (mount,) = [v for v in postgres["volumes"] if "docker-entrypoint-initdb.d" in v]
+    script = ROOT / mount.split(":")[0]
+    assert script.exists()
+    assert script.stat().st_mode & 0o111, "the image runs it only when executable"
+    text = script.read_text()
+    assert "CREATE ROLE umarvel LOGIN PASSWORD :'password'" in text
+    assert 'password="$DATABASE_PASSWORD"' in text
+    assert "ON_ERROR_STOP=1" in text
 
 
 def test_workers_reserve_gpus_and_serve_metrics(compose: dict[str, Any]) -> None:
@@ -148,6 +220,47 @@ def test_workers_are_healthy_only_when_warm(compose: dict[str, Any]) -> None:
     assert "ready" in cli.commands
 
 
+def test_api_and_migration_run_the_api_image_workers_and_beat_the_worker_image(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name in ("api", "migrate"):
+        assert services[name]["build"] == {"context": ".", "dockerfile": "Dockerfile.api"}, name
+        assert services[name]["image"].startswith("umarvel-search-api:"), name
+    for name in (*WORKERS, "beat"):
+        assert services[name]["build"] == ".", name
+        assert services[name]["image"].startswith("umarvel-search-worker:"), name
+    # beat writes its schedule file in its working directory: not the image's /app.
+    assert services["beat"]["working_dir"] == "/tmp"
+
+
+def _copies_every_package(text: str) -> None:
+    """Every package the wheel is built from (pyproject's list), and the client's folder,
+    or the image cannot start."""
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = [pattern.rstrip("*") for pattern in found["packages"]["find"]["include"]]
+    assert {"core", "api", "workers", "ingestion", "recall", "rerank"} <= set(packages)
+    assert "client" not in packages
+    for package in [*packages, "client"]:
+        assert f"COPY {package} {package}" in text
+    assert re.search(r"^COPY [^\n]*\bconstraints\.txt\b", text, re.MULTILINE)
+
+
+def test_the_api_image_is_slim_and_runs_gunicorn_as_a_user() -> None:
+    text = (ROOT / "Dockerfile.api").read_text()
+    base = next(line for line in text.splitlines() if line.startswith("FROM "))
+    assert base == "FROM python:3.11-slim"
+    # The base dependencies only, at the versions of constraints.txt, with the client.
+    assert "pip install --quiet -c constraints.txt ./client . " in text
+    assert "[worker]" not in text
+    assert "useradd --create-home --uid 10001 umarvel" in text
+    assert "USER umarvel" in text
+    cmd = next(line for line in text.splitlines() if line.startswith("CMD "))
+    assert cmd.startswith('CMD ["gunicorn"')
+    assert '"api.wsgi:app"]' in text
+    _copies_every_package(text)
+
+
 def test_dockerfile_builds_the_package_on_a_cuda_base() -> None:
     import torch
 
@@ -160,16 +273,10 @@ def test_dockerfile_builds_the_package_on_a_cuda_base() -> None:
     assert "python3.11" in text
     # The client's distribution and the server's in one pip command: the server depends on
     # the client, which is on no index.
-    assert "pip install --quiet ./client . " in text
+    assert "pip install --quiet -c constraints.txt ./client '.[worker]' " in text
+    assert "useradd --create-home --uid 10001 umarvel" in text
     assert "USER umarvel" in text
-    # Every package the wheel is built from (pyproject's list), and the client's folder, or
-    # the image cannot start.
-    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = [pattern.rstrip("*") for pattern in found["packages"]["find"]["include"]]
-    assert {"core", "api", "workers", "ingestion", "recall", "rerank"} <= set(packages)
-    assert "client" not in packages
-    for package in [*packages, "client"]:
-        assert f"COPY {package} {package}" in text
+    _copies_every_package(text)
 
 
 MEDIA_SERVICES = ("api", "recall-worker", "ingest-worker", "rerank-worker")
@@ -204,7 +311,7 @@ def test_compose_refuses_to_start_without_its_secrets() -> None:
     """`${VAR:?message}`: compose stops with the message when VAR is unset or empty (an empty
     --requirepass would mean no password at all)."""
     text = (ROOT / "docker-compose.yml").read_text()
-    for secret in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "MEDIA_S3_ACCESS_KEY"):
+    for secret in set(SECRETS) - {"MILVUS_TOKEN"}:  # the compose Milvus needs no token
         uses = re.findall(r"\$\{" + secret + r"([^}]*)\}", text)
         assert uses, secret
         assert all(use.startswith(":?") for use in uses), (secret, uses)

@@ -6,7 +6,7 @@ then takes one part away and brings it back as a crash and its supervisor would:
 server (the tests own it: a ``redis-server`` on a free loopback port, no persistence, so it
 comes back empty), the milvus-lite server, the recall worker, the rerank worker (SIGKILL,
 then started again), or every PostgreSQL connection (``pg_terminate_backend``). For every
-case: no 500 from the API, ``/readyz`` 200 and a fresh query ``done`` within a bound after
+case: no 500 from the API, ``/statusz`` 200 and a fresh query ``done`` within a bound after
 the part returns, no process started by hand but the one killed, and the ingestion ends
 with Milvus rows = SQL indexed = documents accepted (the outbox sweep sends again what an
 empty Redis lost; transient failures are retried with backoff; reconciliation re-embeds
@@ -49,10 +49,10 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = 200
 OUTAGE_SECONDS = 2.0
-# From the restart of Redis to a fresh query answered "done" (and /readyz 200). Measured
+# From the restart of Redis to a fresh query answered "done" (and /statusz 200). Measured
 # on a 2-core machine, six runs: 1.0-2.3 s when the consumer's reconnection attempt 2 s
 # after the loss finds Redis back, 7.7-8.5 s when it just misses it (the next comes 4 s
-# later); /readyz 200 after 0.6-6.7 s. The bound leaves room for a slow CI machine.
+# later); /statusz 200 after 0.6-6.7 s. The bound leaves room for a slow CI machine.
 RECOVERY_BOUND_SECONDS = 30.0
 # From the part's return to the ingestion job done, with every document in Milvus.
 INGESTION_WATCH_SECONDS = 120.0
@@ -323,13 +323,13 @@ def _job(http: requests.Session, stack: Stack, url: str, traffic: Traffic) -> di
 def _recovery(
     http: requests.Session, stack: Stack, name: str, traffic: Traffic, since: float, bound: float
 ) -> tuple[float | None, float | None]:
-    """Seconds from ``since`` until /readyz is 200 and until a fresh query is done."""
+    """Seconds from ``since`` until /statusz is 200 and until a fresh query is done."""
     ready_after = answered_after = None
     deadline = since + bound
     while (ready_after is None or answered_after is None) and time.monotonic() < deadline:
         if ready_after is None:
-            ready = http.get(f"{stack.api_url}/readyz", timeout=10)
-            traffic.record("readyz", ready)
+            ready = http.get(f"{stack.api_url}/statusz", timeout=10)
+            traffic.record("statusz", ready)
             if ready.status_code == 200:
                 ready_after = time.monotonic() - since
         if answered_after is None:
@@ -495,11 +495,11 @@ def _heals(stack: Stack, fault: str, inject: Callable[[], float], bound: float) 
         restarted = inject()
         ready_after, answered_after = _recovery(http, stack, name, traffic, restarted, bound)
         print(
-            f"\n{fault}: out for {restarted - killed:.1f} s; after its return /readyz was 200 "
+            f"\n{fault}: out for {restarted - killed:.1f} s; after its return /statusz was 200 "
             f"in {ready_after} s and a fresh query done in {answered_after} s"
         )
         assert answered_after is not None, f"no fresh query was done within {bound} s of the return"
-        assert ready_after is not None, f"/readyz not 200 within {bound} s"
+        assert ready_after is not None, f"/statusz not 200 within {bound} s"
         time.sleep(3)  # the stream keeps searching on the recovered stack
     finally:
         stop.set()

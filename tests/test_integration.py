@@ -246,17 +246,23 @@ def test_identical_queries_in_flight_share_one_job(
 
 
 def test_readiness_follows_the_workers(stack: Stack, ingested: dict[str, Any]) -> None:
+    status = f"{stack.api_url}/statusz"
     ready = f"{stack.api_url}/readyz"
-    wait_until(lambda: requests.get(ready).status_code == 200, 60, "readiness")
+    wait_until(lambda: requests.get(status).status_code == 200, 60, "the whole system")
     stack.kill("worker-recall")
     try:
-        wait_until(lambda: requests.get(ready).status_code == 503, 30, "not ready")
-        checks = requests.get(ready).json()["checks"]
+        wait_until(lambda: requests.get(status).status_code == 503, 30, "not ready")
+        checks = requests.get(status).json()["checks"]
         assert not checks["queue:recall"]["ok"]
         assert checks["queue:rerank"]["ok"]
+        # The API process itself still serves: it stays in its load balancer, and says why
+        # the system is not whole.
+        answer = requests.get(ready)
+        assert answer.status_code == 200
+        assert answer.json()["checks"] == checks
     finally:
         stack.start_worker("recall")
-    wait_until(lambda: requests.get(ready).status_code == 200, 60, "ready again")
+    wait_until(lambda: requests.get(status).status_code == 200, 60, "ready again")
     # The container health check of a worker: its warm heartbeat, from this host.
     for queue in ("recall", "rerank"):
         check = subprocess.run(

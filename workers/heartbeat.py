@@ -3,7 +3,7 @@
 Once the worker is ready (Celery's ``worker_ready``), a background thread of the worker
 process loads the model of its queue, runs one small inference, and from then on writes
 ``umarvel:heartbeat:<queue>:<hostname>`` every few seconds with a short lifetime. The API's
-``/readyz`` reads these keys: a queue is ready while one of its workers beats with a warm
+``/statusz`` reads these keys: a queue is ready while one of its workers beats with a warm
 model. The worker runs tasks in threads of this same process, so nothing crosses a fork.
 """
 
@@ -90,14 +90,14 @@ def _run(queue: str, hostname: str, rt: Any, consuming: Callable[[], bool] | Non
     key = heartbeat_key(queue, hostname)
     while True:
         # No beat while the Celery consumer is reconnecting or the worker stopping
-        # (workers.supervision): the key expires and /readyz stops counting this worker.
+        # (workers.supervision): the key expires and /statusz stops counting this worker.
         if consuming is not None and not consuming():
             time.sleep(interval)
             continue
         try:
             state["at"] = time.time()
             rt.redis.set(key, json.dumps(state), ex=max(1, int(interval * 3)))
-        except Exception:  # Redis away: keep trying, /readyz reports not ready meanwhile
+        except Exception:  # Redis away: keep trying, /statusz reports not ready meanwhile
             log.warning("heartbeat to Redis failed", exc_info=True)
         time.sleep(interval)
 

@@ -4,12 +4,12 @@ Celery stops a worker whose consumer failed for good (an "Unrecoverable error", 
 that stayed unreachable through every reconnection attempt) with a warm shutdown, which
 waits for the running tasks. The threads pool cannot interrupt a task, so a single stuck
 task would keep alive, forever, a worker that consumes nothing. Meanwhile its heartbeat
-would still tell ``/readyz`` that the queue is served.
+would still tell ``/statusz`` that the queue is served.
 
 ``watch`` starts a daemon thread for the life of the worker:
 
 - ``consuming()`` says whether the consumer holds a broker connection and the worker runs;
-  the heartbeat beats only then, so ``/readyz`` and ``umarvel ready`` never count a worker
+  the heartbeat beats only then, so ``/statusz`` and ``umarvel ready`` never count a worker
   that is reconnecting or stopping;
 - once the worker has begun to stop, it gets ``grace`` seconds (the task time limit and a
   margin: a warm shutdown may wait that long for its tasks); past that the watchdog ends

@@ -121,8 +121,11 @@ def encode_image(image: ImageLike) -> str:
     return base64.b64encode(data).decode()
 
 
-def call(cfg: Config, request: Request) -> Flow[Any]:
-    """The parsed JSON of a successful answer (None for an empty one).
+def call(
+    cfg: Config, request: Request, *, answers: Callable[[httpx.Response], bool] | None = None
+) -> Flow[Any]:
+    """The parsed JSON of a successful answer (None for an empty one), or of an error answer
+    that ``answers`` takes for an answer.
 
     ``429`` and ``503`` are retried after the server's ``Retry-After``, connection errors
     after a short backoff if the request is ``resendable``: at most ``cfg.retries`` times in
@@ -138,7 +141,7 @@ def call(cfg: Config, request: Request) -> Flow[Any]:
                 raise ConnectionFailed(f"cannot reach the API at {cfg.url}: {reason}")
             yield Sleep(min(cfg.max_retry_wait, CONNECTION_BACKOFF * 2**attempt))
             continue
-        if outcome.status_code < 400:
+        if outcome.status_code < 400 or (answers is not None and answers(outcome)):
             return _json(outcome, cfg.url)
         error = error_for(outcome.status_code, _body(outcome), outcome.headers.get("Retry-After"))
         if last or outcome.status_code not in RETRIED_STATUSES:
@@ -147,13 +150,15 @@ def call(cfg: Config, request: Request) -> Flow[Any]:
     raise AssertionError("unreachable")
 
 
+def _status_answer(response: httpx.Response) -> bool:
+    """A ``503`` of ``/statusz`` that carries its checks: the system is not ready, which is
+    an answer, not a request to send again later."""
+    body = _body(response)
+    return response.status_code == 503 and isinstance(body, dict) and "checks" in body
+
+
 def health(cfg: Config) -> Flow[dict[str, Any]]:
-    try:
-        return dict((yield from call(cfg, Request("GET", "/readyz"))))
-    except ApiError as exc:
-        if exc.status == 503 and isinstance(exc.details, dict):
-            return exc.details
-        raise
+    return dict((yield from call(cfg, Request("GET", "/statusz"), answers=_status_answer)))
 
 
 def search_request(

@@ -85,7 +85,8 @@ class AsyncClient:
         return await self._run(_flows.call(self, request))
 
     async def health(self) -> dict[str, Any]:
-        """``/readyz``: whether SQL, Redis and a warm worker per queue answer."""
+        """``/statusz``: whether SQL, Redis and a warm worker per queue answer; its body,
+        ``status`` ``ready`` or ``not_ready`` alike."""
         return await self._run(_flows.health(self))
 
     async def search(

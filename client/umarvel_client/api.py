@@ -118,7 +118,8 @@ class Client:
         return self._run(_flows.call(self, Request(method, path, params=params, json=json)))
 
     def health(self) -> dict[str, Any]:
-        """``/readyz``: whether SQL, Redis and a warm worker per queue answer."""
+        """``/statusz``: whether SQL, Redis and a warm worker per queue answer; its body,
+        ``status`` ``ready`` or ``not_ready`` alike."""
         return self._run(_flows.health(self))
 
     def search(
