@@ -93,7 +93,11 @@ class DocumentIn(Strict):
         shorthand = (self.image, self.image_path, self.image_file)
         if all(source is None for source in shorthand):
             return list(self.media)
-        image = MediaIn(kind="image", data=self.image, path=self.image_path, file=self.image_file)
+        # Validated already as this document's fields: not walked again (a base64 image is
+        # long).
+        image = MediaIn.model_construct(
+            kind="image", data=self.image, path=self.image_path, file=self.image_file
+        )
         return [image, *self.media]
 
 

@@ -89,6 +89,10 @@ def main() -> None:
             "UMARVEL_RERANK_MODEL": model,
             # torch's default threads, as the in-process baseline has them.
             "UMARVEL_WORKER_CONCURRENCY": "32",
+            # One client at up to 32 concurrent queries, each waiting for its answer: the
+            # per-key quotas that keep many teams apart would answer most of them 202.
+            "UMARVEL_KEY_MAX_WAITING": "0",
+            "UMARVEL_KEY_MAX_QUEUED": "0",
         }
         workers_env = dict(item.split("=", 1) for item in args.worker_env)
         api_env = {}

@@ -19,8 +19,8 @@ from ingestion import outbox, reindex
 from ingestion.outbox import Kind
 from queries.views import ingest_job_view
 from recall.filters import validate_fields
-from recall.methods import parse_spec
 from recall.index import milvus_name
+from recall.methods import parse_spec
 from store.db import session_scope
 from store.states import DocumentStatus
 from store.tables import Collection, Document

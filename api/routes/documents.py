@@ -15,8 +15,8 @@ from typing import Any
 from flask import Blueprint, g, request
 from pydantic import ValidationError
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
 
 from api.auth import require
 from api.backpressure import check_backpressure
@@ -211,12 +211,10 @@ def ingest_documents(name: str) -> Any:
         existing = {
             d.external_id: d
             for d in session.scalars(
-                select(Document)
-                .where(
+                select(Document).where(
                     Document.collection_id == collection.id,
                     Document.external_id.in_([doc.id for doc, _ in valid]),
                 )
-                .options(selectinload(Document.media))  # replaced below: one read for all
             )
         }
         rows = []
@@ -228,9 +226,6 @@ def ingest_documents(name: str) -> Any:
                 row.revision += 1  # a vector of an older revision is never kept for it
             row.text, row.doc_metadata = doc.text, doc.metadata
             row.image_key = next((p.key for p in parts if p.kind == IMAGE.name), None)
-            row.media = [
-                DocumentMedia(position=i, kind=p.kind, key=p.key) for i, p in enumerate(parts)
-            ]
             row.status, row.error, row.ingest_job_id = DocumentStatus.PENDING, None, job.id
             row.generation = 0  # this content is in no generation until it is ingested
             session.add(row)
@@ -241,6 +236,7 @@ def ingest_documents(name: str) -> Any:
         if not rows:
             advance(job, JobState.DONE)
         session.flush()
+        _replace_media(session, [row.id for row in existing.values()], rows, [p for _, p in valid])
         g.job_id = job.id
         size = svc.settings.ingest_chunk_size
         # Recorded with the rows: what is accepted here is written to Milvus whatever fails.
@@ -250,6 +246,22 @@ def ingest_documents(name: str) -> Any:
         payload = ingest_job_view(job)
     outbox.dispatch(svc.send, entries)
     return payload, 202, {"Location": payload["url"]}
+
+
+def _replace_media(
+    session: Session, rewritten: list[int], rows: list[Document], parts: list[list[MediaPart]]
+) -> None:
+    """Each row's media parts, as they were sent: the old parts of rewritten documents go.
+    Written as two statements for the whole request, not as ORM objects per part."""
+    if rewritten:
+        session.execute(sa_delete(DocumentMedia).where(DocumentMedia.document_id.in_(rewritten)))
+    values = [
+        {"document_id": row.id, "position": i, "kind": part.kind, "key": part.key}
+        for row, row_parts in zip(rows, parts, strict=True)
+        for i, part in enumerate(row_parts)
+    ]
+    if values:
+        session.execute(insert(DocumentMedia), values)
 
 
 def _validate_items(
