@@ -7,9 +7,10 @@ process that forks later.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from PIL import Image
 
@@ -134,3 +135,50 @@ def load_image(
     except OSError as exc:
         raise InvalidRequest(f"cannot read image {str(path)!r}: {exc.strerror}") from None
     return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, keep_alpha=keep_alpha)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a model runs, in batches and callers at once (nothing here changes an output)."""
+
+    batch_size: int = 16
+    # Most tokens in one padded batch (items x longest item, images counted in tokens).
+    batch_tokens: int = 16384
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    # Calls run at once (threads of one process); batch_tokens sizes each call's batch.
+    concurrent_calls: int = 1
+
+    def __post_init__(self) -> None:
+        if self.concurrent_calls < 1:
+            raise ValueError(f"concurrent_calls must be at least 1, not {self.concurrent_calls}")
+
+
+Config = TypeVar("Config", bound=RunConfig)
+
+
+class LoadedModel(Generic[Config]):
+    """A loaded backbone, its processor and run configuration, the base of the embedders and
+    rerankers: at most ``concurrent_calls`` callers use it at once (``self._calls``)."""
+
+    def __init__(self, loaded: Loaded, config: Config) -> None:
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.family = loaded.family
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        self.config = config
+        self._calls = threading.BoundedSemaphore(config.concurrent_calls)
+
+    @property
+    def loaded(self) -> Loaded:
+        return Loaded(self.model, self.processor, self.family, self.device, self.dtype)
+
+    def image(self, value: ImageInput, *, keep_alpha: bool = False) -> Image.Image:
+        """``value`` decoded within this model's image limits."""
+        return load_image(
+            value,
+            max_bytes=self.config.max_image_bytes,
+            max_pixels=self.config.max_image_pixels,
+            keep_alpha=keep_alpha,
+        )

@@ -12,7 +12,6 @@ Usage::
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ import numpy as np
 from media.images import prepare_image
 from mllm.batching import image_tokens, plan_batches
 from mllm.families import Positions, TokenRows
-from mllm.loading import Loaded, load_backbone, load_image
+from mllm.loading import Loaded, LoadedModel, RunConfig, load_backbone
 from mllm.prompt_tokens import PromptTokenizer, TextPart
 from recall import prompts
 from recall.prompts import Candidate, Query
@@ -34,21 +33,10 @@ CANDIDATE_MAX_TOKENS = 1024
 
 
 @dataclass(frozen=True)
-class EmbedderConfig:
-    """What defines the embedding, fixed at load time."""
+class EmbedderConfig(RunConfig):
+    """What defines the embedding, fixed at load time, and how it runs."""
 
-    batch_size: int = 16
-    # Most tokens in one padded batch (items x longest item, images counted in tokens).
-    batch_tokens: int = 16384
     image_only_suffix: bool = False
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
-    # Calls encoded at once (threads of one process); batch_tokens sizes each call's batch.
-    concurrent_calls: int = 1
-
-    def __post_init__(self) -> None:
-        if self.concurrent_calls < 1:
-            raise ValueError(f"concurrent_calls must be at least 1, not {self.concurrent_calls}")
 
 
 @dataclass(frozen=True)
@@ -59,18 +47,11 @@ class _Prepared:
     cost: int
 
 
-class Embedder:
+class Embedder(LoadedModel[EmbedderConfig]):
     """Embeds queries and candidates into one L2-normalised space."""
 
     def __init__(self, loaded: Loaded, config: EmbedderConfig | None = None) -> None:
-        self.model = loaded.model
-        self.processor = loaded.processor
-        self.family = loaded.family
-        self.device = loaded.device
-        self.dtype = loaded.dtype
-        self.config = config or EmbedderConfig()
-        # At most concurrent_calls callers at once: batch_tokens sizes each one's forward.
-        self._calls = threading.BoundedSemaphore(self.config.concurrent_calls)
+        super().__init__(loaded, config or EmbedderConfig())
         self._install_special_tokens()
         self.tokens = PromptTokenizer(self.processor)
 
@@ -133,13 +114,7 @@ class Embedder:
         """
         pil = None
         if image is not None:
-            pil = prepare_image(
-                load_image(
-                    image,
-                    max_bytes=self.config.max_image_bytes,
-                    max_pixels=self.config.max_image_pixels,
-                )
-            )
+            pil = prepare_image(self.image(image))
         prompt = self.tokens.render(prompts.messages(text, pil is not None))
         return _Prepared(prompt.text, prompt.ids, pil, self._cost(prompt.ids, pil))
 

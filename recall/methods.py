@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from core.errors import InvalidRequest
+from mllm.loading import RunConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,11 +49,7 @@ class Options:
     processor: str | None = None
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 16
-    batch_tokens: int = 16384
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
-    concurrent_calls: int = 1
+    run: RunConfig = field(default_factory=RunConfig)
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,7 @@ class Method:
 def _umarvel(spec: Spec, options: Options) -> RecallEmbedder:
     from recall.embedder import Embedder, EmbedderConfig
 
-    config = EmbedderConfig(**_config_fields(options))
+    config = EmbedderConfig(**asdict(options.run))
     return Embedder.from_pretrained(
         spec.checkpoint,
         options.processor,
@@ -90,19 +87,9 @@ def _qwen3_vl_embedding(spec: Spec, options: Options) -> RecallEmbedder:
         options.processor,
         device=options.device,
         dtype=options.dtype,
-        config=Qwen3VLEmbedderConfig(**_config_fields(options)),
+        config=Qwen3VLEmbedderConfig(**asdict(options.run)),
         dimension=spec.dimension,
     )
-
-
-def _config_fields(options: Options) -> dict[str, Any]:
-    return {
-        "batch_size": options.batch_size,
-        "batch_tokens": options.batch_tokens,
-        "max_image_bytes": options.max_image_bytes,
-        "max_image_pixels": options.max_image_pixels,
-        "concurrent_calls": options.concurrent_calls,
-    }
 
 
 UMARVEL = "u-marvel"

@@ -18,7 +18,6 @@ one with DeepStack, the vector is the last real token's hidden state, and a Matr
 
 from __future__ import annotations
 
-import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import numpy as np
 
 from mllm import qwen3vl_inputs as inputs
 from mllm.batching import plan_batches
-from mllm.loading import Loaded, load_backbone, load_image
+from mllm.loading import Loaded, LoadedModel, RunConfig, load_backbone
 from mllm.prompt_tokens import Client, PromptTokenizer
 from recall.prompts import Candidate, Query
 
@@ -51,14 +50,8 @@ def system_instruction(instruction: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class Qwen3VLEmbedderConfig:
-    batch_size: int = 16
-    # Most tokens in one padded batch (items x longest item, images counted in tokens).
-    batch_tokens: int = 16384
-    max_length: int = MAX_LENGTH
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
-    concurrent_calls: int = 1
+class Qwen3VLEmbedderConfig(RunConfig):
+    max_length: int = MAX_LENGTH  # tokens, images expanded; longer items are cut (spec 2.2)
 
 
 @dataclass(frozen=True)
@@ -68,7 +61,7 @@ class _Prepared:
     cost: int
 
 
-class Qwen3VLEmbedder:
+class Qwen3VLEmbedder(LoadedModel[Qwen3VLEmbedderConfig]):
     """Embeds queries and candidates into Qwen3-VL-Embedding's L2-normalised space."""
 
     def __init__(
@@ -77,18 +70,12 @@ class Qwen3VLEmbedder:
         config: Qwen3VLEmbedderConfig | None = None,
         dimension: int | None = None,
     ) -> None:
-        self.model = loaded.model
-        self.processor = loaded.processor
-        self.family = loaded.family
-        self.device = loaded.device
-        self.dtype = loaded.dtype
-        self.config = config or Qwen3VLEmbedderConfig()
+        super().__init__(loaded, config or Qwen3VLEmbedderConfig())
         full = int(self.model.config.text_config.hidden_size)
         if dimension is not None and not 1 <= dimension <= full:
             raise ValueError(f"dimension must be between 1 and {full}, not {dimension}")
         self.full_dim = full
         self.dim = dimension or full
-        self._calls = threading.BoundedSemaphore(self.config.concurrent_calls)
         self.tokens = PromptTokenizer(self.processor)
 
     @classmethod
@@ -117,14 +104,7 @@ class Qwen3VLEmbedder:
     def _prepare(self, instruction: str | None, text: str | None, image: Any) -> _Prepared:
         pil = None
         if image is not None:
-            pil = inputs.prepare_image(
-                load_image(
-                    image,
-                    max_bytes=self.config.max_image_bytes,
-                    max_pixels=self.config.max_image_pixels,
-                    keep_alpha=True,
-                )
-            )
+            pil = inputs.prepare_image(self.image(image, keep_alpha=True))
         system = [{"type": "text", "text": Client(system_instruction(instruction))}]
         messages = [
             {"role": "system", "content": system},

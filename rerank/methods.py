@@ -9,10 +9,11 @@ for the method it is used with.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from core.errors import InvalidRequest
+from mllm.loading import RunConfig
 from rerank.reranker import RerankCandidate, RerankQuery
 
 
@@ -28,23 +29,13 @@ class Options:
     base_model: str | None = None  # of a LoRA adapter (P(Yes) only)
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 8
-    batch_tokens: int = 16384
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
-    concurrent_calls: int = 1
+    run: RunConfig = field(default_factory=lambda: RunConfig(batch_size=8))
 
 
 def _p_yes(checkpoint: str, options: Options) -> PairScorer:
     from rerank.reranker import Reranker, RerankerConfig
 
-    config = RerankerConfig(
-        batch_size=options.batch_size,
-        batch_tokens=options.batch_tokens,
-        max_image_bytes=options.max_image_bytes,
-        max_image_pixels=options.max_image_pixels,
-        concurrent_calls=options.concurrent_calls,
-    )
+    config = RerankerConfig(**asdict(options.run))
     return Reranker.from_pretrained(
         checkpoint,
         options.processor,
@@ -58,13 +49,7 @@ def _p_yes(checkpoint: str, options: Options) -> PairScorer:
 def _qwen3_vl_reranker(checkpoint: str, options: Options) -> PairScorer:
     from rerank.qwen3vl_reranker import Qwen3VLReranker, Qwen3VLRerankerConfig
 
-    config = Qwen3VLRerankerConfig(
-        batch_size=options.batch_size,
-        batch_tokens=options.batch_tokens,
-        max_image_bytes=options.max_image_bytes,
-        max_image_pixels=options.max_image_pixels,
-        concurrent_calls=options.concurrent_calls,
-    )
+    config = Qwen3VLRerankerConfig(**asdict(options.run))
     return Qwen3VLReranker.from_pretrained(
         checkpoint, options.processor, device=options.device, dtype=options.dtype, config=config
     )

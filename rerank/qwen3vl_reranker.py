@@ -15,14 +15,13 @@ repetition penalty. Its scale is not U-MARVEL's P(Yes): fusion weights are its o
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mllm import qwen3vl_inputs as inputs
 from mllm.batching import plan_batches
-from mllm.loading import Loaded, load_backbone, load_image
+from mllm.loading import Loaded, LoadedModel, RunConfig, load_backbone
 from mllm.prompt_tokens import Client, PromptTokenizer
 from rerank.reranker import RerankCandidate, RerankQuery
 
@@ -39,13 +38,9 @@ TAIL = 5  # the last ids of a prompt, kept whatever the truncation (spec 3.2)
 
 
 @dataclass(frozen=True)
-class Qwen3VLRerankerConfig:
+class Qwen3VLRerankerConfig(RunConfig):
     batch_size: int = 8
-    batch_tokens: int = 16384
-    max_length: int = MAX_LENGTH
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
-    concurrent_calls: int = 1
+    max_length: int = MAX_LENGTH  # the truncation budget of spec 3.2
 
 
 @dataclass(frozen=True)
@@ -55,17 +50,11 @@ class _Pair:
     cost: int
 
 
-class Qwen3VLReranker:
+class Qwen3VLReranker(LoadedModel[Qwen3VLRerankerConfig]):
     """Scores (query, candidate) pairs with Qwen3-VL-Reranker's relevance score."""
 
     def __init__(self, loaded: Loaded, config: Qwen3VLRerankerConfig | None = None) -> None:
-        self.model = loaded.model
-        self.processor = loaded.processor
-        self.family = loaded.family
-        self.device = loaded.device
-        self.dtype = loaded.dtype
-        self.config = config or Qwen3VLRerankerConfig()
-        self._calls = threading.BoundedSemaphore(self.config.concurrent_calls)
+        super().__init__(loaded, config or Qwen3VLRerankerConfig())
         self.tokens = PromptTokenizer(self.processor)
         tokenizer = self.processor.tokenizer
         vocab = tokenizer.get_vocab()
@@ -111,13 +100,7 @@ class Qwen3VLReranker:
     def _image(self, value: Any) -> Any:
         if value is None:
             return None
-        image = load_image(
-            value,
-            max_bytes=self.config.max_image_bytes,
-            max_pixels=self.config.max_image_pixels,
-            keep_alpha=True,
-        )
-        return inputs.prepare_image(image)
+        return inputs.prepare_image(self.image(value, keep_alpha=True))
 
     def _prepare(self, query: RerankQuery, query_image: Any, candidate: RerankCandidate) -> _Pair:
         candidate_image = self._image(candidate.image)

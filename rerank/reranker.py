@@ -17,14 +17,13 @@ Usage::
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from media.images import prepare_image
 from mllm.batching import image_tokens, plan_batches
-from mllm.loading import ImageInput, Loaded, load_backbone, load_image
+from mllm.loading import ImageInput, Loaded, LoadedModel, RunConfig, load_backbone
 from mllm.prompt_tokens import PromptTokenizer
 from rerank import prompts
 
@@ -46,22 +45,13 @@ class RerankCandidate:
 
 
 @dataclass(frozen=True)
-class RerankerConfig:
+class RerankerConfig(RunConfig):
     batch_size: int = 8
-    batch_tokens: int = 16384
     # Apply the generation config's repetition penalty to the Yes/No logits, as
     # generate() did for the published numbers.
     repetition_penalty: bool = True
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
     # Run a query's shared prompt prefix once and reuse its key/value cache for its pairs.
     shared_prefix: bool = True
-    # Calls scored at once (threads of one process); batch_tokens sizes each call's batch.
-    concurrent_calls: int = 1
-
-    def __post_init__(self) -> None:
-        if self.concurrent_calls < 1:
-            raise ValueError(f"concurrent_calls must be at least 1, not {self.concurrent_calls}")
 
 
 @dataclass(frozen=True)
@@ -73,17 +63,11 @@ class _Pair:
     query_images: int  # how many of ``images`` are the query's
 
 
-class Reranker:
+class Reranker(LoadedModel[RerankerConfig]):
     """Scores (query, candidate) pairs with P(Yes) of a Qwen-VL instruct model."""
 
     def __init__(self, loaded: Loaded, config: RerankerConfig | None = None) -> None:
-        self.model = loaded.model
-        self.processor = loaded.processor
-        self.device = loaded.device
-        self.dtype = loaded.dtype
-        self.config = config or RerankerConfig()
-        # At most concurrent_calls callers at once: batch_tokens sizes each one's forward.
-        self._calls = threading.BoundedSemaphore(self.config.concurrent_calls)
+        super().__init__(loaded, config or RerankerConfig())
         self.tokens = PromptTokenizer(self.processor)
         tokenizer = self.processor.tokenizer
         self.yes_id = tokenizer("Yes", add_special_tokens=False)["input_ids"][0]
@@ -146,13 +130,7 @@ class Reranker:
     def _image(self, value: ImageInput | None) -> Any:
         if value is None:
             return None
-        return prepare_image(
-            load_image(
-                value,
-                max_bytes=self.config.max_image_bytes,
-                max_pixels=self.config.max_image_pixels,
-            )
-        )
+        return prepare_image(self.image(value))
 
     def _prepare(self, query: RerankQuery, query_image: Any, candidate: RerankCandidate) -> _Pair:
         candidate_image = self._image(candidate.image)

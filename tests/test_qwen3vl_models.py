@@ -152,19 +152,13 @@ def test_a_matryoshka_dimension_is_the_prefix_normalised_again(
     full = embedder.encode_candidates(CANDIDATES)
     for dimension in (32, 16):
         short = Qwen3VLEmbedder(
-            _loaded(embedder), embedder.config, dimension=dimension
+            embedder.loaded, embedder.config, dimension=dimension
         ).encode_candidates(CANDIDATES)
         assert short.shape == (len(CANDIDATES), dimension)
         expected = full[:, :dimension] / np.linalg.norm(full[:, :dimension], axis=1, keepdims=True)
         assert np.abs(short - expected).max() <= 1e-5
     with pytest.raises(ValueError, match="dimension must be between 1 and 64"):
-        Qwen3VLEmbedder(_loaded(embedder), dimension=65)
-
-
-def _loaded(model: Any) -> Any:
-    from mllm.loading import Loaded
-
-    return Loaded(model.model, model.processor, model.family, model.device, model.dtype)
+        Qwen3VLEmbedder(embedder.loaded, dimension=65)
 
 
 def test_client_text_never_becomes_control_tokens(embedder: Qwen3VLEmbedder) -> None:
@@ -268,7 +262,7 @@ def test_rerank_scores_match_the_reference(reranker: Qwen3VLReranker, kind: str)
 
 
 def test_rerank_truncation_keeps_specials_images_and_the_tail(reranker: Qwen3VLReranker) -> None:
-    short = Qwen3VLReranker(_loaded(reranker), Qwen3VLRerankerConfig(max_length=150))
+    short = Qwen3VLReranker(reranker.loaded, Qwen3VLRerankerConfig(max_length=150))
     query = RerankQuery(text="a red circle", image=RED, instruction="Find it.")
     candidates = [
         RerankCandidate(text="a long document that goes on and on " * 12, image=WIDE),

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from celery import Celery
     from sqlalchemy.orm import Session, sessionmaker
 
+    from mllm.loading import RunConfig
     from recall.index import MilvusIndex
     from recall.methods import RecallEmbedder
     from recall.prompts import Candidate, Query
@@ -236,17 +237,8 @@ class Runtime:
         self._threads()
         s = self.settings
         processor = s.recall_processor if model == s.recall_model and s.recall_processor else None
-        options = Options(
-            processor=processor,
-            device=s.device,
-            dtype=s.dtype,
-            concurrent_calls=self.runners,
-            batch_size=s.embed_batch_size,
-            batch_tokens=s.embed_batch_tokens,
-            max_image_bytes=s.max_image_bytes,
-            max_image_pixels=s.max_image_pixels,
-        )
-        return load_embedder(model, options)
+        run = self._run_config(s.embed_batch_size, s.embed_batch_tokens)
+        return load_embedder(model, Options(processor, s.device, s.dtype, run))
 
     def _load_reranker(self, model: str) -> PairScorer:
         from rerank.methods import Options, load_reranker
@@ -254,18 +246,20 @@ class Runtime:
         self._threads()
         s = self.settings
         processor = s.rerank_processor if model == s.rerank_model and s.rerank_processor else None
-        options = Options(
-            processor=processor,
-            base_model=s.rerank_base_model or None,
-            device=s.device,
-            dtype=s.dtype,
+        run = self._run_config(s.rerank_batch_size, s.rerank_batch_tokens)
+        base = s.rerank_base_model or None
+        return load_reranker(model, Options(processor, base, s.device, s.dtype, run))
+
+    def _run_config(self, batch_size: int, batch_tokens: int) -> RunConfig:
+        from mllm.loading import RunConfig
+
+        return RunConfig(
+            batch_size=batch_size,
+            batch_tokens=batch_tokens,
+            max_image_bytes=self.settings.max_image_bytes,
+            max_image_pixels=self.settings.max_image_pixels,
             concurrent_calls=self.runners,
-            batch_size=s.rerank_batch_size,
-            batch_tokens=s.rerank_batch_tokens,
-            max_image_bytes=s.max_image_bytes,
-            max_image_pixels=s.max_image_pixels,
         )
-        return load_reranker(model, options)
 
 
 def cpu_cores() -> int:
