@@ -5,14 +5,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, g, request
+from sqlalchemy import func, select
 
 from api.openapi import PROMETHEUS_TEXT, documented, responses
 from api.services import services
 from core.contract import Queue
-from core.metrics import QUEUE_DEPTH, REQUEST_SECONDS, REQUESTS, render
+from core.metrics import (
+    BUILD_INFO,
+    OUTBOX_ENTRIES,
+    OUTBOX_OLDEST_SECONDS,
+    QUEUE_DEPTH,
+    REQUEST_SECONDS,
+    REQUESTS,
+    WORKERS,
+    render,
+)
+from core.version import VERSION
+from store.db import session_scope
+from store.heartbeats import read_heartbeats
+from store.tables import OutboxEntry, utcnow
 
 log = logging.getLogger("api")
 
@@ -51,9 +66,34 @@ def register_metrics(app: Flask) -> None:
         extra={"responses": {"200": PROMETHEUS_TEXT}},
     )
     def metrics() -> Any:
-        client = services().redis
+        svc = services()
+        BUILD_INFO.labels(VERSION).set(1)
         for queue in Queue:
-            with contextlib.suppress(Exception):  # Redis away: the gauge keeps its last value
-                QUEUE_DEPTH.labels(queue).set(client.llen(queue))
+            with contextlib.suppress(Exception):  # Redis away: the gauges keep their values
+                QUEUE_DEPTH.labels(queue).set(svc.redis.llen(queue))
+                _workers(queue, read_heartbeats(svc.redis, queue))
+        with contextlib.suppress(Exception):  # SQL away: the same
+            _outbox(svc)
         body, content_type = render()
         return Response(body, content_type=content_type)
+
+
+def _workers(queue: str, beats: list[dict[str, Any]]) -> None:
+    failing = sum(1 for beat in beats if beat.get("error"))
+    warm = sum(1 for beat in beats if beat.get("warm"))
+    for state, count in (("warm", warm), ("failing", failing), ("cold", len(beats) - warm)):
+        WORKERS.labels(queue, state).set(count)
+
+
+def _outbox(svc: Any) -> None:
+    with session_scope(svc.sessions) as session:
+        count, oldest = session.execute(
+            select(func.count(), func.min(OutboxEntry.created_at))
+        ).one()
+    OUTBOX_ENTRIES.set(count)
+    age = (utcnow() - _aware(oldest)).total_seconds() if oldest is not None else 0.0
+    OUTBOX_OLDEST_SECONDS.set(max(age, 0.0))
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

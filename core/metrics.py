@@ -72,6 +72,36 @@ def render() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+BUILD_INFO = Gauge(
+    "umarvel_build_info",
+    "1, labelled with the version this process runs",
+    ["version"],
+    multiprocess_mode="max",
+)
+QUERY_JOBS = Counter(
+    "umarvel_query_jobs_total",
+    "Query jobs that ended, by outcome: done, failed, cancelled",
+    ["outcome"],
+)
+# Read from SQL and Redis when /metrics is scraped, as the queue depth is.
+OUTBOX_ENTRIES = Gauge(
+    "umarvel_outbox_entries",
+    "Ingestion work accepted and not yet confirmed by Milvus",
+    multiprocess_mode="mostrecent",
+)
+OUTBOX_OLDEST_SECONDS = Gauge(
+    "umarvel_outbox_oldest_seconds",
+    "Age of the oldest outbox entry (0: none)",
+    multiprocess_mode="mostrecent",
+)
+WORKERS = Gauge(
+    "umarvel_workers",
+    "Workers seen through their heartbeats, by queue and state: warm (model loaded), "
+    "cold (loading), failing (a model error)",
+    ["queue", "state"],
+    multiprocess_mode="mostrecent",
+)
+
 RECONCILE_REPAIRS = Counter(
     "umarvel_reconcile_repairs_total",
     "Disagreements between SQL and Milvus that reconciliation repaired, by kind: missing "

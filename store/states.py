@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from core.metrics import QUERY_JOBS
+
 if TYPE_CHECKING:
     from store.tables import IngestJob, QueryJob
 
@@ -119,6 +121,8 @@ def advance_query(job: QueryJob, to: QueryStatus, error: str | None = None) -> b
     if to not in _QUERY_STEPS[QueryStatus(job.status)]:
         return False
     job.status = to
+    if to is not QueryStatus.EXPIRED and to.finished:
+        QUERY_JOBS.labels(to.value).inc()
     if to in (QueryStatus.FAILED, QueryStatus.CANCELLED):
         job.error = error
     if to.finished and to is not QueryStatus.EXPIRED:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from api.app import create_app
 from core.settings import Settings
 from core.version import VERSION
 from devkit.samples import b64, shape_image
+from store.db import session_scope
+from store.tables import OutboxEntry, utcnow
 from tests.helpers import error as _error
 from tests.helpers import make_key as _key
 
@@ -327,6 +330,31 @@ def test_metrics_count_requests_and_cache_lookups(client: FlaskClient) -> None:
     assert 'umarvel_cache_requests_total{result="miss"}' in text
     assert 'umarvel_queue_depth{queue="recall"} 1.0' in text
     assert "umarvel_http_request_seconds_bucket" in text
+    assert f'umarvel_build_info{{version="{VERSION}"}} 1.0' in text
+    # No worker here: every queue shows none, in any state.
+    assert 'umarvel_workers{queue="rerank",state="warm"} 0.0' in text
+
+
+def test_metrics_read_the_outbox_backlog_and_count_query_outcomes(client: FlaskClient) -> None:
+    sessions = client.application.extensions["umarvel"].sessions
+    with session_scope(sessions) as session:
+        old = utcnow() - timedelta(seconds=120)
+        session.add(OutboxEntry(kind="delete", payload={}, created_at=old, not_before=old))
+        session.add(OutboxEntry(kind="delete", payload={}))
+    job = client.post("/v1/collections/docs/queries", json={"text": "to cancel"}).json
+    before = _sample(client, 'umarvel_query_jobs_total{outcome="cancelled"}')
+    assert client.delete(job["url"]).status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "umarvel_outbox_entries 2.0" in text
+    oldest = _sample(client, "umarvel_outbox_oldest_seconds")
+    assert 120 <= oldest < 180
+    assert _sample(client, 'umarvel_query_jobs_total{outcome="cancelled"}') == before + 1
+
+
+def _sample(client: FlaskClient, name: str) -> float:
+    text = client.get("/metrics").get_data(as_text=True)
+    line = next((line for line in text.splitlines() if line.startswith(name + " ")), None)
+    return float(line.split()[-1]) if line else 0.0
 
 
 def test_one_log_line_per_request_with_job_and_collection(

@@ -20,6 +20,10 @@ def _warm_up_and_beat(sender: Any = None, **_: Any) -> None:
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server
 
+        from core.metrics import BUILD_INFO
+        from core.version import VERSION
+
+        BUILD_INFO.labels(VERSION).set(1)
         start_http_server(settings.worker_metrics_port, addr="0.0.0.0")
     # A worker that stops consuming for good ends non-zero for its supervisor, and beats only
     # while it consumes (workers.supervision).
