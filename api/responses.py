@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from core.contract import SearchMode
 from store.states import DocumentStatus, JobKind, JobState, QueryStatus
 
 FieldType = Literal["int", "float", "str", "bool"]
@@ -94,6 +95,7 @@ class CollectionOut(Answer):
     metric: str
     rerank: RerankSettings
     metadata_fields: dict[str, FieldType]
+    search_mode: SearchMode = Field(description="What queries rank by when they do not say.")
     version: int = Field(description="Bumped by every change that search can see.")
     generation: int = Field(description="The generation search is served from.")
     milvus_collection: str
@@ -182,7 +184,11 @@ class RecallHit(Answer):
 
     rank: int
     document_id: str
-    cosine: float
+    cosine: float | None = Field(description="Null in keyword mode (nothing is embedded).")
+    keyword: float | None = omitted("The store's keyword score; left out without a keyword match.")
+    recall: float | None = omitted(
+        "The score the recall ranked by (keyword and hybrid modes: see recall.hybrid)."
+    )
     text: str | None
     metadata: dict[str, Any]
     image_url: str | None
@@ -194,6 +200,7 @@ class RankedHit(RecallHit):
 
     p_yes: float | None = Field(description="The reranker's probability; null without rerank.")
     score: float = Field(description="The fused score the ranking is sorted by.")
+    group: Any = omitted("The group_by field's value (grouped queries).")
 
 
 class Paging(Answer):

@@ -15,6 +15,8 @@ from core.errors import InvalidRequest, PayloadTooLarge
 from media.kinds import KIND_NAME
 
 COLLECTION_NAME = r"^[a-z][a-z0-9_]{0,47}$"
+# core.contract.SearchMode's values: what queries rank by when they do not say.
+SearchModeName = Literal["dense", "keyword", "hybrid"]
 
 
 DocumentId = Annotated[
@@ -46,6 +48,7 @@ class CollectionCreate(Strict):
     recall_model: str | None = Field(None, min_length=1, max_length=512)
     rerank: RerankDefaults = RerankDefaults()
     metadata_fields: dict[str, str] = Field(default_factory=dict)
+    search_mode: SearchModeName = "dense"
 
 
 class MediaIn(Strict):
@@ -118,6 +121,7 @@ class CollectionUpdate(Strict):
 
     description: str | None = Field(None, max_length=2000)
     rerank: RerankOptions | None = None
+    search_mode: SearchModeName | None = None
 
 
 class ReindexRequest(Strict):
@@ -126,12 +130,39 @@ class ReindexRequest(Strict):
     recall_model: str | None = Field(None, min_length=1, max_length=512)
 
 
+class FusionOptions(Strict):
+    """How a hybrid query merges its dense and keyword rankings (``recall.hybrid``)."""
+
+    method: Literal["rrf", "weighted"] = "rrf"
+    k: int = Field(60, ge=1, le=1000, description="rrf: scores are 1 / (k + rank).")
+    keyword_weight: float = Field(
+        0.5, ge=0, le=1, description="weighted: (1 - w) * cosine + w * keyword / best keyword."
+    )
+
+
+MAX_EXAMPLES = 16
+
+
 class QueryRequest(Strict):
     text: str | None = None
     image: str | None = Field(None, description="Base64-encoded image file.")
     instruction: str | None = Field(None, max_length=2000)
     use_default_instruction: bool = True
+    mode: SearchModeName | None = Field(
+        None, description="dense, keyword or hybrid; default: the collection's search_mode."
+    )
+    fusion: FusionOptions | None = Field(None, description="hybrid only; default: rrf, k 60.")
+    like: list[DocumentId] = Field(
+        [], max_length=MAX_EXAMPLES, description="Ids of stored documents to search like."
+    )
+    unlike: list[DocumentId] = Field(
+        [], max_length=MAX_EXAMPLES, description="Ids of stored documents to search away from."
+    )
+    include_examples: bool = Field(False, description="Keep like/unlike documents in results.")
     top_k: int | None = Field(None, ge=1, le=1_000_000)
+    offset: int = Field(0, ge=0, le=1_000_000, description="Results skipped (the page's start).")
+    group_by: str | None = Field(None, description="A declared metadata field.")
+    group_size: int = Field(1, ge=1, le=100, description="Hits kept per group_by value.")
     rerank: RerankOptions = RerankOptions()
     filter: dict[str, Any] | None = None
     wait: float | None = Field(

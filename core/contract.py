@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Queue(StrEnum):
@@ -50,8 +50,42 @@ class _Record(BaseModel):
 
 class RerankPlan(_Record):
     enabled: bool
-    k: int  # candidates recalled for the reranker (at least top_k)
+    k: int  # the first k candidates are reranked (at least the first page's size)
     weight: float  # of P(Yes) in the fused score
+
+
+class SearchMode(StrEnum):
+    """What the recall ranks candidates by (``recall.hybrid``)."""
+
+    DENSE = "dense"  # the cosine of U-MARVEL embeddings (Milvus)
+    KEYWORD = "keyword"  # keyword relevance over document text (the SQL store)
+    HYBRID = "hybrid"  # both, fused (``Fusion``)
+
+
+class Fusion(_Record):
+    """How a hybrid search merges its dense and keyword rankings."""
+
+    method: Literal["rrf", "weighted"] = "rrf"
+    k: int = 60  # rrf: a candidate's score is the sum over rankings of 1 / (k + rank)
+    keyword_weight: float = 0.5  # weighted: (1 - w) * cosine + w * keyword / best keyword
+
+
+class Examples(_Record):
+    """Stored documents a query searches by: their vectors are read, never re-embedded."""
+
+    like: list[str]  # positive examples, at least one
+    unlike: list[str] = []
+    include: bool = False  # keep the examples themselves in the results
+
+
+class Grouping(_Record):
+    field: str  # a declared metadata field
+    size: int  # hits kept per value
+
+
+# A plan's page: which part of its ranking one request shows. Not part of the digest, so
+# every page of one search shares its job and its cached ranking.
+PAGE_FIELDS = frozenset({"top_k", "offset"})
 
 
 class SearchPlan(_Record):
@@ -59,27 +93,33 @@ class SearchPlan(_Record):
 
     One object is three things: the job row's ``request`` column, what the query steps
     read, and (through ``digest``) the result-cache key. Two requests that mean the same
-    search build equal plans, so they share one job and one cached answer.
+    search build equal plans, so they share one job and one cached answer; requests for
+    different pages of one search (``PAGE_FIELDS``) share them too.
     """
 
     text: str | None = None
     image: str | None = None  # the media key of the query image
     instruction: str | None = None
     use_default_instruction: bool = True
-    top_k: int
+    mode: SearchMode = Field(SearchMode.DENSE, strict=False)  # stored as its value
+    fusion: Fusion | None = None  # hybrid only
+    examples: Examples | None = None
+    depth: int  # ranked results computed: every page up to it is served from them
     rerank: RerankPlan
+    group: Grouping | None = None
     filter: dict[str, Any] | None = None  # as the client wrote it
     expression: str | None = None  # compiled for Milvus; None: no filter
+    top_k: int  # the page of the request that made the job (its default page)
+    offset: int = 0
 
     @property
-    def recall_k(self) -> int:
-        """How many candidates the recall step searches for."""
-        return self.rerank.k if self.rerank.enabled else self.top_k
+    def embeds_query(self) -> bool:
+        """Whether the recall needs the query's embedding (keyword search does not)."""
+        return self.mode != SearchMode.KEYWORD
 
     def digest(self) -> str:
-        canonical = json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
+        content = self.model_dump(mode="json", exclude=set(PAGE_FIELDS))
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -94,7 +134,14 @@ class Hit(_Record):
     """A recall hit as a job stores it."""
 
     document_id: str
-    cosine: float
+    cosine: float | None  # None: not computed (a keyword search)
+    keyword: float | None = None  # the store's keyword score; None: no keyword match
+    recall: float | None = None  # what the recall ranked by; None: the cosine
+
+    @property
+    def first_stage(self) -> float:
+        """The recall's score, which the rerank fuses with P(Yes)."""
+        return self.recall if self.recall is not None else float(self.cosine or 0.0)
 
 
 class RankedHit(Hit):
@@ -102,3 +149,4 @@ class RankedHit(Hit):
 
     p_yes: float | None  # None: not reranked
     score: float  # the fused score the ranking is sorted by
+    group: Any = None  # the grouping field's value, when the plan groups

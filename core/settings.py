@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     # Search defaults and limits
     default_top_k: int = Field(10, ge=1, description="Results returned when a query gives none.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a query may ask for.")
+    max_result_window: int = Field(
+        1000,
+        ge=1,
+        description="Deepest rank a query may page to (offset + top_k): a deep page ranks "
+        "every candidate above it.",
+    )
     default_rerank_k: int = Field(50, ge=1, description="Recall candidates passed to rerank.")
     max_rerank_k: int = Field(
         200,

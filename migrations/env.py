@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from core.settings import get_settings
+from store.keywords import include_object
 from store.tables import Base
 
 config = context.config
@@ -30,6 +31,7 @@ def run_online() -> None:
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
+            include_object=include_object,
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():

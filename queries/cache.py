@@ -17,7 +17,7 @@ from core.contract import SearchPlan
 from store.redis import PREFIX
 
 # Bumped when a cached answer's shape changes: answers of an older shape are never read.
-RESULT_FORMAT = 2
+RESULT_FORMAT = 3
 
 
 def result_key(

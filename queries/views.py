@@ -24,6 +24,10 @@ def document_view(doc: Document) -> dict[str, Any]:
     }
 
 
+# Fields of a hit that an answer leaves out where they do not apply (None).
+OPTIONAL_SCORES = frozenset({"keyword", "recall", "group"})
+
+
 def enrich(
     session: Session, collection_id: int, hits: Sequence[Hit], first_rank: int = 1
 ) -> list[dict[str, Any]]:
@@ -50,7 +54,12 @@ def enrich(
         extra = document_view(doc)
         extra.pop("id", None)
         extra.pop("status", None)
-        enriched.append({"rank": first_rank + len(enriched), **hit.model_dump(), **extra})
+        scores = hit.model_dump(exclude=set(OPTIONAL_SCORES)) | {
+            name: value
+            for name in OPTIONAL_SCORES
+            if (value := getattr(hit, name, None)) is not None
+        }
+        enriched.append({"rank": first_rank + len(enriched), **scores, **extra})
     return enriched
 
 

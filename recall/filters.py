@@ -138,7 +138,8 @@ def _clause(field: str, kind: str, op: str, value: Any) -> str:
     return f"{field} {_OPERATORS[op]} {_literal(kind, check_value(field, kind, value))}"
 
 
-_COMPARE = {
+# The comparisons, for Python values and SQLAlchemy columns alike.
+COMPARE = {
     "eq": lambda a, b: a == b,
     "ne": lambda a, b: a != b,
     "gt": lambda a, b: a > b,
@@ -161,6 +162,6 @@ def matches(spec: dict[str, Any], fields: dict[str, str], metadata: dict[str, An
             if op == "in":
                 if value not in expected:
                     return False
-            elif not _COMPARE[op](value, expected):
+            elif not COMPARE[op](value, expected):
                 return False
     return True

@@ -244,6 +244,28 @@ class MilvusIndex:
             found.update(str(row[PK_FIELD]) for row in rows)
         return found
 
+    def vectors(self, name: str, ids: Sequence[str], batch: int = 1000) -> dict[str, np.ndarray]:
+        """The stored vectors of those of ``ids`` that ``name`` holds (none if it does not
+        exist), asked by key, ``batch`` at a time."""
+        if not ids or not self.exists(name):
+            return {}
+        self.ensure_loaded(name)
+        found: dict[str, np.ndarray] = {}
+
+        def query(expression: str) -> Any:
+            return self.client.query(
+                name,
+                filter=expression,
+                output_fields=[PK_FIELD, VECTOR_FIELD],
+                consistency_level=STRONG,
+            )
+
+        for start in range(0, len(ids), batch):
+            expression = ids_expression(list(ids[start : start + batch]))
+            for row in self._retry(partial(query, expression)):
+                found[str(row[PK_FIELD])] = np.asarray(row[VECTOR_FIELD], dtype=np.float32)
+        return found
+
     def ids(self, name: str, batch: int = 5000) -> list[str]:
         """Every primary key in ``name`` (for reconciliation against SQL), in key order,
         read in pages of ``batch``. Not pymilvus' ``query_iterator``: it writes the last key

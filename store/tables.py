@@ -25,9 +25,10 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
-from core.contract import Hit, RankedHit, SearchPlan
+from core.contract import Hit, RankedHit, SearchMode, SearchPlan
+from store.keywords import search_text
 from store.states import DocumentStatus, JobKind, JobState, OutboxKind, QueryStatus, utcnow
 
 NAMING = {
@@ -117,6 +118,10 @@ class Collection(Base):
     rerank_k: Mapped[int] = mapped_column(Integer)
     rerank_weight: Mapped[float]
     metadata_fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # How its queries search when they do not say (core.contract.SearchMode).
+    search_mode: Mapped[SearchMode] = mapped_column(
+        State(SearchMode), default=SearchMode.DENSE, server_default=SearchMode.DENSE.value
+    )
     # The Milvus collection currently served is <prefix><storage_name>_g<generation>.
     generation: Mapped[int] = mapped_column(Integer, default=1)
     # While a reindex builds the next generation (with this model) beside the served one.
@@ -161,6 +166,8 @@ class Document(Base):
     )
     external_id: Mapped[str] = mapped_column(String(256))
     text: Mapped[str | None] = mapped_column(Text)
+    # Its text's terms for keyword search (store.keywords), kept in step with ``text``.
+    search_text: Mapped[str | None] = mapped_column(Text)
     # The key of its image part (``media``), the one the recall model embeds. Indexed: the
     # media route and the media clean-up look documents up by image.
     image_key: Mapped[str | None] = mapped_column(String(128), index=True)
@@ -183,6 +190,12 @@ class Document(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     collection: Mapped[Collection] = relationship(back_populates="documents")
+
+    @validates("text")
+    def _keep_search_text(self, _key: str, value: str | None) -> str | None:
+        self.search_text = search_text(value)
+        return value
+
     # Its media parts in the order they were sent, replaced as a whole by a new revision.
     media: Mapped[list[DocumentMedia]] = relationship(
         order_by="DocumentMedia.position",

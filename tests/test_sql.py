@@ -7,7 +7,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from core.contract import Hit, RankedHit, RerankPlan, SearchPlan
+from core.contract import Fusion, Hit, RankedHit, RerankPlan, SearchMode, SearchPlan
 from store.db import (
     alembic_config,
     downgrade,
@@ -16,10 +16,11 @@ from store.db import (
     session_scope,
     upgrade,
 )
+from store.keywords import include_object
 from store.states import DocumentStatus, QueryStatus
 from store.tables import Base, Collection, Document, IngestJob, QueryJob
 
-PLAN = SearchPlan(text="x", top_k=3, rerank=RerankPlan(enabled=True, k=10, weight=0.1))
+PLAN = SearchPlan(text="x", depth=10, top_k=3, rerank=RerankPlan(enabled=True, k=10, weight=0.1))
 
 
 def test_one_alembic_head() -> None:
@@ -45,7 +46,8 @@ def test_migrations_match_the_models(migrated_url: str) -> None:
 
     engine = make_engine(migrated_url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        context = MigrationContext.configure(conn, opts={"include_object": include_object})
+        diff = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert diff == []
 
@@ -119,10 +121,10 @@ def test_typed_columns_refuse_what_their_type_does_not_hold(migrated_url: str) -
 def test_a_plan_digest_is_its_content() -> None:
     same = SearchPlan.model_validate(PLAN.model_dump(mode="json"))
     assert same.digest() == PLAN.digest()
-    other = PLAN.model_copy(update={"top_k": 4})
+    other = PLAN.model_copy(update={"depth": 20})
     assert other.digest() != PLAN.digest()
-    assert PLAN.recall_k == 10
-    assert (
-        PLAN.model_copy(update={"rerank": RerankPlan(enabled=False, k=10, weight=0.1)}).recall_k
-        == 3
-    )
+    # Pages of one search share its digest: the job, and the cached ranking.
+    page_two = PLAN.model_copy(update={"top_k": 5, "offset": 5})
+    assert page_two.digest() == PLAN.digest()
+    hybrid = PLAN.model_copy(update={"mode": SearchMode.HYBRID, "fusion": Fusion()})
+    assert hybrid.digest() != PLAN.digest()

@@ -12,23 +12,26 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import and_, delete, or_, select
 
-from core.contract import Hit, RankedHit, SearchPlan
+from core.contract import Hit, RankedHit, SearchMode, SearchPlan
 from core.metrics import STAGE_SECONDS
 from queries.cache import ResultCache
+from queries.grouping import group_ranking
+from queries.keywords import keyword_search
 from queries.notices import notify_finished
 from queries.views import enrich
+from recall.hybrid import dense_hits, example_vector, hybrid_hits, keyword_hits
 from recall.index import milvus_name
 from recall.instructions import default_instruction
 from recall.prompts import Query
-from recall.service import RecallService
 from rerank.fusion import fuse
 from rerank.reranker import RerankCandidate, RerankQuery
 from store.audit import expire as expire_audit
@@ -70,14 +73,18 @@ def _recording_failure(rt: Runtime, job_id: str) -> Iterator[None]:
         raise
 
 
-def _query_of(rt: Runtime, job: QueryJob) -> tuple[Query, str]:
-    plan = job.request
+def _query_of(rt: Runtime, job: QueryJob) -> Query:
     image = rt.media.get(job.query_image_key) if job.query_image_key else None
-    query = Query(text=plan.text, image=image)
+    return _with_instruction(job.request, job.request.text, image)
+
+
+def _with_instruction(plan: SearchPlan, text: str | None, image: Any) -> Query:
+    """The query of ``text`` and ``image`` with the plan's instruction, or the default one
+    for its modality (none for a query of examples only: it is not embedded)."""
     instruction = plan.instruction
-    if instruction is None and plan.use_default_instruction:
-        instruction = default_instruction(query.modality)
-    return Query(text=query.text, image=image, instruction=instruction), query.modality
+    if instruction is None and plan.use_default_instruction and (text or image is not None):
+        instruction = default_instruction(Query(text=text, image=image).modality)
+    return Query(text=text, image=image, instruction=instruction)
 
 
 def _embedding_key(model: str, plan: SearchPlan, instruction: str | None) -> str:
@@ -167,7 +174,8 @@ def _referenced(rt: Runtime, keys: list[str]) -> set[str]:
 
 
 def recall_step(rt: Runtime, job_id: str) -> str:
-    """Embed the query, search Milvus, store the hits on the job; finish it without rerank."""
+    """Rank the collection's candidates for the query (``SearchPlan.mode``), store them
+    on the job; finish it when there is no rerank."""
     mark_queries_active(rt.redis)
     with rt.arrivals["query"].coming() as arrived, _recording_failure(rt, job_id):
         with rt.sessions.begin() as session:
@@ -176,49 +184,127 @@ def recall_step(rt: Runtime, job_id: str) -> str:
                 return job_id
             advance_query(job, QueryStatus.RECALLING)  # a re-delivered step is recalling already
             collection = session.get_one(Collection, job.collection_id)
-            target = _milvus_collection(rt, collection)
-            model = collection.recall_model
-            collection_name = collection.name
-            fields = dict(collection.metadata_fields)
+            searched = _Searched(
+                _milvus_collection(rt, collection),
+                collection.id,
+                collection.name,
+                collection.recall_model,
+                dict(collection.metadata_fields),
+            )
             plan = job.request
-            query, _ = _query_of(rt, job)
-        cache_key = _embedding_key(model, plan, query.instruction)
-        started = time.perf_counter()
-        vector = _cached_vector(rt, cache_key)
-        if vector is None:
-            batcher = rt.query_batcher(model)
-            limit = rt.settings.task_time_limit
-            vector = batcher.submit([query], timeout=limit, arrived=arrived)[0]
-            _store_vector(rt, cache_key, vector)
+            query = _query_of(rt, job)
+        timings: dict[str, float] = {}
+        vector = None
+        if plan.embeds_query:
+            started = time.perf_counter()
+            vector = _query_vector(rt, searched, plan, query, arrived)
+            timings["embed"] = time.perf_counter() - started
         arrived()
-        embedded = time.perf_counter() - started
-        service = RecallService(rt.embedder(model), rt.index)
-        expression = rt.index.expression(plan.filter, fields)
-        result = service.search(target, query, plan.recall_k, expression, vector=vector)
-        result.timings["embed"] = embedded
-        for stage, seconds in result.timings.items():
+        hits = _recall(rt, searched, plan, vector, timings)
+        for stage, seconds in timings.items():
             STAGE_SECONDS.labels(stage).observe(seconds)
-        hits = [Hit(document_id=h.document_id, cosine=h.score) for h in result.hits]
         with rt.sessions.begin() as session:
             job = session.get_one(QueryJob, job_id)
             if _finished(job):
                 return job_id
             job.recall_hits = hits
-            job.timings = {**job.timings, **result.timings}
+            job.timings = {**job.timings, **timings}
             finished = not (plan.rerank.enabled and hits)
             if finished:
-                results = [RankedHit(**h.model_dump(), p_yes=None, score=h.cosine) for h in hits]
-                _finish(rt, session, job, results[: plan.top_k])
+                _finish(rt, session, job, [_unscored(h) for h in hits])
             else:
                 advance_query(job, QueryStatus.RERANKING)
         if finished:
             notify_finished(rt.redis, job_id)
-    _log_step("recall.search", job_id, collection_name, result.timings)
+    _log_step("recall.search", job_id, searched.name, timings)
     return job_id
 
 
+@dataclass(frozen=True)
+class _Searched:
+    """What the recall step needs of the collection, read with the job."""
+
+    target: str  # its Milvus collection
+    id: int
+    name: str
+    model: str
+    fields: dict[str, str]
+
+
+def _query_vector(
+    rt: Runtime, searched: _Searched, plan: SearchPlan, query: Query, arrived: Callable[[], None]
+) -> np.ndarray:
+    """The vector the dense search looks near: the query's embedding (cached in Redis),
+    moved towards and away from the stored vectors of the plan's examples."""
+    vector = None
+    if plan.text is not None or plan.image is not None:
+        cache_key = _embedding_key(searched.model, plan, query.instruction)
+        vector = _cached_vector(rt, cache_key)
+        if vector is None:
+            batcher = rt.query_batcher(searched.model)
+            limit = rt.settings.task_time_limit
+            vector = batcher.submit([query], timeout=limit, arrived=arrived)[0]
+            _store_vector(rt, cache_key, vector)
+    if plan.examples is None:
+        assert vector is not None  # the API refuses a query with nothing to embed
+        return vector
+    examples = plan.examples
+    stored = rt.index.vectors(searched.target, [*examples.like, *examples.unlike])
+    missing = [doc for doc in [*examples.like, *examples.unlike] if doc not in stored]
+    if missing:
+        raise LookupError(f"examples without a stored vector (deleted, or not indexed): {missing}")
+    like = [stored[doc] for doc in examples.like]
+    return example_vector(vector, like, [stored[doc] for doc in examples.unlike])
+
+
+def _recall(
+    rt: Runtime,
+    searched: _Searched,
+    plan: SearchPlan,
+    vector: np.ndarray | None,
+    timings: dict[str, float],
+) -> list[Hit]:
+    """The plan's ranked candidates, ``plan.depth`` of them, its examples left out (unless
+    it keeps them)."""
+    examples = plan.examples
+    excluded = set() if examples is None or examples.include else {*examples.like, *examples.unlike}
+    depth = plan.depth + len(excluded)
+    dense: list[tuple[str, float]] = []
+    if vector is not None:
+        started = time.perf_counter()
+        expression = rt.index.expression(plan.filter, searched.fields)
+        found = rt.index.search(searched.target, vector, depth, expression)
+        dense = [(hit.document_id, hit.score) for hit in found if hit.document_id not in excluded]
+        timings["search"] = time.perf_counter() - started
+    if plan.mode == SearchMode.DENSE:
+        return dense_hits(dense)[: plan.depth]
+    started = time.perf_counter()
+    with rt.sessions() as session:
+        keyword = keyword_search(
+            session, searched.id, plan.text, depth, plan.filter, searched.fields
+        )
+    keyword = [(doc, score) for doc, score in keyword if doc not in excluded]
+    timings["keyword"] = time.perf_counter() - started
+    if plan.mode == SearchMode.KEYWORD:
+        return keyword_hits(keyword)[: plan.depth]
+    assert vector is not None
+    assert plan.fusion is not None
+    found_dense = {doc for doc, _ in dense}
+    stored = rt.index.vectors(
+        searched.target, [doc for doc, _ in keyword if doc not in found_dense]
+    )
+    cosines = {doc: _cosine(vector, stored_vector) for doc, stored_vector in stored.items()}
+    return hybrid_hits(dense, keyword, cosines, plan.fusion, plan.depth)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.dot(a, b) / norms) if norms > 0 else 0.0
+
+
 def rerank_step(rt: Runtime, job_id: str) -> str:
-    """Score the recall hits with the reranker, fuse, store the final ranking and cache it."""
+    """Score the first ``rerank.k`` recall hits with the reranker and fuse; the hits past
+    them keep the recall's order below. Store the final ranking and cache it."""
     mark_queries_active(rt.redis)
     with rt.arrivals["pairs"].coming() as arrived, _recording_failure(rt, job_id):
         with rt.sessions.begin() as session:
@@ -228,43 +314,36 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
             plan = job.request
             collection_name = session.get_one(Collection, job.collection_id).name
             hits = list(job.recall_hits or [])
-            docs = {
-                doc.external_id: doc
-                for doc in session.scalars(
-                    select(Document).where(
-                        Document.collection_id == job.collection_id,
-                        Document.external_id.in_([h.document_id for h in hits]),
-                        Document.status == DocumentStatus.INDEXED,
-                    )
-                )
-            }
-            query, _ = _query_of(rt, job)
+            head = [h.document_id for h in hits[: plan.rerank.k]]
+            like = [plan.examples.like[0]] if plan.examples is not None else []
+            docs = _indexed(session, job.collection_id, [*head, *like])
+            query = _query_of(rt, job)
         # Deleted since recall, or not indexed at its current revision (queries.views): skip.
-        hits = [h for h in hits if h.document_id in docs]
+        scored = [h for h in hits[: plan.rerank.k] if h.document_id in docs]
         started = time.perf_counter()
-        candidates = [
-            RerankCandidate(
-                text=docs[h.document_id].text,
-                image=rt.media.get(key) if (key := docs[h.document_id].image_key) else None,
-            )
-            for h in hits
-        ]
+        candidates = [_rerank_candidate(rt, docs[h.document_id]) for h in scored]
         rerank_query = RerankQuery(query.text, query.image, query.instruction)
+        if query.text is None and query.image is None and like and like[0] in docs:
+            example = _rerank_candidate(rt, docs[like[0]])  # the query side: the first example
+            query = _with_instruction(plan, example.text, example.image)
+            rerank_query = RerankQuery(query.text, query.image, query.instruction)
         pairs = [(rerank_query, candidate) for candidate in candidates]
         batcher = rt.pair_batcher(rt.settings.rerank_model)
         p_yes = batcher.submit(pairs, timeout=rt.settings.task_time_limit, arrived=arrived)
+        by_id = {h.document_id: h for h in scored}
         fused = fuse(
-            [h.document_id for h in hits],
-            [h.cosine for h in hits],
+            [h.document_id for h in scored],
+            [h.first_stage for h in scored],
             p_yes,
             plan.rerank.weight,
         )
         seconds = time.perf_counter() - started
         STAGE_SECONDS.labels("rerank").observe(seconds)
         results = [
-            RankedHit(document_id=f.document_id, cosine=f.cosine, p_yes=f.p_yes, score=f.score)
-            for f in fused[: plan.top_k]
+            RankedHit(**by_id[f.document_id].model_dump(), p_yes=f.p_yes, score=f.score)
+            for f in fused
         ]
+        results += [_unscored(h) for h in hits[plan.rerank.k :]]
         with rt.sessions.begin() as session:
             job = session.get_one(QueryJob, job_id)
             if _finished(job):
@@ -274,6 +353,27 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
         notify_finished(rt.redis, job_id)
     _log_step("rerank.score", job_id, collection_name, {"rerank": seconds})
     return job_id
+
+
+def _unscored(hit: Hit) -> RankedHit:
+    """A hit the reranker did not score: ranked by the recall's score."""
+    return RankedHit(**hit.model_dump(), p_yes=None, score=hit.first_stage)
+
+
+def _indexed(session: Any, collection_id: int, ids: list[str]) -> dict[str, Document]:
+    rows = session.scalars(
+        select(Document).where(
+            Document.collection_id == collection_id,
+            Document.external_id.in_(ids),
+            Document.status == DocumentStatus.INDEXED,
+        )
+    )
+    return {doc.external_id: doc for doc in rows}
+
+
+def _rerank_candidate(rt: Runtime, doc: Document) -> RerankCandidate:
+    image = rt.media.get(doc.image_key) if doc.image_key else None
+    return RerankCandidate(text=doc.text, image=image)
 
 
 def _log_step(task: str, job_id: str, collection: str, timings: dict[str, float]) -> None:
@@ -290,7 +390,10 @@ def _timings_text(timings: dict[str, float]) -> str:
 
 
 def _finish(rt: Runtime, session: Any, job: QueryJob, results: list[RankedHit]) -> None:
-    """Store the final ranking, cache it enriched with its documents, tell the waiters."""
+    """Store the final ranking (grouped, when the plan groups), cache it enriched with its
+    documents, tell the waiters."""
+    if job.request.group is not None:
+        results = group_ranking(session, job.collection_id, results, job.request.group)
     job.results = results
     advance_query(job, QueryStatus.DONE)
     cache = ResultCache(rt.redis, rt.settings.result_ttl_seconds)

@@ -14,6 +14,7 @@ from api.openapi import documented, responses
 from api.responses import CollectionList, CollectionOut, IngestJobOut
 from api.schemas import CollectionCreate, CollectionUpdate, ReindexRequest, json_body
 from api.services import services
+from core.contract import SearchMode
 from core.errors import Conflict, InvalidRequest, NotFound
 from ingestion import outbox, reindex
 from ingestion.outbox import Kind
@@ -68,6 +69,7 @@ def render(session: Session, collection: Collection) -> dict[str, Any]:
             "weight": collection.rerank_weight,
         },
         "metadata_fields": collection.metadata_fields,
+        "search_mode": collection.search_mode,
         "version": collection.version,
         "generation": collection.generation,
         "milvus_collection": milvus_name(
@@ -114,6 +116,7 @@ def create_collection() -> Any:
             body.rerank.weight if body.rerank.weight is not None else settings.default_rerank_weight
         ),
         metadata_fields=validate_fields(body.metadata_fields),
+        search_mode=SearchMode(body.search_mode),
     )
     try:
         with session_scope(svc.sessions) as session:
@@ -163,6 +166,8 @@ def update_collection(name: str) -> Any:
                 collection.rerank_k = rerank.k
             if rerank.weight is not None:
                 collection.rerank_weight = rerank.weight
+        if body.search_mode is not None:  # every document is keyword-indexed already
+            collection.search_mode = SearchMode(body.search_mode)
         collection.version += 1  # defaults change answers: cached ones must not be served
         session.flush()
         return render(session, collection)

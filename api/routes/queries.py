@@ -9,6 +9,7 @@ returns status and results.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,8 +32,19 @@ from api.responses import CachedAnswer, QueryAccepted, QueryAnswer, QueryJobOut
 from api.routes.collections import get_collection
 from api.schemas import PageQuery, QueryRequest, decode_base64, request_parts
 from api.services import Services, services
-from core.contract import QUERY_QUEUES, Hit, RerankPlan, SearchPlan, Task, step_ids
-from core.errors import InvalidRequest, NotFound, Unavailable
+from core.contract import (
+    QUERY_QUEUES,
+    Examples,
+    Fusion,
+    Grouping,
+    Hit,
+    RerankPlan,
+    SearchMode,
+    SearchPlan,
+    Task,
+    step_ids,
+)
+from core.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from core.metrics import CACHE_REQUESTS
 from media.images import decode_image
 from media.store import media_key
@@ -42,8 +54,8 @@ from queries.views import enrich
 from recall.filters import compile_filter
 from store.db import session_scope
 from store.fences import collection_record
-from store.states import RUNNING_QUERY, QueryStatus, advance_query
-from store.tables import Collection, QueryJob, QueryJobKey, new_id, utcnow
+from store.states import RUNNING_QUERY, DocumentStatus, QueryStatus, advance_query
+from store.tables import Collection, Document, QueryJob, QueryJobKey, new_id, utcnow
 
 bp = Blueprint("queries", __name__)
 
@@ -52,6 +64,7 @@ RETRY_AFTER_SECONDS = 2
 RUNNING = RUNNING_QUERY
 ANONYMOUS = 0  # the caller's key id when auth is disabled
 Item = TypeVar("Item")
+Page = tuple[int, int]  # (offset, limit) of the ranking an answer shows
 LOST_MESSAGE = "the query's tasks were lost (the broker restarted?); send the query again"
 
 
@@ -68,6 +81,7 @@ class Searched:
     rerank_k: int
     rerank_weight: float
     metadata_fields: dict[str, str]
+    search_mode: str
 
 
 def _searched(svc: Services, name: str) -> Searched:
@@ -89,6 +103,9 @@ def _plan(
     top_k = body.top_k or settings.default_top_k
     if top_k > settings.max_top_k:
         raise InvalidRequest(f"top_k must be at most {settings.max_top_k}")
+    window = settings.max_result_window
+    if body.offset + top_k > window:
+        raise InvalidRequest(f"offset + top_k must be at most {window} (UMARVEL_MAX_RESULT_WINDOW)")
     enabled = collection.rerank_enabled if body.rerank.enabled is None else body.rerank.enabled
     if body.rerank.k is not None and body.rerank.k > settings.max_rerank_k:
         raise InvalidRequest(f"rerank.k must be at most {settings.max_rerank_k}")
@@ -99,11 +116,65 @@ def _plan(
         image=image_key,
         instruction=body.instruction,
         use_default_instruction=body.use_default_instruction,
-        top_k=top_k,
+        **_ranking(collection, body),
+        depth=min(window, k * math.ceil((body.offset + top_k) / k)),
         rerank=RerankPlan(enabled=enabled, k=k, weight=float(weight)),
         filter=body.filter,
         expression=compile_filter(body.filter, collection.metadata_fields),
+        top_k=top_k,
+        offset=body.offset,
     )
+
+
+def _ranking(collection: Searched, body: QueryRequest) -> dict[str, Any]:
+    """The plan's mode, fusion, examples and grouping, checked against each other."""
+    mode = SearchMode(body.mode or collection.search_mode)
+    if mode == SearchMode.KEYWORD and body.text is None:
+        raise InvalidRequest("keyword search needs text")
+    if mode == SearchMode.KEYWORD and body.like:
+        raise InvalidRequest("search by example (like) needs mode dense or hybrid")
+    if body.fusion is not None and mode != SearchMode.HYBRID:
+        raise InvalidRequest("fusion applies to mode hybrid only")
+    if body.unlike and not body.like:
+        raise InvalidRequest("unlike needs at least one like example")
+    if body.group_by is not None and body.group_by not in collection.metadata_fields:
+        declared = sorted(collection.metadata_fields) or "none"
+        raise InvalidRequest(f"cannot group by {body.group_by!r}: declared fields are {declared}")
+    fusion = body.fusion.model_dump() if body.fusion is not None else {}
+    return {
+        "mode": mode,
+        "fusion": Fusion(**fusion) if mode == SearchMode.HYBRID else None,
+        "examples": (
+            Examples(like=body.like, unlike=body.unlike, include=body.include_examples)
+            if body.like
+            else None
+        ),
+        "group": (Grouping(field=body.group_by, size=body.group_size) if body.group_by else None),
+    }
+
+
+def _check_examples(svc: Services, collection: Searched, examples: Examples | None) -> None:
+    """Every example must be an indexed document of this collection: an id it does not
+    hold is a 404, whatever other collection may hold it."""
+    if examples is None:
+        return
+    wanted = list(dict.fromkeys([*examples.like, *examples.unlike]))
+    with session_scope(svc.sessions) as session:
+        status = dict(
+            session.execute(
+                select(Document.external_id, Document.status).where(
+                    Document.collection_id == collection.id, Document.external_id.in_(wanted)
+                )
+            ).all()
+        )
+    missing = [doc for doc in wanted if doc not in status]
+    if missing:
+        raise NotFound(f"collection {collection.name!r} has no documents {missing}")
+    pending = [doc for doc in wanted if status[doc] != DocumentStatus.INDEXED]
+    if pending:
+        raise Conflict(
+            f"documents {pending} are not indexed (yet): they have no vector to search by"
+        )
 
 
 @bp.post("/v1/collections/<name>/queries")
@@ -123,8 +194,8 @@ def submit_query(name: str) -> Any:
     body = QueryRequest.model_validate(raw)
     if upload is not None and body.image is not None:
         raise InvalidRequest("send the image either as a file part or as base64, not both")
-    if body.text is None and body.image is None and upload is None:
-        raise InvalidRequest("a query needs text, an image, or both")
+    if body.text is None and body.image is None and upload is None and not body.like:
+        raise InvalidRequest("a query needs text, an image, or documents to search like")
     if body.text and len(body.text) > svc.settings.max_text_chars:
         raise InvalidRequest(f"text is longer than {svc.settings.max_text_chars} characters")
     wait = svc.settings.query_wait_seconds if body.wait is None else body.wait
@@ -148,8 +219,10 @@ def submit_query(name: str) -> Any:
     )
     cached = svc.cache.get(key)
     CACHE_REQUESTS.labels("hit" if cached is not None else "miss").inc()
+    page = (plan.offset, plan.top_k)
     if cached is not None:
-        return _render_cached(collection, cached), 200
+        return _render_cached(collection, cached, page), 200
+    _check_examples(svc, collection, plan.examples)
     check_queued(svc, g.get("api_key"))  # the key over its share first, then the queue
     check_backpressure(svc, QUERY_QUEUES, svc.settings.max_queue_depth)
     if data is not None:
@@ -194,8 +267,9 @@ def submit_query(name: str) -> Any:
                 holder,
                 wait,
                 finished,
+                page,
                 queued=holder == job_id and svc.notices.subscribed,
-                done=lambda: _finished_answer(svc, collection, key, holder),
+                done=lambda: _finished_answer(svc, collection, key, holder, page),
             )
 
 
@@ -255,6 +329,7 @@ def _answer(
     job_id: str,
     wait: float,
     finished: threading.Event | None,
+    page: Page,
     *,
     queued: bool,
     done: Callable[[], dict[str, Any] | None] | None = None,
@@ -273,7 +348,7 @@ def _answer(
                 job = session.get(QueryJob, job_id)
                 remaining = deadline - time.monotonic()
                 if job is not None and (job.status not in RUNNING or remaining <= 0):
-                    payload = render_job(session, job)
+                    payload = render_job(session, job, page)
                     return payload, (202 if job.status in RUNNING else 200)
                 if job is None and remaining <= 0:
                     # Another request holds the job and has not committed it yet.
@@ -295,9 +370,12 @@ def _paging() -> PageQuery:
         raise validation_error(exc, prefix="query.") from None
 
 
-def _page(results: Sequence[Item]) -> tuple[list[Item], dict[str, int]]:
+def _page(results: Sequence[Item], default: Page) -> tuple[list[Item], dict[str, int]]:
+    """The page of ``results`` that the query string asks for (``offset``, ``limit``), or
+    else ``default``: the request's own, or the job's."""
     page = _paging()
-    start, count = page.offset, page.limit or max(1, len(results))
+    start = page.offset if "offset" in request.args else default[0]
+    count = page.limit or default[1]
     return list(results[start : start + count]), {
         "offset": start,
         "limit": count,
@@ -322,8 +400,9 @@ def _head(job_id: str, collection: str, status: QueryStatus) -> dict[str, Any]:
     }
 
 
-def render_job(session: Any, job: QueryJob) -> dict[str, Any]:
-    """A job as its row holds it, results enriched with their documents (one page)."""
+def render_job(session: Any, job: QueryJob, page: Page | None = None) -> dict[str, Any]:
+    """A job as its row holds it, results enriched with their documents: one page, by
+    default the one its request asked for."""
     fields = {
         **_head(job.id, session.get_one(Collection, job.collection_id).name, job.status),
         "is_partial": job.status != QueryStatus.DONE and job.recall_hits is not None,
@@ -335,13 +414,15 @@ def render_job(session: Any, job: QueryJob) -> dict[str, Any]:
     }
     hits: Sequence[Hit] | None = job.results if job.status == QueryStatus.DONE else job.recall_hits
     if hits is not None:
-        page, fields["paging"] = _page(hits)
-        fields["results"] = enrich(session, job.collection_id, page, fields["paging"]["offset"] + 1)
+        shown, fields["paging"] = _page(hits, page or (job.request.offset, job.request.top_k))
+        fields["results"] = enrich(
+            session, job.collection_id, shown, fields["paging"]["offset"] + 1
+        )
     return _published(fields)
 
 
 def _finished_answer(
-    svc: Services, collection: Searched, key: str, job_id: str
+    svc: Services, collection: Searched, key: str, job_id: str, page: Page
 ) -> dict[str, Any] | None:
     """Job ``job_id``'s answer from the result cache its last step filled before waking the
     waiters (the same answer its row gives, without SQL); None until it is there."""
@@ -349,15 +430,15 @@ def _finished_answer(
     if cached is None or cached.get("job_id") != job_id or "created_at" not in cached:
         return None
     stamps = {"created_at": cached["created_at"], "finished_at": cached["finished_at"]}
-    return _published({**_cached_fields(collection, cached), **stamps, "cached": False})
+    return _published({**_cached_fields(collection, cached, page), **stamps, "cached": False})
 
 
-def _render_cached(collection: Searched, cached: dict[str, Any]) -> dict[str, Any]:
-    return _published(_cached_fields(collection, cached))
+def _render_cached(collection: Searched, cached: dict[str, Any], page: Page) -> dict[str, Any]:
+    return _published(_cached_fields(collection, cached, page))
 
 
-def _cached_fields(collection: Searched, cached: dict[str, Any]) -> dict[str, Any]:
-    page, paging = _page(cached["results"])
+def _cached_fields(collection: Searched, cached: dict[str, Any], page: Page) -> dict[str, Any]:
+    shown, paging = _page(cached["results"], page)
     return {
         **_head(cached["job_id"], collection.name, QueryStatus.DONE),
         "is_partial": False,
@@ -366,7 +447,7 @@ def _cached_fields(collection: Searched, cached: dict[str, Any]) -> dict[str, An
         "cached": True,
         # Cached results are stored enriched (a write changes the key): no SQL here.
         "results": [
-            {**hit, "rank": rank} for rank, hit in enumerate(page, start=paging["offset"] + 1)
+            {**hit, "rank": rank} for rank, hit in enumerate(shown, start=paging["offset"] + 1)
         ],
         "paging": paging,
     }

@@ -1,0 +1,35 @@
+"""Keyword search of one collection in the SQL store (``store.keywords``), with filters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from queries.sql_filters import sql_filter
+from store.keywords import query_phrases, ranked
+from store.states import DocumentStatus
+from store.tables import Document
+
+
+def keyword_search(
+    session: Session,
+    collection_id: int,
+    query: str | None,
+    limit: int,
+    spec: Any = None,
+    fields: dict[str, str] | None = None,
+) -> list[tuple[str, float]]:
+    """``(external id, score)`` of the ``limit`` indexed documents whose text best matches
+    ``query`` and whose metadata satisfies the filter ``spec``; best first."""
+    phrases = query_phrases(query or "")
+    if not phrases:
+        return []
+    where = [
+        Document.collection_id == collection_id,
+        Document.status == DocumentStatus.INDEXED,
+        *sql_filter(spec, fields or {}),
+    ]
+    dialect = session.get_bind().dialect.name
+    statement = ranked(dialect, phrases, Document, where, limit)
+    return [(str(doc), float(score)) for doc, score in session.execute(statement).all()]
