@@ -38,6 +38,9 @@ def client_for(api: str, key: str) -> Client:
     return Client(api, key)
 
 
+MODES = ["dense", "keyword", "hybrid"]  # core.contract.SearchMode
+
+
 def _json_option(func: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
         func
@@ -64,6 +67,13 @@ def collections() -> None:
     help=f"A metadata field search can filter on; TYPE is one of {', '.join(FIELD_TYPES)}. "
     "Repeat for several.",
 )
+@click.option(
+    "--search-mode",
+    type=click.Choice(MODES),
+    default="dense",
+    show_default=True,
+    help="What queries rank by when they do not say.",
+)
 @api_options
 @_json_option
 def collections_create(
@@ -74,6 +84,7 @@ def collections_create(
     rerank_k: int | None,
     rerank_weight: float | None,
     fields: tuple[str, ...],
+    search_mode: str,
     api: str,
     key: str,
     as_json: bool,
@@ -91,8 +102,20 @@ def collections_create(
         recall_model=recall_model,
         rerank=defaults,
         metadata_fields=metadata,
+        search_mode=search_mode,
     )
     _show([created], as_json, one=True)
+
+
+@collections.command("set-mode")
+@click.argument("name")
+@click.argument("mode", type=click.Choice(MODES))
+@api_options
+@_json_option
+def collections_set_mode(name: str, mode: str, api: str, key: str, as_json: bool) -> None:
+    """Make MODE the default search of collection NAME. Every document is keyword-indexed
+    already: nothing is embedded again."""
+    _show([client_for(api, key).collections.patch(name, search_mode=mode)], as_json, one=True)
 
 
 def _field(spec: str) -> tuple[str, str]:
@@ -189,6 +212,23 @@ def _show(found: list[Collection], as_json: bool, one: bool = False) -> None:
     default=None,
     help='Metadata filter, JSON: \'{"year": {"gte": 2020}}\'.',
 )
+@click.option("--mode", type=click.Choice(MODES), default=None, help="Default: the collection's.")
+@click.option(
+    "--fusion",
+    type=click.Choice(["rrf", "weighted"]),
+    default=None,
+    help="How --mode hybrid merges its rankings (default rrf).",
+)
+@click.option(
+    "--keyword-weight", type=click.FloatRange(0, 1), default=None, help="--fusion weighted."
+)
+@click.option("--like", multiple=True, metavar="ID", help="A stored document to search like.")
+@click.option(
+    "--unlike", multiple=True, metavar="ID", help="A stored document to search away from."
+)
+@click.option("--offset", type=click.IntRange(0), default=0, help="Results skipped: the page.")
+@click.option("--group-by", default=None, metavar="FIELD", help="One group per value of FIELD.")
+@click.option("--group-size", type=click.IntRange(1, 100), default=None, help="Hits per group.")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait.")
 @api_options
 @_json_option
@@ -201,14 +241,28 @@ def search(
     rerank: bool | None,
     rerank_weight: float | None,
     filter_json: str | None,
+    mode: str | None,
+    fusion: str | None,
+    keyword_weight: float | None,
+    like: tuple[str, ...],
+    unlike: tuple[str, ...],
+    offset: int,
+    group_by: str | None,
+    group_size: int | None,
     timeout: float,
     api: str,
     key: str,
     as_json: bool,
 ) -> None:
-    """Search COLLECTION by --text, --image or both; print the ranked documents."""
-    if text is None and image is None:
-        raise click.UsageError("give --text, --image or both")
+    """Search COLLECTION by --text, --image, both, or stored documents (--like); print the
+    ranked documents."""
+    if text is None and image is None and not like:
+        raise click.UsageError("give --text, --image, --like, or several")
+    fusion_options: dict[str, Any] | None = None
+    if fusion is not None or keyword_weight is not None:
+        fusion_options = {"method": fusion or "weighted"}
+        if keyword_weight is not None:
+            fusion_options["keyword_weight"] = keyword_weight
     options: dict[str, Any] | None = None
     if rerank is not None or rerank_weight is not None:
         options = {"enabled": True if rerank is None else rerank}
@@ -230,6 +284,13 @@ def search(
         top_k=top_k,
         rerank=options,
         filter=filter_,
+        mode=mode,
+        fusion=fusion_options,
+        like=like,
+        unlike=unlike,
+        offset=offset,
+        group_by=group_by,
+        group_size=group_size,
         timeout=timeout,
     )
     _hits(result, as_json)
@@ -242,11 +303,20 @@ def _hits(result: SearchResult, as_json: bool) -> None:
     timings = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in result.timings.items())
     cached = " (cached)" if result.cached else ""
     click.echo(f"job {result.job_id}: {result.status}{cached}; {timings or 'no timings'}")
-    click.echo(f"{'rank':>4}  {'document':<24} {'cosine':>8} {'p_yes':>7} {'score':>8}  text")
+    grouped = any(hit.group is not None for hit in result.hits)
+    group = f" {'group':<12}" if grouped else ""
+    click.echo(
+        f"{'rank':>4}  {'document':<24} {'cosine':>8} {'keyword':>8} {'p_yes':>7} {'score':>8}"
+        f"{group}  text"
+    )
     for hit in result.hits:
-        p_yes = "-" if hit.p_yes is None else f"{hit.p_yes:.4f}"
         text = (hit.text or "").replace("\n", " ")[:60]
+        value = f" {hit.group if hit.group is not None else '-'!s:<12}" if grouped else ""
         click.echo(
-            f"{hit.rank:>4}  {hit.document_id:<24} {hit.cosine:>8.4f} {p_yes:>7} "
-            f"{hit.score:>8.4f}  {text}"
+            f"{hit.rank:>4}  {hit.document_id:<24} {_number(hit.cosine, 8)} "
+            f"{_number(hit.keyword, 8)} {_number(hit.p_yes, 7)} {hit.score:>8.4f}{value}  {text}"
         )
+
+
+def _number(value: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"

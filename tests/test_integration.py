@@ -646,3 +646,51 @@ def test_reindex_swaps_generations_while_search_answers(
     wait_until(
         lambda: not index.exists(first["milvus_collection"]), 30, "the old generation dropped"
     )
+
+
+def test_keyword_hybrid_examples_groups_and_pages_through_the_client_and_cli(
+    stack: Stack,
+) -> None:
+    """The live stack (worker processes, PostgreSQL, milvus-lite): a code that one
+    document in 500 holds is first in keyword and hybrid search, reranked; more like this;
+    one hit per group; page two from the cached ranking."""
+    from umarvel_client import Client
+
+    key = stack.create_key(("admin",))
+    api = Client(stack.api_url, key, poll_seconds=0.05)
+    api.collections.create("catalogue", metadata_fields={"product": "str"}, rerank={"k": 20})
+    docs = [
+        {
+            "id": f"c{i}",
+            "text": f"cotton shirt SKU-{10000 + i}",
+            "metadata": {"product": f"p{i % 25}"},
+        }
+        for i in range(500)
+    ]
+    docs[321]["text"] = "cotton shirt SKU-48213, made by Kowalczyk"
+    docs += [{"id": twin, "text": "a velvet scarf with a golden fringe"} for twin in ("ta", "tb")]
+    job = api.documents.ingest("catalogue", docs, wait=True, timeout=300)
+    assert job.done == 502, job
+
+    for mode in ("keyword", "hybrid"):
+        found = api.search("catalogue", text="SKU-48213", mode=mode, top_k=5, rerank=True)
+        assert found.hits[0].document_id == "c321", (mode, found.hits)
+        assert found.hits[0].keyword is not None
+    like = api.search("catalogue", like=["ta"], top_k=3)
+    assert like.hits[0].document_id == "tb"
+    assert "ta" not in {hit.document_id for hit in like.hits}
+    grouped = api.search("catalogue", text="cotton shirt", group_by="product", top_k=20)
+    values = [hit.group for hit in grouped.hits if hit.group is not None]
+    assert len(values) == len(set(values)) > 1
+    first = api.search("catalogue", text="a cotton shirt", top_k=20)
+    second = api.search("catalogue", text="a cotton shirt", top_k=10, offset=10)
+    assert second.cached
+    assert [h.document_id for h in second.hits] == [h.document_id for h in first.hits[10:]]
+
+    common = ["--api", stack.api_url, "--key", key]
+    searched = _cli("search", "catalogue", "--text", "SKU-48213", "--mode", "keyword", *common)
+    assert searched.returncode == 0, searched.stderr
+    assert searched.stdout.splitlines()[2].split()[1] == "c321"
+    liked = _cli("search", "catalogue", "--like", "ta", "--top-k", "1", "--json", *common)
+    assert json.loads(liked.stdout)["results"][0]["document_id"] == "tb"
+    api.collections.delete("catalogue")

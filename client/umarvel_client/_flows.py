@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -172,8 +172,27 @@ def search_request(
     rerank: bool | Mapping[str, Any] | None,
     filter: Mapping[str, Any] | None,
     wait: float | None,
+    mode: str | None = None,
+    fusion: Mapping[str, Any] | None = None,
+    like: Sequence[str] = (),
+    unlike: Sequence[str] = (),
+    include_examples: bool = False,
+    offset: int = 0,
+    group_by: str | None = None,
+    group_size: int | None = None,
 ) -> Request:
     body: dict[str, Any] = {"use_default_instruction": use_default_instruction}
+    ranking = {
+        "mode": mode,
+        "fusion": dict(fusion) if fusion is not None else None,
+        "like": list(like) or None,
+        "unlike": list(unlike) or None,
+        "include_examples": include_examples or None,
+        "offset": offset or None,
+        "group_by": group_by,
+        "group_size": group_size,
+    }
+    body.update({name: value for name, value in ranking.items() if value is not None})
     if text is not None:
         body["text"] = text
     if image is not None:
@@ -217,8 +236,11 @@ def create_collection(
     recall_model: str | None,
     rerank: Mapping[str, Any] | None,
     metadata_fields: Mapping[str, str] | None,
+    search_mode: str | None = None,
 ) -> Flow[Collection]:
     body: dict[str, Any] = {"name": name, "description": description}
+    if search_mode is not None:
+        body["search_mode"] = search_mode
     if recall_model is not None:
         body["recall_model"] = recall_model
     if rerank is not None:
@@ -240,9 +262,16 @@ def get_collection(cfg: Config, name: str) -> Flow[Collection]:
 
 
 def patch_collection(
-    cfg: Config, name: str, *, description: str | None, rerank: Mapping[str, Any] | None
+    cfg: Config,
+    name: str,
+    *,
+    description: str | None,
+    rerank: Mapping[str, Any] | None,
+    search_mode: str | None = None,
 ) -> Flow[Collection]:
     body: dict[str, Any] = {}
+    if search_mode is not None:
+        body["search_mode"] = search_mode
     if description is not None:
         body["description"] = description
     if rerank is not None:

@@ -15,7 +15,7 @@ still a plain function, and image files are read as ``Client`` reads them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -100,6 +100,14 @@ class AsyncClient:
         top_k: int | None = None,
         rerank: bool | Mapping[str, Any] | None = None,
         filter: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+        fusion: Mapping[str, Any] | None = None,
+        like: Sequence[str] = (),
+        unlike: Sequence[str] = (),
+        include_examples: bool = False,
+        offset: int = 0,
+        group_by: str | None = None,
+        group_size: int | None = None,
         wait: float | None = None,
         until_done: bool = True,
         timeout: float = 120.0,
@@ -115,6 +123,14 @@ class AsyncClient:
             rerank=rerank,
             filter=filter,
             wait=wait,
+            mode=mode,
+            fusion=fusion,
+            like=like,
+            unlike=unlike,
+            include_examples=include_examples,
+            offset=offset,
+            group_by=group_by,
+            group_size=group_size,
         )
         flow = _flows.search(self, request, until_done=until_done, timeout=timeout)
         return await self._run(flow)
@@ -152,6 +168,7 @@ class AsyncCollections:
         recall_model: str | None = None,
         rerank: Mapping[str, Any] | None = None,
         metadata_fields: Mapping[str, str] | None = None,
+        search_mode: str | None = None,
     ) -> Collection:
         """See ``Collections.create``."""
         return await self._c._run(
@@ -162,6 +179,7 @@ class AsyncCollections:
                 recall_model=recall_model,
                 rerank=rerank,
                 metadata_fields=metadata_fields,
+                search_mode=search_mode,
             )
         )
 
@@ -177,8 +195,11 @@ class AsyncCollections:
         *,
         description: str | None = None,
         rerank: Mapping[str, Any] | None = None,
+        search_mode: str | None = None,
     ) -> Collection:
-        flow = _flows.patch_collection(self._c, name, description=description, rerank=rerank)
+        flow = _flows.patch_collection(
+            self._c, name, description=description, rerank=rerank, search_mode=search_mode
+        )
         return await self._c._run(flow)
 
     async def delete(self, name: str) -> None:

@@ -25,7 +25,7 @@ requests written once in ``umarvel_client._flows``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -133,12 +133,26 @@ class Client:
         top_k: int | None = None,
         rerank: bool | Mapping[str, Any] | None = None,
         filter: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+        fusion: Mapping[str, Any] | None = None,
+        like: Sequence[str] = (),
+        unlike: Sequence[str] = (),
+        include_examples: bool = False,
+        offset: int = 0,
+        group_by: str | None = None,
+        group_size: int | None = None,
         wait: float | None = None,
         until_done: bool = True,
         timeout: float = 120.0,
     ) -> SearchResult:
-        """Search a collection by text, image or both (a composed query).
+        """Search a collection by text, image or both (a composed query), or by stored
+        documents (``like``, and away from ``unlike``; excluded from the results unless
+        ``include_examples``).
 
+        ``mode``: ``dense``, ``keyword`` or ``hybrid`` (``None``: the collection's default);
+        ``fusion``: for hybrid, ``{"method": "rrf" | "weighted", "k", "keyword_weight"}``.
+        ``offset`` and ``top_k``: the page of the ranking. ``group_by``: a declared metadata
+        field, keeping at most ``group_size`` hits per value.
         ``rerank``: ``True``/``False``, or ``{"enabled", "k", "weight"}``; ``None`` keeps the
         collection's defaults. ``wait``: seconds the server waits before answering with a
         running job (its default when ``None``). With ``until_done`` the job is then polled
@@ -155,6 +169,14 @@ class Client:
             rerank=rerank,
             filter=filter,
             wait=wait,
+            mode=mode,
+            fusion=fusion,
+            like=like,
+            unlike=unlike,
+            include_examples=include_examples,
+            offset=offset,
+            group_by=group_by,
+            group_size=group_size,
         )
         return self._run(_flows.search(self, request, until_done=until_done, timeout=timeout))
 
@@ -191,6 +213,7 @@ class Collections:
         recall_model: str | None = None,
         rerank: Mapping[str, Any] | None = None,
         metadata_fields: Mapping[str, str] | None = None,
+        search_mode: str | None = None,
     ) -> Collection:
         """``rerank``: ``{"enabled", "k", "weight"}`` defaults; ``metadata_fields``: name to
         ``int``, ``float``, ``str`` or ``bool``."""
@@ -202,6 +225,7 @@ class Collections:
                 recall_model=recall_model,
                 rerank=rerank,
                 metadata_fields=metadata_fields,
+                search_mode=search_mode,
             )
         )
 
@@ -217,8 +241,11 @@ class Collections:
         *,
         description: str | None = None,
         rerank: Mapping[str, Any] | None = None,
+        search_mode: str | None = None,
     ) -> Collection:
-        flow = _flows.patch_collection(self._c, name, description=description, rerank=rerank)
+        flow = _flows.patch_collection(
+            self._c, name, description=description, rerank=rerank, search_mode=search_mode
+        )
         return self._c._run(flow)
 
     def delete(self, name: str) -> None:

@@ -37,6 +37,7 @@ class Collection:
     reindex: dict[str, Any] | None
     created_at: str
     raw: dict[str, Any] = field(repr=False, compare=False)
+    search_mode: str = "dense"  # what queries rank by when they do not say
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Collection:
@@ -51,6 +52,7 @@ class Collection:
             documents=DocumentCounts(**body["documents"]),
             reindex=body.get("reindex"),
             created_at=body["created_at"],
+            search_mode=body.get("search_mode", "dense"),
             raw=body,
         )
 
@@ -137,12 +139,14 @@ class Document:
 class Hit:
     rank: int
     document_id: str
-    cosine: float
+    cosine: float | None  # None: a keyword search (nothing embedded)
     p_yes: float | None
     score: float
     text: str | None
     metadata: dict[str, Any]
     image_url: str | None
+    keyword: float | None = None  # the keyword score (keyword and hybrid modes)
+    group: Any = None  # the group_by field's value
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Hit:
@@ -150,12 +154,14 @@ class Hit:
             rank=body["rank"],
             document_id=body["document_id"],
             cosine=body["cosine"],
-            # A partial (recall-only) hit has neither: its score is its cosine.
+            # A partial (recall-only) hit has neither: its score is the recall's.
             p_yes=body.get("p_yes"),
-            score=body.get("score", body["cosine"]),
+            score=body.get("score", body.get("recall", body["cosine"])),
             text=body["text"],
             metadata=body["metadata"],
             image_url=body["image_url"],
+            keyword=body.get("keyword"),
+            group=body.get("group"),
         )
 
 
