@@ -191,18 +191,32 @@ def test_search_sends_the_request_and_follows_a_running_job(server: Any, through
         url,
         "k",
         lambda api: api.search(
-            "c", text="a", image=b"\x89PNG", top_k=3, rerank=False, filter={"n": 1}, wait=0
+            "c",
+            text="a",
+            image=b"\x89PNG",
+            top_k=3,
+            rerank=False,
+            filter={"n": 1},
+            mode="hybrid",
+            like=("d0",),
+            offset=10,
+            group_by="n",
+            instruction=None,  # None: left out, the server's default
+            wait=0,
         ),
         poll_seconds=0.01,
     )
     assert seen == [
         {
-            "use_default_instruction": True,
             "text": "a",
             "image": "iVBORw==",
             "top_k": 3,
             "rerank": {"enabled": False},
             "filter": {"n": 1},
+            "mode": "hybrid",
+            "like": ["d0"],
+            "offset": 10,
+            "group_by": "n",
             "wait": 0,
         }
     ]

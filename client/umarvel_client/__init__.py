@@ -48,6 +48,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "SearchOptions",
     "SearchResult",
     "ServerError",
     "UmarvelClientError",

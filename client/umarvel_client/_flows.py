@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import httpx
 
@@ -161,54 +161,41 @@ def health(cfg: Config) -> Flow[dict[str, Any]]:
     return dict((yield from call(cfg, Request("GET", "/statusz"), answers=_status_answer)))
 
 
-def search_request(
-    collection: str,
-    *,
-    text: str | None,
-    image: ImageLike | None,
-    instruction: str | None,
-    use_default_instruction: bool,
-    top_k: int | None,
-    rerank: bool | Mapping[str, Any] | None,
-    filter: Mapping[str, Any] | None,
-    wait: float | None,
-    mode: str | None = None,
-    fusion: Mapping[str, Any] | None = None,
-    like: Sequence[str] = (),
-    unlike: Sequence[str] = (),
-    include_examples: bool = False,
-    offset: int = 0,
-    group_by: str | None = None,
-    group_size: int | None = None,
-) -> Request:
-    body: dict[str, Any] = {"use_default_instruction": use_default_instruction}
-    ranking = {
-        "mode": mode,
-        "fusion": dict(fusion) if fusion is not None else None,
-        "like": list(like) or None,
-        "unlike": list(unlike) or None,
-        "include_examples": include_examples or None,
-        "offset": offset or None,
-        "group_by": group_by,
-        "group_size": group_size,
-    }
-    body.update({name: value for name, value in ranking.items() if value is not None})
-    if text is not None:
-        body["text"] = text
-    if image is not None:
-        body["image"] = encode_image(image)
-    if instruction is not None:
-        body["instruction"] = instruction
-    if top_k is not None:
-        body["top_k"] = top_k
-    if isinstance(rerank, bool):
-        body["rerank"] = {"enabled": rerank}
-    elif rerank is not None:
-        body["rerank"] = dict(rerank)
-    if filter is not None:
-        body["filter"] = dict(filter)
-    if wait is not None:
-        body["wait"] = wait
+class SearchOptions(TypedDict, total=False):
+    """What a search may say; everything left out is the server's or the collection's
+    default. See ``Client.search``."""
+
+    text: str | None
+    image: ImageLike | None
+    instruction: str | None
+    use_default_instruction: bool | None
+    mode: str | None  # dense | keyword | hybrid
+    fusion: Mapping[str, Any] | None  # hybrid: {"method": "rrf" or "weighted", "k", ...}
+    like: Sequence[str] | None  # stored documents to search like
+    unlike: Sequence[str] | None  # stored documents to search away from
+    include_examples: bool | None
+    top_k: int | None
+    offset: int | None
+    group_by: str | None
+    group_size: int | None
+    rerank: bool | Mapping[str, Any] | None
+    filter: Mapping[str, Any] | None
+    wait: float | None
+
+
+def search_request(collection: str, options: SearchOptions) -> Request:
+    """The query request for ``options``; a ``None`` value counts as left out."""
+    body: dict[str, Any] = {name: value for name, value in options.items() if value is not None}
+    if "image" in body:
+        body["image"] = encode_image(body["image"])
+    if isinstance(body.get("rerank"), bool):
+        body["rerank"] = {"enabled": body["rerank"]}
+    for name in ("rerank", "fusion", "filter"):
+        if name in body:
+            body[name] = dict(body[name])
+    for name in ("like", "unlike"):
+        if name in body:
+            body[name] = list(body[name])
     # Safe to send twice: a search changes no data, and the server answers the same query
     # from its cache or joins the job already running it rather than starting another.
     return Request("POST", f"/v1/collections/{collection}/queries", json=body, safe=True)

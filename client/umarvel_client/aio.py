@@ -15,14 +15,21 @@ still a plain function, and image files are read as ``Client`` reads them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import httpx
 
 from umarvel_client import _flows
-from umarvel_client._flows import Flow, ImageLike, Outcome, ProgressCallback, Request, Sleep
+from umarvel_client._flows import (
+    Flow,
+    Outcome,
+    ProgressCallback,
+    Request,
+    SearchOptions,
+    Sleep,
+)
 from umarvel_client.types import Collection, Document, IngestJob, IngestSummary, SearchResult
 
 __all__ = ["AsyncClient", "AsyncCollections", "AsyncDocuments", "AsyncJobs"]
@@ -93,45 +100,12 @@ class AsyncClient:
         self,
         collection: str,
         *,
-        text: str | None = None,
-        image: ImageLike | None = None,
-        instruction: str | None = None,
-        use_default_instruction: bool = True,
-        top_k: int | None = None,
-        rerank: bool | Mapping[str, Any] | None = None,
-        filter: Mapping[str, Any] | None = None,
-        mode: str | None = None,
-        fusion: Mapping[str, Any] | None = None,
-        like: Sequence[str] = (),
-        unlike: Sequence[str] = (),
-        include_examples: bool = False,
-        offset: int = 0,
-        group_by: str | None = None,
-        group_size: int | None = None,
-        wait: float | None = None,
         until_done: bool = True,
         timeout: float = 120.0,
+        **options: Unpack[SearchOptions],
     ) -> SearchResult:
         """Search a collection by text, image or both: see ``Client.search``."""
-        request = _flows.search_request(
-            collection,
-            text=text,
-            image=image,
-            instruction=instruction,
-            use_default_instruction=use_default_instruction,
-            top_k=top_k,
-            rerank=rerank,
-            filter=filter,
-            wait=wait,
-            mode=mode,
-            fusion=fusion,
-            like=like,
-            unlike=unlike,
-            include_examples=include_examples,
-            offset=offset,
-            group_by=group_by,
-            group_size=group_size,
-        )
+        request = _flows.search_request(collection, options)
         flow = _flows.search(self, request, until_done=until_done, timeout=timeout)
         return await self._run(flow)
 

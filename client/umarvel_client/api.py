@@ -25,9 +25,9 @@ requests written once in ``umarvel_client._flows``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import httpx
 
@@ -39,6 +39,7 @@ from umarvel_client._flows import (
     Outcome,
     ProgressCallback,
     Request,
+    SearchOptions,
     Sleep,
     encode_image,
 )
@@ -126,24 +127,9 @@ class Client:
         self,
         collection: str,
         *,
-        text: str | None = None,
-        image: ImageLike | None = None,
-        instruction: str | None = None,
-        use_default_instruction: bool = True,
-        top_k: int | None = None,
-        rerank: bool | Mapping[str, Any] | None = None,
-        filter: Mapping[str, Any] | None = None,
-        mode: str | None = None,
-        fusion: Mapping[str, Any] | None = None,
-        like: Sequence[str] = (),
-        unlike: Sequence[str] = (),
-        include_examples: bool = False,
-        offset: int = 0,
-        group_by: str | None = None,
-        group_size: int | None = None,
-        wait: float | None = None,
         until_done: bool = True,
         timeout: float = 120.0,
+        **options: Unpack[SearchOptions],
     ) -> SearchResult:
         """Search a collection by text, image or both (a composed query), or by stored
         documents (``like``, and away from ``unlike``; excluded from the results unless
@@ -159,25 +145,7 @@ class Client:
         until it finishes (at most ``timeout`` seconds); else a running job comes back as
         it is, ``partial`` results included.
         """
-        request = _flows.search_request(
-            collection,
-            text=text,
-            image=image,
-            instruction=instruction,
-            use_default_instruction=use_default_instruction,
-            top_k=top_k,
-            rerank=rerank,
-            filter=filter,
-            wait=wait,
-            mode=mode,
-            fusion=fusion,
-            like=like,
-            unlike=unlike,
-            include_examples=include_examples,
-            offset=offset,
-            group_by=group_by,
-            group_size=group_size,
-        )
+        request = _flows.search_request(collection, options)
         return self._run(_flows.search(self, request, until_done=until_done, timeout=timeout))
 
     def _run(self, flow: Flow[T]) -> T:
