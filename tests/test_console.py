@@ -32,7 +32,7 @@ from selenium import webdriver  # noqa: E402
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +195,40 @@ def test_sign_in_create_ingest_search_delete(
     assert len(hits) == 3
     _thumbnails_loaded(driver, 3)
     driver.save_screenshot(str(shots / "search-image-text.png"))
+
+    # More like this: the example's neighbours, the example itself left out.
+    liked = hits[0].get_attribute("data-document")
+    hits[0].find_element(By.CSS_SELECTOR, "button[data-action=like]").click()
+    wait(driver, lambda d: d.find_element(By.ID, "search-like-id").text == liked)
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .hit")) == 2)
+    shown = {h.get_attribute("data-document") for h in _finished_hits(driver)}
+    assert liked not in shown
+    click(driver, "#clear-like")
+    wait(driver, lambda d: not visible(d, "#search-like"))
+
+    # Keyword mode: only the captioned image holds the words; nothing is embedded.
+    click(driver, "#clear-image")
+    Select(driver.find_element(By.ID, "search-mode")).select_by_value("keyword")
+    driver.find_element(By.ID, "search-text").clear()
+    driver.find_element(By.ID, "search-text").send_keys("red circle", Keys.ENTER)
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .hit")) == 1)
+    hit = _finished_hits(driver)[0]
+    assert hit.get_attribute("data-document") == "red-circle.png"
+    assert "keyword" in hit.text
+    assert "cosine —" in hit.text
+
+    # Pages of one ranking: one hit a page, the next page from the same ranking.
+    Select(driver.find_element(By.ID, "search-mode")).select_by_value("dense")
+    top_k = driver.find_element(By.ID, "search-top-k")
+    top_k.clear()
+    top_k.send_keys("1", Keys.ENTER)
+    wait(driver, lambda d: d.find_element(By.ID, "page-range").text == "1\u20131 of 3")
+    first_page = _finished_hits(driver)[0].get_attribute("data-document")
+    click(driver, "#next-page")
+    wait(driver, lambda d: d.find_element(By.ID, "page-range").text == "2\u20132 of 3")
+    assert _finished_hits(driver)[0].get_attribute("data-document") != first_page
+    assert "(cached)" in driver.find_element(By.ID, "search-state").text
+    driver.save_screenshot(str(shots / "search-pages.png"))
 
     # Images are fetched with the key, never with it in a URL.
     urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

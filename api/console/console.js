@@ -10,6 +10,8 @@ const state = {
   key: sessionStorage.getItem(KEY),
   collections: [],
   queryImage: null,
+  like: null,  // the document a "more like this" search is searching like
+  offset: 0,  // the page of the results shown
   thumbnails: new Map(),
 };
 
@@ -314,8 +316,30 @@ function setQueryImage(file) {
 
 async function search(event) {
   event.preventDefault();
+  state.offset = 0;  // a new search starts at its first page
+  await runSearch();
+}
+
+async function page(step) {
+  state.offset = Math.max(0, state.offset + step * (Number($("#search-top-k").value) || 10));
+  await runSearch();
+}
+
+function searchLike(documentId) {
+  state.like = documentId;
+  $("#search-like").hidden = !documentId;
+  $("#search-like-id").textContent = documentId || "";
+  state.offset = 0;
+  if (documentId) runSearch();
+}
+
+async function runSearch() {
   const collection = $("#search-collection").value;
   const body = { top_k: Number($("#search-top-k").value) || 10, wait: 0 };
+  if (state.offset) body.offset = state.offset;
+  if (state.like) body.like = [state.like];
+  if ($("#search-mode").value) body.mode = $("#search-mode").value;
+  if ($("#search-group-by").value.trim()) body.group_by = $("#search-group-by").value.trim();
   const text = $("#search-text").value.trim();
   if (text) body.text = text;
   if ($("#search-instruction").value.trim()) body.instruction = $("#search-instruction").value.trim();
@@ -330,7 +354,7 @@ async function search(event) {
       }
     }
     if (state.queryImage) body.image = await readBase64(state.queryImage);
-    if (!body.text && !body.image) throw new Error("Give a text, an image or both.");
+    if (!body.text && !body.image && !body.like) throw new Error("Give a text, an image or both.");
     let answer = await api("POST", `/v1/collections/${encodeURIComponent(collection)}/queries`, body);
     renderAnswer(answer);
     while (answer.is_running) {
@@ -354,15 +378,24 @@ function renderAnswer(answer) {
   stateLine.dataset.status = answer.status;
   if (!answer.results) return;
   $("#results").replaceChildren(...answer.results.map(card));
+  const { offset, limit, total } = answer.paging;
+  $("#pages").hidden = total === 0;
+  $("#previous-page").disabled = offset === 0;
+  $("#next-page").disabled = offset + limit >= total;
+  $("#page-range").textContent = `${offset + 1}–${Math.min(offset + limit, total)} of ${total}`;
 }
 
+const known = (value) => value !== undefined && value !== null;
+
 function card(hit) {
-  const scores = [`cosine ${hit.cosine.toFixed(4)}`];
-  if (hit.p_yes !== undefined && hit.p_yes !== null) scores.push(`P(Yes) ${hit.p_yes.toFixed(4)}`);
+  const scores = [known(hit.cosine) ? `cosine ${hit.cosine.toFixed(4)}` : "cosine —"];
+  if (known(hit.keyword)) scores.push(`keyword ${hit.keyword.toFixed(4)}`);
+  if (known(hit.p_yes)) scores.push(`P(Yes) ${hit.p_yes.toFixed(4)}`);
   if (hit.score !== undefined) scores.push(`score ${hit.score.toFixed(4)}`);
   const node = element("article", { class: "hit", "data-document": hit.document_id }, [
     element("h4", { text: `${hit.rank}. ${hit.document_id}` }),
   ]);
+  if (known(hit.group)) node.append(element("p", { class: "group", text: `group ${hit.group}` }));
   if (hit.image_url) {
     const img = element("img", { alt: hit.document_id, class: "thumbnail" });
     node.append(img);
@@ -370,6 +403,7 @@ function card(hit) {
   }
   if (hit.text) node.append(element("p", { class: "text", text: hit.text }));
   node.append(element("p", { class: "scores", text: scores.join(" · ") }));
+  node.append(action("like", "More like this", () => searchLike(hit.document_id)));
   return node;
 }
 
@@ -396,6 +430,10 @@ function wire() {
   $("#add-field").addEventListener("click", addField);
   $("#ingest-form").addEventListener("submit", ingest);
   $("#search-form").addEventListener("submit", search);
+  $("#next-page").addEventListener("click", () => page(1));
+  $("#previous-page").addEventListener("click", () => page(-1));
+  $("#clear-like").addEventListener("click", () => searchLike(null));
+  $("#search-collection").addEventListener("change", () => searchLike(null));
   $("#search-image").addEventListener("change", (event) => setQueryImage(event.target.files[0]));
   $("#clear-image").addEventListener("click", () => setQueryImage(null));
   const zone = $("#drop-zone");
