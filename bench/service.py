@@ -8,7 +8,10 @@
     <= 15 ms added);
 (c) queries/s at concurrency 1, 8 and 32 vs the raw batched forward throughput of the same
     models (>= 0.7x at 32). Prints p50/p95, the ratios, each process's CPU time per query
-    at concurrency 32 (the servers' and the clients' too), and each process's peak memory.
+    at concurrency 32 (the servers' and the clients' too), and each process's peak memory;
+(d) hybrid vs dense cache-miss latency, side by side, and the keyword side (the SQL store's
+    full-text search) over ``--keyword-documents`` (100,000) documents written straight to
+    SQL, as a share of the dense miss (target <= 10%).
 
 The API and the bare route run on gunicorn (``--api-workers`` processes of 16 threads), as
 in production; ``--api-workers 0`` puts both on the development server.
@@ -59,6 +62,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=30)
     parser.add_argument("--queries", type=int, default=32)
     parser.add_argument("--rerank-k", type=int, default=10)
+    parser.add_argument("--keyword-documents", type=int, default=100_000)
     parser.add_argument("--models", type=Path, default=Path(".umarvel/tiny-models"))
     parser.add_argument(
         "--database-url", default=None, help="an empty database (default: SQLite in a temp folder)"
@@ -265,9 +269,86 @@ def _run(stack: Stack, bare_port: int, args: argparse.Namespace, model: str) -> 
         f"{raw:.1f} queries/s; target >= 0.7x at 32"
     )
 
+    _hybrid(stack, http, url, args.keyword_documents)
+
     print("\npeak memory (VmHWM):")
     for name, proc in stack.processes.items():
         print(f"  {name:<14} {peak_mb(proc.pid):7.0f} MiB")
+
+
+def _hybrid(stack: Stack, http: requests.Session, url: str, documents: int) -> None:
+    """(d): dense and hybrid misses interleaved, then the keyword side alone at scale."""
+    served: dict[str, list[float]] = {"dense": [], "hybrid": []}
+    keyword_stage = []
+    for i in range(20):
+        for mode in served:
+            t0 = time.perf_counter()
+            answer = _ask(http, url, {"text": f"{mode} miss {i} SKU-{i}", "top_k": 5, "mode": mode})
+            served[mode].append(time.perf_counter() - t0)
+            if mode == "hybrid":
+                keyword_stage.append(answer["timings"]["keyword"])
+    (d50, _), (h50, _) = _p(served["dense"]), _p(served["hybrid"])
+    print(
+        f"(d) cache miss p50 hybrid {h50:.0f} ms vs dense {d50:.0f} ms: {h50 / d50:.2f}x; "
+        f"keyword stage p50 {_p(keyword_stage)[0]:.1f} ms"
+    )
+    print(f"    keyword side over {documents:,} documents, p50, share of the dense miss:")
+    for (query, window), taken in _keyword_at_scale(stack, documents).items():
+        scored = f"the newest {window:,} matches" if window else "every match"
+        print(f"      {query!r:<16} {scored:<26} {taken:6.1f} ms {taken / d50:6.1%}")
+    print("    (target <= 10%)")
+
+
+def _keyword_at_scale(stack: Stack, documents: int) -> dict[tuple[str, int], float]:
+    """p50 ms of the keyword search of a collection of ``documents`` rows written straight
+    to SQL (no vectors: the keyword side only), for a rare code and common words, scoring
+    the deployment's window of matches and every match."""
+    from sqlalchemy import insert, text
+
+    from queries.keywords import keyword_search
+    from store.db import make_engine, make_session_factory
+    from store.keywords import search_text
+    from store.states import DocumentStatus
+    from store.tables import Collection, Document
+
+    engine = make_engine(stack.settings().database_url)
+    sessions = make_session_factory(engine)
+    with sessions.begin() as session:
+        row = Collection(name="keywords", recall_model="-", rerank_k=10, rerank_weight=0.1)
+        session.add(row)
+        session.flush()
+        collection_id = row.id
+    colours = ["red", "green", "blue", "black", "white", "grey", "pink"]
+    for start in range(0, documents, 10_000):
+        rows = []
+        for i in range(start, min(start + 10_000, documents)):
+            caption = f"a {colours[i % 7]} cotton shirt, size {i % 11}, item SKU-{100000 + i}"
+            rows.append(
+                {
+                    "collection_id": collection_id,
+                    "external_id": f"k{i}",
+                    "text": caption,
+                    "search_text": search_text(caption),
+                    "status": DocumentStatus.INDEXED,
+                }
+            )
+        with sessions.begin() as session:
+            session.execute(insert(Document), rows)
+    if engine.dialect.name == "postgresql":  # as autovacuum would after such a load
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE documents"))
+    timings: dict[tuple[str, int], float] = {}
+    for query in (f"SKU-{100000 + documents // 2}", "shirt", "red shirt"):
+        for window in (stack.settings().keyword_window, 0):
+            samples = []
+            for _ in range(20):
+                with sessions() as session:
+                    t0 = time.perf_counter()
+                    keyword_search(session, collection_id, query, 50, window=window or None)
+                    samples.append(time.perf_counter() - t0)
+            timings[query, window] = _p(samples)[0]
+    engine.dispose()
+    return timings
 
 
 ROUND_TRIPS = {

@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     # Search defaults and limits
     default_top_k: int = Field(10, ge=1, description="Results returned when a query gives none.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a query may ask for.")
+    keyword_window: int = Field(
+        10_000,
+        ge=0,
+        description="Matches a keyword search scores, the newest first (0: all): a word in "
+        "more documents than this ranks only the newest of them.",
+    )
     max_result_window: int = Field(
         1000,
         ge=1,

@@ -19,9 +19,11 @@ def keyword_search(
     limit: int,
     spec: Any = None,
     fields: dict[str, str] | None = None,
+    window: int | None = None,
 ) -> list[tuple[str, float]]:
     """``(external id, score)`` of the ``limit`` indexed documents whose text best matches
-    ``query`` and whose metadata satisfies the filter ``spec``; best first."""
+    ``query`` and whose metadata satisfies the filter ``spec``; best first. ``window``:
+    only the newest that many matches are scored (``store.keywords.ranked``)."""
     phrases = query_phrases(query or "")
     if not phrases:
         return []
@@ -31,5 +33,5 @@ def keyword_search(
         *sql_filter(spec, fields or {}),
     ]
     dialect = session.get_bind().dialect.name
-    statement = ranked(dialect, phrases, Document, where, limit)
+    statement = ranked(dialect, phrases, Document, where, limit, window)
     return [(str(doc), float(score)) for doc, score in session.execute(statement).all()]

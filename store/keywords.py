@@ -83,28 +83,45 @@ def ranked(
     document: Any,
     where: Sequence[ColumnElement[bool]],
     limit: int,
+    window: int | None = None,
 ) -> Select[Any]:
     """``(external id, score)`` of the ``limit`` best matches among rows of ``document``
-    (the mapped ``Document``) that satisfy ``where``; a higher score is a better match."""
+    (the mapped ``Document``) that satisfy ``where``; a higher score is a better match.
+
+    ``window``: score only the newest ``window`` matches (by row id). Neither engine skips
+    matches that cannot reach the top (as Lucene's block-max WAND does): each scores every
+    match, so a word in every one of 100,000 documents costs 70 ms (SQLite) to 130 ms
+    (PostgreSQL) on a 2-core machine. Words that rare match fewer rows are not affected.
+    """
     query: Any = bindparam("keywords", match_expression(dialect, phrases))
     score: ColumnElement[Any]
     if dialect == "sqlite":
         fts = table(FTS_TABLE, column("rowid"))  # the FTS5 table has no model
         score = -func.bm25(literal_column(FTS_TABLE))  # bm25() is lower for better matches
-        statement = (
-            select(document.external_id, score.label("score"))
+        matches = (
+            select(document.external_id, document.id, score.label("score"))
             .select_from(fts)
             .join(document, fts.c.rowid == document.id)
             .where(literal_column(FTS_TABLE).op("MATCH")(query))
         )
+        newest = fts.c.rowid.desc()  # FTS5 walks its index in this order: no sort
     else:
         vector: Any = literal_column(f"documents.{VECTOR_COLUMN}")
         tsquery = func.to_tsquery(literal_column("'simple'"), query)
         score = func.ts_rank_cd(vector, tsquery)
-        statement = select(document.external_id, score.label("score")).where(
+        matches = select(document.external_id, document.id, score.label("score")).where(
             vector.op("@@")(tsquery)
         )
-    return statement.where(*where).order_by(score.desc(), document.id).limit(limit)
+        newest = document.id.desc()
+    matches = matches.where(*where)
+    if window is not None:
+        matches = matches.order_by(newest).limit(window)
+    scored = matches.subquery("matches")
+    return (
+        select(scored.c.external_id, scored.c.score)
+        .order_by(scored.c.score.desc(), scored.c.id)
+        .limit(limit)
+    )
 
 
 def include_object(_object: Any, name: str | None, type_: str, reflected: bool, _to: Any) -> bool:

@@ -187,3 +187,16 @@ def test_hybrid_fusion_puts_a_match_of_both_first() -> None:
     # RRF: first in both rankings scores 1.
     assert hybrid_hits([("a", 0.5)], [("a", 2.0)], {}, Fusion(), 10)[0].recall == pytest.approx(1)
     assert [h.recall for h in keyword_hits(keyword)] == [1.0, 0.25]
+
+
+def test_a_window_scores_only_the_newest_matches(migrated_url: str) -> None:
+    sessions = _sessions(migrated_url)
+    with session_scope(sessions) as session:
+        shop = _collection(session)
+        for i in range(6):
+            _add(session, shop, f"d{i}", "lamp " * (6 - i))  # the oldest match best
+            session.flush()  # ids in order
+    with session_scope(sessions) as session:
+        assert _ids(keyword_search(session, shop, "lamp", 3))[0] == "d0"
+        windowed = _ids(keyword_search(session, shop, "lamp", 3, window=2))
+        assert windowed == ["d4", "d5"]  # of the two newest, the better first

@@ -280,8 +280,9 @@ def _recall(
         return dense_hits(dense)[: plan.depth]
     started = time.perf_counter()
     with rt.sessions() as session:
+        window = rt.settings.keyword_window or None
         keyword = keyword_search(
-            session, searched.id, plan.text, depth, plan.filter, searched.fields
+            session, searched.id, plan.text, depth, plan.filter, searched.fields, window
         )
     keyword = [(doc, score) for doc, score in keyword if doc not in excluded]
     timings["keyword"] = time.perf_counter() - started
