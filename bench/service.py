@@ -338,7 +338,8 @@ def _keyword_at_scale(stack: Stack, documents: int) -> dict[tuple[str, int], flo
         with engine.begin() as conn:
             conn.execute(text("ANALYZE documents"))
     timings: dict[tuple[str, int], float] = {}
-    for query in (f"SKU-{100000 + documents // 2}", "shirt", "red shirt"):
+    queries = (f"SKU-{100000 + documents // 2}", f"SKU-{100000 + documents // 2} shirt")
+    for query in (*queries, "shirt", "red shirt"):
         for window in (stack.settings().keyword_window, 0):
             samples = []
             for _ in range(20):

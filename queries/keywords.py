@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from queries.sql_filters import sql_filter
-from store.keywords import query_phrases, ranked
+from store.keywords import match_counts, query_phrases, ranked
 from store.states import DocumentStatus
 from store.tables import Document
 
@@ -33,5 +33,19 @@ def keyword_search(
         *sql_filter(spec, fields or {}),
     ]
     dialect = session.get_bind().dialect.name
-    statement = ranked(dialect, phrases, Document, where, limit, window)
+    if window is None:
+        statement = ranked(dialect, phrases, Document, where, limit)
+        return [(str(doc), float(score)) for doc, score in session.execute(statement).all()]
+    # As a cutoff frequency does: the phrases matching more than `window` rows are common.
+    # With a rare one among them, only rows matching a rare one are ranked (every row that
+    # holds a code or a name, whatever its age), scored by all the phrases; with none, the
+    # newest `window` matches are.
+    counts = session.execute(match_counts(dialect, phrases, Document, where, window)).one()
+    rare = [phrase for phrase, count in zip(phrases, counts, strict=True) if count <= window]
+    if len(rare) == len(phrases):
+        statement = ranked(dialect, phrases, Document, where, limit)
+    elif rare:
+        statement = ranked(dialect, phrases, Document, where, limit, required=rare)
+    else:
+        statement = ranked(dialect, phrases, Document, where, limit, window=window)
     return [(str(doc), float(score)) for doc, score in session.execute(statement).all()]

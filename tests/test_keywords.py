@@ -200,3 +200,19 @@ def test_a_window_scores_only_the_newest_matches(migrated_url: str) -> None:
         assert _ids(keyword_search(session, shop, "lamp", 3))[0] == "d0"
         windowed = _ids(keyword_search(session, shop, "lamp", 3, window=2))
         assert windowed == ["d4", "d5"]  # of the two newest, the better first
+
+
+def test_a_rare_word_is_found_whatever_the_window(migrated_url: str) -> None:
+    sessions = _sessions(migrated_url)
+    with session_scope(sessions) as session:
+        shop = _collection(session)
+        _add(session, shop, "old", "an old Kowalczyk shirt")  # the oldest of all
+        for i in range(8):
+            _add(session, shop, f"d{i}", f"a shirt number {i}")
+    with session_scope(sessions) as session:
+        # "shirt" matches more than the window, "kowalczyk" does not: the rare word's
+        # documents are ranked, scored by both.
+        assert _ids(keyword_search(session, shop, "Kowalczyk shirt", 3, window=4)) == ["old"]
+        # Every word common: the newest matches only.
+        newest = _ids(keyword_search(session, shop, "shirt", 9, window=4))
+        assert set(newest) == {"d4", "d5", "d6", "d7"}
