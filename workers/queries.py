@@ -43,6 +43,7 @@ from store.tables import (
     utcnow,
 )
 from store.traffic import mark_queries_active
+from store.writes import last_write
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,10 @@ def recall_step(rt: Runtime, job_id: str) -> str:
         embedded = time.perf_counter() - started
         service = RecallService(rt.embedder(model), rt.index)
         expression = rt.index.expression(plan.filter, fields)
-        result = service.search(target, query, plan.recall_k, expression, vector=vector)
+        written = last_write(rt.redis, target)  # the newest write it must see (store.writes)
+        result = service.search(
+            target, query, plan.recall_k, expression, vector=vector, written_at=written
+        )
         result.timings["embed"] = embedded
         for stage, seconds in result.timings.items():
             STAGE_SECONDS.labels(stage).observe(seconds)
