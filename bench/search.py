@@ -2,7 +2,7 @@
 
     python -m bench.search [--server lite|standalone | --uri URI] [--sizes 10000 100000]
                            [--dim 64] [--data random clustered] [--queries 50] [--settle 30]
-                           [--ef 64] [--consistency Strong|Bounded]
+                           [--ef 64] [--consistency LastWrite Strong Bounded]
 
 For each collection size and kind of data: insert unit vectors through the adapter, flush,
 then time top-10 searches through ``MilvusIndex.search`` twice: at once (the server may
@@ -10,6 +10,9 @@ still be building its index and compacting, as right after an ingestion) and aga
 ``--settle`` seconds of idleness. Each is set against an exact numpy search of the same
 vectors, with recall@10 against the exact answer. ``random``: independent Gaussian
 directions; ``clustered``: 100 tight clusters, where nearest neighbours are many and close.
+Each ``--consistency`` (all three by default) searches the same collection, probe by probe
+in turn, so that their figures are side by side; ``LastWrite`` searches are given the
+timestamp of the insert's last write, as a query step is given the one recorded in Redis.
 Prints p50/p95 of each phase, the ratios, and the largest size still interactive (settled
 p50 <= 100 ms). ``--server`` starts milvus-lite (the embedded default) or the PyPI
 ``milvus`` standalone; ``--uri`` uses a server already running.
@@ -28,10 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from cli.stack import MilvusStandalone, Stack, free_port
-from recall.index import SEARCH_EF, MilvusIndex
+from recall.index import LAST_WRITE, SEARCH_EF, STRONG, MilvusIndex
 
 INTERACTIVE_MS = 100.0
 CLUSTERS = 100
+CONSISTENCIES = [LAST_WRITE, STRONG, "Bounded"]
 
 
 def vectors_of(kind: str, rows: int, dim: int, seed: int) -> np.ndarray:
@@ -50,33 +54,54 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[int(0.95 * (len(ordered) - 1))]
 
 
+Phase = dict[str, dict[str, float]]  # consistency -> p50, p95, exact_p50, recall
+
+
 def _phase(
-    index: MilvusIndex, name: str, vectors: np.ndarray, probes: np.ndarray, ef: int | None
-) -> dict[str, float]:
-    milvus_ms, exact_ms, recalls = [], [], []
-    for probe in probes:
+    indexes: dict[str, MilvusIndex],
+    name: str,
+    vectors: np.ndarray,
+    probes: np.ndarray,
+    ef: int | None,
+    written: int | None,
+) -> Phase:
+    """Each probe searched with each consistency in turn, each probe starting with the next
+    one (so that none always follows the exact search, or a Strong search's wait)."""
+    milvus_ms: dict[str, list[float]] = {mode: [] for mode in indexes}
+    recalls: dict[str, list[float]] = {mode: [] for mode in indexes}
+    exact_ms = []
+    modes = list(indexes)
+    for turn, probe in enumerate(probes):
         t0 = time.perf_counter()
-        hits = index.search(name, probe, 10, ef=ef)
-        t1 = time.perf_counter()
-        exact = np.argpartition(-(vectors @ probe), 10)[:10]
-        t2 = time.perf_counter()
-        milvus_ms.append((t1 - t0) * 1000)
-        exact_ms.append((t2 - t1) * 1000)
-        recalls.append(len({int(h.document_id) for h in hits} & set(exact.tolist())) / 10)
-    (m50, m95), (e50, _) = _percentiles(milvus_ms), _percentiles(exact_ms)
-    return {"p50": m50, "p95": m95, "exact_p50": e50, "recall": statistics.mean(recalls)}
+        exact = set(np.argpartition(-(vectors @ probe), 10)[:10].tolist())
+        exact_ms.append((time.perf_counter() - t0) * 1000)
+        for mode in modes[turn % len(modes) :] + modes[: turn % len(modes)]:
+            index = indexes[mode]
+            t1 = time.perf_counter()
+            hits = index.search(name, probe, 10, ef=ef, written_at=written)
+            milvus_ms[mode].append((time.perf_counter() - t1) * 1000)
+            recalls[mode].append(len({int(h.document_id) for h in hits} & exact) / 10)
+    e50, _ = _percentiles(exact_ms)
+    phase: Phase = {}
+    for mode in indexes:
+        m50, m95 = _percentiles(milvus_ms[mode])
+        recall = statistics.mean(recalls[mode])
+        phase[mode] = {"p50": m50, "p95": m95, "exact_p50": e50, "recall": recall}
+    return phase
 
 
 def bench_size(
-    index: MilvusIndex,
+    indexes: dict[str, MilvusIndex],
     size: int,
     dim: int,
     kind: str,
     queries: int,
     settle: float,
     ef: int | None = None,
-) -> tuple[float, dict[str, float], dict[str, float]]:
-    """(insert seconds, searches at once, searches after ``settle`` idle seconds)."""
+) -> tuple[float, Phase, Phase]:
+    """(insert seconds, searches at once, searches after ``settle`` idle seconds), each
+    phase by consistency."""
+    index = next(iter(indexes.values()))
     name = f"bench_{kind}_{size}_{dim}"
     if index.exists(name):
         index.drop(name)
@@ -84,19 +109,21 @@ def bench_size(
     index.create(name, dim)
     started = time.perf_counter()
     step = max(1, min(5000, 2_000_000 // dim))  # rows per upsert: a few MB per call
+    written: int | None = None
     for start in range(0, size, step):
         rows = [
             {"id": str(i), "vector": vectors[i].tolist()}
             for i in range(start, min(size, start + step))
         ]
-        index.upsert(name, rows)
+        written = index.upsert(name, rows)  # a later write's timestamp is never lower
     index.flush(name)
     load_seconds = time.perf_counter() - started
     probes = vectors_of(kind, queries, dim, seed=size + 1)
-    index.search(name, probes[0], 10)  # loads the collection
-    fresh = _phase(index, name, vectors, probes, ef)
+    for each in indexes.values():
+        each.search(name, probes[0], 10)  # loads the collection
+    fresh = _phase(indexes, name, vectors, probes, ef, written)
     time.sleep(settle)
-    settled = _phase(index, name, vectors, probes, ef)
+    settled = _phase(indexes, name, vectors, probes, ef, written)
     index.drop(name)
     return load_seconds, fresh, settled
 
@@ -132,36 +159,50 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=30.0, help="idle seconds before phase 2")
     parser.add_argument("--ef", type=int, default=None, help=f"HNSW search ef (>= {SEARCH_EF})")
     parser.add_argument(
-        "--consistency", choices=["Strong", "Bounded"], default="Strong", help="of searches"
+        "--consistency",
+        nargs="+",
+        choices=CONSISTENCIES,
+        default=CONSISTENCIES,
+        help="of searches, each measured side by side",
     )
     args = parser.parse_args()
+    modes = list(dict.fromkeys(args.consistency))
     with server(args.server, args.uri) as (uri, described):
-        index = MilvusIndex(uri, timeout=600, search_consistency=args.consistency)
+        indexes = {mode: MilvusIndex(uri, timeout=600, search_consistency=mode) for mode in modes}
         ef = max(args.ef or 0, 10, SEARCH_EF)
+        print(f"{described}, HNSW M=16 efConstruction=200, ef={ef}, dim {args.dim}, top 10")
         print(
-            f"{described}, HNSW M=16 efConstruction=200, ef={ef}, dim {args.dim}, top 10, "
-            f"{args.consistency} searches"
-        )
-        print(
-            f"{'data':>9} {'size':>8} {'insert s':>8} {'at once p50/p95':>16} "
-            f"{'settled p50/p95':>16} {'exact p50':>9} {'settled ratio':>13} {'recall@10':>9}"
+            f"{'data':>9} {'size':>8} {'consistency':>11} {'insert s':>8} "
+            f"{'at once p50/p95':>16} {'settled p50/p95':>16} {'exact p50':>9} "
+            f"{'settled ratio':>13} {'recall@10':>9}"
         )
         interactive = 0
         for kind in args.data:
             for size in args.sizes:
                 load, fresh, settled = bench_size(
-                    index, size, args.dim, kind, args.queries, args.settle, args.ef
+                    indexes, size, args.dim, kind, args.queries, args.settle, args.ef
                 )
-                print(
-                    f"{kind:>9} {size:>8} {load:>8.1f} "
-                    f"{fresh['p50']:>7.1f}/{fresh['p95']:<8.1f} "
-                    f"{settled['p50']:>7.1f}/{settled['p95']:<8.1f} "
-                    f"{settled['exact_p50']:>9.2f} {settled['p50'] / settled['exact_p50']:>13.1f} "
-                    f"{settled['recall']:>9.3f}"
-                )
-                if settled["p50"] <= INTERACTIVE_MS:
-                    interactive = max(interactive, size)
-        print(f"\nlargest size measured with settled p50 <= {INTERACTIVE_MS:.0f} ms: {interactive}")
+                for mode in modes:
+                    now, later = fresh[mode], settled[mode]
+                    print(
+                        f"{kind:>9} {size:>8} {mode:>11} {load:>8.1f} "
+                        f"{now['p50']:>7.1f}/{now['p95']:<8.1f} "
+                        f"{later['p50']:>7.1f}/{later['p95']:<8.1f} "
+                        f"{later['exact_p50']:>9.2f} {later['p50'] / later['exact_p50']:>13.1f} "
+                        f"{later['recall']:>9.3f}"
+                    )
+                    if mode == modes[0] and later["p50"] <= INTERACTIVE_MS:
+                        interactive = max(interactive, size)
+                if len(modes) > 1:
+                    ratios = ", ".join(
+                        f"{mode} {settled[mode]['p50'] / settled[modes[-1]]['p50']:.2f}"
+                        for mode in modes[:-1]
+                    )
+                    print(f"{'':>18} settled p50 against {modes[-1]}: {ratios}")
+        print(
+            f"\nlargest size measured with settled p50 <= {INTERACTIVE_MS:.0f} ms "
+            f"({modes[0]}): {interactive}"
+        )
 
 
 if __name__ == "__main__":

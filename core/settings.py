@@ -64,12 +64,14 @@ class Settings(BaseSettings):
     milvus_prefix: str = Field(
         "umarvel_", description="Prefix of every Milvus collection this deployment owns."
     )
-    milvus_search_consistency: Literal["Strong", "Bounded"] = Field(
-        "Strong",
-        description="Consistency of searches on a Milvus server: Strong sees every write "
-        "acknowledged before it (and waits for the server's next time tick, about 200 ms); "
-        "Bounded answers at once but may miss the last seconds of writes, in answers that "
-        "are then cached. milvus-lite is always strong.",
+    milvus_search_consistency: Literal["LastWrite", "Strong", "Bounded"] = Field(
+        "LastWrite",
+        description="Consistency of searches on a Milvus server: LastWrite sees every write "
+        "acknowledged before the query was accepted, waiting only until the server has "
+        "applied the newest write recorded for the collection in Redis (Strong when none "
+        "is recorded); Strong sees the same and waits for the server's next time tick on "
+        "every search (about 200 ms); Bounded answers at once but may miss the last seconds "
+        "of writes, in answers that are then cached. milvus-lite is always strong.",
     )
     media_backend: Literal["local", "s3"] = Field(
         "local",

@@ -11,6 +11,7 @@ from ingestion import outbox
 from ingestion.resources import Resources
 from recall.index import milvus_name
 from store.tables import Collection, Document
+from store.writes import forget_writes, record_write
 
 
 def delete(rt: Resources, entry: outbox.Entry) -> dict[str, Any]:
@@ -26,7 +27,7 @@ def delete(rt: Resources, entry: outbox.Entry) -> dict[str, Any]:
     for generation in payload["generations"]:
         name = milvus_name(rt.settings.milvus_prefix, payload["storage"], generation)
         if ids and rt.index.exists(name):
-            rt.index.delete(name, ids)
+            record_write(rt.redis, name, rt.index.delete(name, ids))
             rt.index.flush(name)
     _complete(rt, entry)
     return {"deleted": len(ids), "kept": len(live)}
@@ -56,6 +57,7 @@ def drop(rt: Resources, entry: outbox.Entry) -> dict[str, Any]:
         if rt.index.exists(name):
             rt.index.drop(name)
             dropped += 1
+        forget_writes(rt.redis, name)
     _complete(rt, entry)
     return {"dropped": dropped}
 

@@ -6,7 +6,9 @@ created again, while it is embedded. No lock is held across the Milvus calls; in
 each writer checks, after its upsert, that what it wrote is still each document's current
 revision, and repairs what is not: it embeds the current content and writes again, or
 removes the vector of a document that is gone. The last write to any document is made by a
-writer that checked afterwards, so no stale vector survives.
+writer that checked afterwards, so no stale vector survives. Each write's Milvus timestamp
+is recorded in Redis (``store.writes``) before the caller reports anything indexed, for
+the searches that must see it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from recall.prompts import Candidate
 from recall.service import IndexDocument, RecallService
 from store.states import DocumentStatus
 from store.tables import Collection, Document
+from store.writes import record_write
 
 MAX_ROUNDS = 5
 
@@ -78,7 +81,7 @@ def write(
         ready = _embed(rt, service, model, pending, cache, written)
         documents = [_document(snap) for snap in ready]
         vectors = np.array([cache[(model, s.row_id, s.revision)] for s in ready], np.float32)
-        service.upsert(target, documents, vectors, fields)
+        record_write(rt.redis, target, service.upsert(target, documents, vectors, fields))
         # An older revision's vector must not stand for one that cannot be embedded.
         unembeddable = [snap for snap, _ in written.failed.values() if snap in pending]
         pending = _check(rt, collection_id, target, ready, written, unembeddable)
@@ -168,7 +171,7 @@ def _check(
             rt.index.drop(target)
         return []
     if gone:
-        rt.index.delete(target, gone)
+        record_write(rt.redis, target, rt.index.delete(target, gone))
         rt.index.flush(target)
         mine = {s.external_id: s for s in [*ready, *unembeddable]}
         again += _written_since(rt, collection_id, gone, mine)

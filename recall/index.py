@@ -8,11 +8,14 @@ on them are free, unlike filters on a JSON field).
 What differs between servers is handled here, so callers never ask which one they have:
 
 - **Consistency.** Counts and id listings are ``Strong``: they see every write
-  acknowledged before them (Milvus' default, ``Bounded``, may not). Searches are ``Strong``
-  too unless the operator chooses otherwise (``UMARVEL_MILVUS_SEARCH_CONSISTENCY``): on a
-  Milvus server a strong search waits for the next time tick (about 200 ms by default),
-  while a bounded one may miss documents written in the last seconds, and its answer is
-  then cached until the collection changes again. milvus-lite is always strong.
+  acknowledged before them (Milvus' default, ``Bounded``, may not). Searches follow
+  ``UMARVEL_MILVUS_SEARCH_CONSISTENCY``. On a Milvus server a ``Strong`` search waits for
+  the next time tick (about 200 ms by default), while a ``Bounded`` one may miss documents
+  written in the last seconds, and its answer is then cached until the collection changes
+  again. ``LastWrite`` (the settings' default) sees every write up to a timestamp the
+  caller gives (``written_at``: the newest that ``upsert`` and ``delete`` returned for
+  the collection, in any process): it waits only while the server has not yet applied
+  that write, and is ``Strong`` when no timestamp is given. milvus-lite is always strong.
 - **Missing metadata values.** milvus-lite and Milvus 2.5+ store nulls. Older servers
   (the PyPI ``milvus`` standalone is 2.3.5) silently ignore ``nullable``; there each field
   also gets a boolean ``_has_<field>`` (user field names start with a letter, so never
@@ -48,6 +51,8 @@ RECONNECT_SECONDS = 3.0  # how long a lost channel's replacement may take to con
 VECTOR_FIELD = "vector"
 PRESENT_PREFIX = "_has_"
 STRONG = "Strong"
+LAST_WRITE = "LastWrite"  # see the module's docstring
+CUSTOMIZED = "Customized"  # Milvus' level for a search at the caller's guarantee timestamp
 ZERO = {"int": 0, "float": 0.0, "str": "", "bool": False}
 PK_MAX_LENGTH = 512  # UTF-8 bytes
 HNSW_BUILD = {"M": 16, "efConstruction": 200}
@@ -194,20 +199,52 @@ class MilvusIndex:
 
     def upsert(
         self, name: str, rows: Sequence[dict[str, Any]], fields: dict[str, str] | None = None
-    ) -> None:
-        """Rows of id, vector and the metadata ``fields`` (a missing value is ``None``)."""
+    ) -> int | None:
+        """Rows of id, vector and the metadata ``fields`` (a missing value is ``None``).
+        Returns the write's timestamp on a Milvus server (``None`` on milvus-lite): a search
+        given it as ``written_at`` sees this write and every earlier one."""
         if not rows:
-            return
+            return None
         data = list(rows)
         if fields and not self.stores_nulls:
             data = [_with_presence(row, fields) for row in data]
         self._retry(lambda: self.client.upsert(name, data=data))
+        if self.is_lite:
+            return None
+        # MilvusClient.upsert drops the timestamp Milvus returns; pymilvus keeps the newest
+        # per collection and server (for its own Session consistency): this write's or a
+        # later one's.
+        from pymilvus.client.ts_utils import get_collection_ts
 
-    def delete(self, name: str, ids: Sequence[str]) -> None:
-        """Delete exactly these primary keys, whatever characters they hold."""
-        if ids:
-            expression = ids_expression(list(ids))
-            self._retry(lambda: self.client.delete(name, filter=expression))
+        endpoint = self.client._get_connection().server_address
+        written = get_collection_ts(name, endpoint, self.client._config.db_name)
+        return int(written) or self._timestamp_now()
+
+    def delete(self, name: str, ids: Sequence[str]) -> int | None:
+        """Delete exactly these primary keys, whatever characters they hold. Returns a
+        timestamp at or after the write's on a Milvus server (``None`` on milvus-lite), as
+        ``upsert`` does."""
+        if not ids:
+            return None
+        expression = ids_expression(list(ids))
+        self._retry(lambda: self.client.delete(name, filter=expression))
+        return None if self.is_lite else self._timestamp_now()
+
+    def _timestamp_now(self) -> int:
+        """A timestamp the server allocates now: later than that of every write it has
+        acknowledged. For deletes, whose timestamp Milvus 2.3.5 returns as 0."""
+        from pymilvus.client.utils import check_status
+        from pymilvus.grpc_gen import milvus_pb2
+
+        def allocate() -> int:
+            stub = self.client._get_connection()._stub
+            response = stub.AllocTimestamp(
+                milvus_pb2.AllocTimestampRequest(), timeout=self._timeout
+            )
+            check_status(response.status)
+            return int(response.timestamp)
+
+        return self._retry(allocate)
 
     def flush(self, name: str) -> None:
         """Seal what was written to ``name``, on milvus-lite only: it searches rows never
@@ -244,20 +281,23 @@ class MilvusIndex:
             found.update(str(row[PK_FIELD]) for row in rows)
         return found
 
-    def vectors(self, name: str, ids: Sequence[str], batch: int = 1000) -> dict[str, np.ndarray]:
+    def vectors(
+        self, name: str, ids: Sequence[str], written_at: int | None = None, batch: int = 1000
+    ) -> dict[str, np.ndarray]:
         """The stored vectors of those of ``ids`` that ``name`` holds (none if it does not
-        exist), asked by key, ``batch`` at a time."""
+        exist), asked by key, ``batch`` at a time, as fresh as a search (``written_at``)."""
         if not ids or not self.exists(name):
             return {}
         self.ensure_loaded(name)
         found: dict[str, np.ndarray] = {}
+        consistency = self._consistency(written_at)
 
         def query(expression: str) -> Any:
             return self.client.query(
                 name,
                 filter=expression,
                 output_fields=[PK_FIELD, VECTOR_FIELD],
-                consistency_level=STRONG,
+                **consistency,
             )
 
         for start in range(0, len(ids), batch):
@@ -305,11 +345,14 @@ class MilvusIndex:
         top_k: int,
         expression: str | None = None,
         ef: int | None = None,
+        written_at: int | None = None,
     ) -> list[IndexHit]:
         """The ``top_k`` nearest documents by cosine, best first; none from a collection
         that does not exist. A collection this client has loaded is searched without first
         asking the server whether it exists (a round trip a search); should it have been
-        dropped since (a reindex swapped generations), the failed search asks then."""
+        dropped since (a reindex swapped generations), the failed search asks then.
+        ``written_at``: the newest write timestamp known for ``name`` (from ``upsert`` and
+        ``delete``), which a ``LastWrite`` search waits for instead of the next time tick."""
         from pymilvus import MilvusException
 
         if name not in self._loaded:
@@ -318,6 +361,7 @@ class MilvusIndex:
             self.ensure_loaded(name)
         params = {"metric_type": "COSINE", "params": {"ef": max(ef or 0, top_k, SEARCH_EF)}}
         data = [np.asarray(vector, dtype=np.float32).tolist()]
+        consistency = self._consistency(written_at)
 
         def search() -> Any:
             return self.client.search(
@@ -327,7 +371,7 @@ class MilvusIndex:
                 filter=expression or "",
                 search_params=params,
                 output_fields=[PK_FIELD],
-                consistency_level=self._search_consistency,
+                **consistency,
             )
 
         try:
@@ -341,6 +385,17 @@ class MilvusIndex:
             self.ensure_loaded(name)  # the server restarted: load again
             result = search()
         return [IndexHit(str(hit["id"]), float(hit["distance"])) for hit in result[0]]
+
+    def _consistency(self, written_at: int | None) -> dict[str, Any]:
+        """A search's consistency arguments. ``LastWrite`` with a write timestamp asks the
+        server to answer once it has applied everything up to that write (Milvus'
+        ``Customized`` level: the guarantee timestamp is the caller's); without one, or on
+        milvus-lite (always strong), it is ``Strong``."""
+        if self._search_consistency != LAST_WRITE:
+            return {"consistency_level": self._search_consistency}
+        if not written_at or self.is_lite:
+            return {"consistency_level": STRONG}
+        return {"consistency_level": CUSTOMIZED, "guarantee_timestamp": int(written_at)}
 
     def drop(self, name: str) -> None:
         self._retry(lambda: self.client.drop_collection(name))

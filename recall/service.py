@@ -48,13 +48,15 @@ class RecallService:
         top_k: int,
         expression: str | None = None,
         vector: np.ndarray | None = None,
+        written_at: int | None = None,
     ) -> RecallResult:
-        """Embed ``query`` (unless its ``vector`` is given) and search ``collection``."""
+        """Embed ``query`` (unless its ``vector`` is given) and search ``collection``, seeing
+        every write up to ``written_at`` (``MilvusIndex.search``)."""
         started = time.perf_counter()
         if vector is None:
             vector = self.embedder.encode_queries([query])[0]
         embedded = time.perf_counter()
-        hits = self.index.search(collection, vector, top_k, expression)
+        hits = self.index.search(collection, vector, top_k, expression, written_at=written_at)
         done = time.perf_counter()
         timings = {"embed": embedded - started, "search": done - embedded}
         return RecallResult(hits, timings, vector)
@@ -104,8 +106,9 @@ class RecallService:
         documents: Sequence[IndexDocument],
         vectors: np.ndarray,
         metadata_fields: dict[str, str] | None = None,
-    ) -> None:
-        """Upsert embedded documents into ``collection`` (created if missing), then flush."""
+    ) -> int | None:
+        """Upsert embedded documents into ``collection`` (created if missing), then flush;
+        returns the write's timestamp (``MilvusIndex.upsert``)."""
         fields = metadata_fields or {}
         rows = []
         for document, vector in zip(documents, vectors, strict=True):
@@ -114,6 +117,7 @@ class RecallService:
                 row[name] = document.metadata.get(name)
             rows.append(row)
         self.index.create(collection, self.embedder.dim, fields)
-        self.index.upsert(collection, rows, fields)
+        written = self.index.upsert(collection, rows, fields)
         # Unflushed rows search ~10x slower on milvus-lite; flushing makes them durable too.
         self.index.flush(collection)
+        return written

@@ -4,6 +4,7 @@ that take ``index``), and the filter language."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
 from recall.filters import compile_filter, ids_expression, matches, string_literal, validate_fields
-from recall.index import MilvusIndex
+from recall.index import LAST_WRITE, MilvusIndex
+from store.redis import make_redis
+from store.writes import forget_writes, last_write, record_write
 
 FIELDS = {"year": "int", "price": "float", "tag": "str", "public": "bool"}
 
@@ -245,6 +248,83 @@ def test_reads_see_every_acknowledged_write(index: MilvusIndex, name: str) -> No
     assert index.count(name) == 18
     assert sorted(index.ids(name)) == sorted(f"doc-{i}" for i in range(20) if i not in (3, 4))
     assert all(h.document_id != "doc-3" for h in index.search(name, vectors[3], top_k=20))
+
+
+def _searched_with(index: MilvusIndex, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The consistency arguments of each search ``index`` sends from now on."""
+    sent: list[dict] = []
+    search = index.client.search
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        sent.append({k: v for k, v in kwargs.items() if k in CONSISTENCY_ARGS})
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(index.client, "search", spy)
+    return sent
+
+
+CONSISTENCY_ARGS = ("consistency_level", "guarantee_timestamp")
+
+
+def test_a_last_write_search_sees_the_write_recorded_just_before(
+    milvus_standalone: str, redis_url: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Milvus server: each document upserted just before a search is found by a
+    ``LastWrite`` search given the timestamp recorded in Redis (a ``Bounded`` search right
+    after such an upsert missed it on 2.3.5), and that timestamp only grows. Without one
+    the search is ``Strong``."""
+    index = MilvusIndex(milvus_standalone, search_consistency=LAST_WRITE)
+    redis = make_redis(redis_url)
+    vectors = _vectors(24, seed=7)
+    index.create(name, 8)
+    record_write(redis, name, index.upsert(name, [_row(i, vectors[i]) for i in range(20)]))
+    index.search(name, vectors[0], top_k=1)  # loads the collection
+    sent = _searched_with(index, monkeypatch)
+    recorded = []
+    for i in range(20, 24):
+        written = index.upsert(name, [_row(i, vectors[i])])
+        assert written is not None
+        record_write(redis, name, written)
+        seen = last_write(redis, name)
+        assert seen == written
+        assert index.search(name, vectors[i], top_k=1, written_at=seen)[0].document_id == f"d{i}"
+        assert sent[-1] == {"consistency_level": "Customized", "guarantee_timestamp": seen}
+        recorded.append(seen)
+    assert recorded == sorted(set(recorded))  # each write later than the one before
+    record_write(redis, name, recorded[0])  # a writer recording late lowers nothing
+    assert last_write(redis, name) == recorded[-1]
+    deleted = index.delete(name, ["d23"])
+    assert deleted is not None
+    assert deleted > recorded[-1]
+    record_write(redis, name, deleted)
+    hits = index.search(name, vectors[23], top_k=1, written_at=last_write(redis, name))
+    assert hits[0].document_id != "d23"
+    forget_writes(redis, name)  # Redis lost it: Strong, never a stale search
+    assert last_write(redis, name) is None
+    assert index.search(name, vectors[22], top_k=1, written_at=None)[0].document_id == "d22"
+    assert sent[-1] == {"consistency_level": "Strong"}
+    index.drop(name)
+
+
+def test_last_write_searches_on_every_server(
+    milvus_uri: str, milvus_kind: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """milvus-lite has no write timestamps to wait for: it is always strong."""
+    index = MilvusIndex(milvus_uri, search_consistency=LAST_WRITE)
+    vectors = _vectors(3)
+    index.create(name, 8)
+    written = index.upsert(name, [_row(i, vectors[i]) for i in range(3)])
+    index.flush(name)
+    assert (written is None) == (milvus_kind == "lite")
+    sent = _searched_with(index, monkeypatch)
+    assert index.search(name, vectors[2], top_k=1, written_at=written)[0].document_id == "d2"
+    level = "Strong" if milvus_kind == "lite" else "Customized"
+    assert sent[-1]["consistency_level"] == level
+    index.drop(name)
+
+
+def _row(i: int, vector: np.ndarray) -> dict:
+    return {"id": f"d{i}", "vector": vector.tolist()}
 
 
 def test_survives_a_server_crash(milvus_server: dict, name: str) -> None:

@@ -3,10 +3,13 @@ the same answers from both, with filters over missing metadata values, after del
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from flask.testing import FlaskClient
 
-from tests.helpers import make_key, run_entries
+from store.writes import last_write
+from tests.helpers import ingest_in_process, make_key, run_entries
 from workers.queries import recall_step
 from workers.runtime import Runtime
 
@@ -50,3 +53,41 @@ def test_filters_and_deletes_answer_alike_on_every_server(
     run_entries(rt, kind="delete")
     assert _search(client, rt, {"text": "red square"}) == {"old-a", "none", "tag-only"}
     assert _search(client, rt, {"text": "red", "filter": {"tag": "b"}}) == {"tag-only"}
+
+
+def test_each_search_waits_for_the_last_recorded_write(
+    pipeline_env: tuple[FlaskClient, Runtime], milvus_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingestion records each write's Milvus timestamp in Redis before it reports the
+    documents indexed; the recall step searches at the newest one (``LastWrite``, the
+    default), so a document indexed just before a query is found. milvus-lite records none:
+    it is always strong."""
+    client, rt = pipeline_env
+    assert rt.settings.milvus_search_consistency == "LastWrite"
+    target = client.get("/v1/collections/docs").json["milvus_collection"]
+    searched: list[int | None] = []
+    search = rt.index.search
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        searched.append(kwargs.get("written_at"))
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(rt.index, "search", spy)
+    recorded: list[int | None] = []
+    for doc in ({"id": "one", "text": "a red circle"}, {"id": "two", "text": "a blue square"}):
+        ingest_in_process(client, rt, [doc])
+        recorded.append(last_write(rt.redis, target))
+        body = {"text": doc["text"], "top_k": 1, "rerank": {"enabled": False}, "wait": 0}
+        job = client.post("/v1/collections/docs/queries", json=body).json
+        recall_step(rt, job["id"])
+        answer = client.get(f"/v1/queries/{job['id']}").json
+        assert [hit["document_id"] for hit in answer["results"]] == [doc["id"]]
+        assert searched[-1] == recorded[-1]
+    assert client.delete("/v1/collections/docs/documents/two").status_code == 204
+    run_entries(rt, kind="delete")
+    recorded.append(last_write(rt.redis, target))
+    if milvus_kind == "lite":
+        assert recorded == [None, None, None]
+    else:
+        assert all(recorded)
+        assert recorded == sorted(set(recorded))  # later writes, later timestamps

@@ -46,6 +46,7 @@ from store.tables import (
     utcnow,
 )
 from store.traffic import mark_queries_active
+from store.writes import last_write
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -184,12 +185,14 @@ def recall_step(rt: Runtime, job_id: str) -> str:
                 return job_id
             advance_query(job, QueryStatus.RECALLING)  # a re-delivered step is recalling already
             collection = session.get_one(Collection, job.collection_id)
+            target = _milvus_collection(rt, collection)
             searched = _Searched(
-                _milvus_collection(rt, collection),
+                target,
                 collection.id,
                 collection.name,
                 collection.recall_model,
                 dict(collection.metadata_fields),
+                last_write(rt.redis, target),
             )
             plan = job.request
             query = _query_of(rt, job)
@@ -229,6 +232,7 @@ class _Searched:
     name: str
     model: str
     fields: dict[str, str]
+    written_at: int | None  # the newest write its searches must see (store.writes)
 
 
 def _query_vector(
@@ -249,8 +253,9 @@ def _query_vector(
         assert vector is not None  # the API refuses a query with nothing to embed
         return vector
     examples = plan.examples
-    stored = rt.index.vectors(searched.target, [*examples.like, *examples.unlike])
-    missing = [doc for doc in [*examples.like, *examples.unlike] if doc not in stored]
+    wanted = [*examples.like, *examples.unlike]
+    stored = rt.index.vectors(searched.target, wanted, searched.written_at)
+    missing = [doc for doc in wanted if doc not in stored]
     if missing:
         raise LookupError(f"examples without a stored vector (deleted, or not indexed): {missing}")
     like = [stored[doc] for doc in examples.like]
@@ -273,7 +278,9 @@ def _recall(
     if vector is not None:
         started = time.perf_counter()
         expression = rt.index.expression(plan.filter, searched.fields)
-        found = rt.index.search(searched.target, vector, depth, expression)
+        found = rt.index.search(
+            searched.target, vector, depth, expression, written_at=searched.written_at
+        )
         dense = [(hit.document_id, hit.score) for hit in found if hit.document_id not in excluded]
         timings["search"] = time.perf_counter() - started
     if plan.mode == SearchMode.DENSE:
@@ -291,9 +298,8 @@ def _recall(
     assert vector is not None
     assert plan.fusion is not None
     found_dense = {doc for doc, _ in dense}
-    stored = rt.index.vectors(
-        searched.target, [doc for doc, _ in keyword if doc not in found_dense]
-    )
+    missing = [doc for doc, _ in keyword if doc not in found_dense]
+    stored = rt.index.vectors(searched.target, missing, searched.written_at)
     cosines = {doc: _cosine(vector, stored_vector) for doc, stored_vector in stored.items()}
     return hybrid_hits(dense, keyword, cosines, plan.fusion, plan.depth)
 
