@@ -168,10 +168,11 @@ class Settings(BaseSettings):
     default_top_k: int = Field(10, ge=1, description="Results returned when a query gives none.")
     max_top_k: int = Field(100, ge=1, description="Largest top_k a query may ask for.")
     keyword_window: int = Field(
-        10_000,
+        2_000,
         ge=0,
-        description="Matches a keyword search scores, the newest first (0: all): a word in "
-        "more documents than this ranks only the newest of them.",
+        description="A query word in more documents than this is common: with a rarer word "
+        "beside it, only the rarer word's documents rank; alone, only the newest this many "
+        "of its documents (0: every match ranks).",
     )
     max_result_window: int = Field(
         1000,
