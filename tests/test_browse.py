@@ -1,23 +1,30 @@
 """Browsing a collection's documents: keyset pages under a filter, counts per value, the
 JSONL export and its way back through ingestion; through the HTTP API on both SQL
-databases."""
+databases, through the Python clients and the command line against a served app."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import random
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
+from werkzeug.serving import make_server
 
 from api.app import create_app
 from api.routes import browse as browse_route
 from api.routes.browse import encode_cursor
+from cli.main import main
+from cli.stack import free_port
 from core.settings import Settings
 from devkit.samples import b64, shape_image
 from recall.filters import matches
@@ -26,6 +33,7 @@ from store.states import DocumentStatus
 from store.tables import Collection, Document
 from tests.helpers import error as _error
 from tests.helpers import make_key
+from umarvel_client import AsyncClient, Client, InvalidRequest
 
 FIELDS = {"year": "int", "tag": "str", "price": "float", "public": "bool"}
 URL = "/v1/collections/docs"
@@ -375,3 +383,133 @@ def test_the_openapi_document_describes_the_routes(client: FlaskClient) -> None:
     schemas = document["components"]["schemas"]
     assert set(schemas["ExportLine"]["properties"]) == {"id", "text", "metadata", "media"}
     assert "ExportMedia" in schemas
+
+
+# The clients and the command line, against the app served over HTTP (SQLite: the SQL is
+# the same as above, where both databases run it).
+
+
+@pytest.fixture
+def served(
+    migrated_url: str, redis_url: str, tmp_path: Path
+) -> Iterator[tuple[str, str, FlaskClient]]:
+    """The API served on a free port, with a collection of 12 documents; (URL, key, a test
+    client of the same app)."""
+    client = _app_client(_settings(migrated_url, redis_url, tmp_path))
+    _ingest(client, [_doc(i) for i in range(12)])
+    key = client.environ_base["HTTP_AUTHORIZATION"].removeprefix("Bearer ")
+    port = free_port()
+    server = make_server("127.0.0.1", port, client.application, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}", key, client
+    server.shutdown()
+
+
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@sqlite_only
+def test_the_client_pages_counts_and_exports(served: tuple[str, str, FlaskClient]) -> None:
+    url, key, app_client = served
+    cats = {"tag": "cat"}
+    with Client(url, key) as api:
+        page = api.documents.list("docs", filter=cats, limit=2)
+        assert [doc.id for doc in page.documents] == ["d000", "d002"]
+        assert page.documents[0].metadata["tag"] == "cat"
+        assert page.documents[0].media == []
+        following = api.documents.list("docs", filter=cats, cursor=page.next_cursor, limit=2)
+        assert following.documents[0].id == "d005"
+        every = [doc.id for doc in api.documents.iter_documents("docs", page_size=5)]
+        assert every == _in_id_order(app_client)
+        assert [doc.id for doc in api.documents.iter_documents("docs", filter=cats)] == [
+            "d000",
+            "d002",
+            "d005",
+            "d007",
+            "d010",
+        ]
+        facets = api.documents.facets("docs", "tag", filter={"year": {"gte": 2005}}, limit=2)
+        assert [(v.value, v.count) for v in facets.values] == [("cat", 3), ("dog", 2)]
+        assert (facets.nulls, facets.truncated) == (1, True)
+        binary = io.BytesIO()
+        assert api.documents.export("docs", binary, filter=cats) == 5
+        text = io.StringIO()
+        assert api.documents.export("docs", text, status="pending") == 12
+        assert text.getvalue().encode() == app_client.get(f"{URL}/export").get_data()
+        with pytest.raises(InvalidRequest) as caught:
+            api.documents.list("docs", filter={"colour": "red"})
+        assert "cannot filter on 'colour'" in caught.value.reason
+        with pytest.raises(InvalidRequest, match="cannot count values of 'colour'"):
+            api.documents.facets("docs", "colour")
+    lines = [json.loads(line) for line in binary.getvalue().splitlines()]
+    assert [line["id"] for line in lines] == ["d000", "d002", "d005", "d007", "d010"]
+
+
+@sqlite_only
+def test_the_async_client_pages_counts_and_exports(
+    served: tuple[str, str, FlaskClient], tmp_path: Path
+) -> None:
+    url, key, app_client = served
+
+    async def use() -> tuple[list[str], Any, int]:
+        async with AsyncClient(url, key) as api:
+            ids = [doc.id async for doc in api.documents.iter_documents("docs", page_size=5)]
+            facets = await api.documents.facets("docs", "public")
+            count = await api.documents.export("docs", tmp_path / "out.jsonl", media="inline")
+            return ids, facets, count
+
+    ids, facets, count = asyncio.run(use())
+    assert ids == _in_id_order(app_client)
+    assert [(v.value, v.count) for v in facets.values] == [(False, 8), (True, 4)]
+    assert count == 12
+    exported = (tmp_path / "out.jsonl").read_bytes()
+    expected = app_client.get(f"{URL}/export", query_string={"media": "inline"})
+    assert exported == expected.get_data()
+
+
+@sqlite_only
+def test_the_documents_commands(served: tuple[str, str, FlaskClient], tmp_path: Path) -> None:
+    url, key, app_client = served
+    runner = CliRunner()
+    api = ["--api", url, "--key", key]
+
+    def run(*args: str) -> Any:
+        result = runner.invoke(main, ["documents", *args, *api])
+        assert result.exit_code == 0, result.output
+        return result
+
+    listed = run("list", "docs", "--filter", '{"tag": "cat"}', "--limit", "2").output
+    rows = listed.splitlines()
+    assert rows[1].split()[:2] == ["d000", "pending"]
+    assert rows[2].split()[0] == "d002"
+    assert rows[-1].startswith("more: --cursor ")
+    cursor = rows[-1].split()[-1]
+    following = json.loads(run("list", "docs", "--cursor", cursor, "--json").output)
+    assert following["documents"][0]["id"] == "d003"
+    assert following["next_cursor"] is None
+    facets = run("facets", "docs", "tag").output.splitlines()
+    assert facets[1].split() == ["5", '"cat"']
+    assert facets[-1].split() == ["2", "(no", "value)"]
+    counted = json.loads(run("facets", "docs", "year", "--limit", "1", "--json").output)
+    assert counted["truncated"] is True
+    out = tmp_path / "cats.jsonl"
+    exported = run("export", "docs", "--filter", '{"tag": "cat"}', "-o", str(out))
+    assert "exported 5 documents to" in exported.output
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [
+        "d000",
+        "d002",
+        "d005",
+        "d007",
+        "d010",
+    ]
+    to_stdout = runner.invoke(main, ["documents", "export", "docs", *api])
+    assert to_stdout.exit_code == 0
+    assert to_stdout.stdout_bytes == app_client.get(f"{URL}/export").get_data()
+    assert to_stdout.stderr.strip() == "exported 12 documents to standard output"
+    refused = runner.invoke(main, ["documents", "facets", "docs", "colour", *api])
+    assert refused.exit_code == 1
+    assert refused.output.startswith("Error: 400 invalid_request: cannot count values of 'colour'")
+    bad = runner.invoke(main, ["documents", "list", "docs", "--filter", "[1", *api])
+    assert bad.exit_code == 2
+    assert "not JSON" in bad.output
