@@ -47,7 +47,16 @@ def retry_lost_races(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from api.routes import audit, collections, console, documents, health, media, queries
+    from api.routes import (
+        audit,
+        browse,
+        collections,
+        console,
+        documents,
+        health,
+        media,
+        queries,
+    )
 
-    for module in (health, collections, documents, queries, media, audit, console):
+    for module in (health, collections, documents, browse, queries, media, audit, console):
         app.register_blueprint(module.bp)

@@ -202,6 +202,21 @@ JSONL_DOCUMENTS = {
         }
     },
 }
+# Models of JSONL answers (``jsonl_answer``): spectree documents JSON answers only, so
+# ``complete`` adds these to the document's components itself.
+_JSONL_MODELS: list[type[BaseModel]] = []
+
+
+def jsonl_answer(model: type[BaseModel], description: str) -> dict[str, Any]:
+    """The ``extra`` fragment of a route whose 200 answer is JSONL, each line a ``model``
+    (documented as the array of the lines' values, as a JSONL body is)."""
+    component_name(model)
+    _JSONL_MODELS.append(model)
+    lines = {"type": "array", "items": {"$ref": f"#/components/schemas/{model.__name__}"}}
+    content = {"application/x-ndjson": {"schema": lines}}
+    return {"responses": {"200": {"description": description, "content": content}}}
+
+
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 IMAGE = {"content": {"image/*": BINARY, "application/octet-stream": BINARY}}
 PROMETHEUS_TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
@@ -223,7 +238,15 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
 
 
 def complete(document: dict[str, Any], app: Flask) -> dict[str, Any]:
-    """Add what the routes' ``extra`` fragments and ``PATH_PARAMETERS`` say."""
+    """Add what the routes' ``extra`` fragments and ``PATH_PARAMETERS`` say, and the
+    models of JSONL answers."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for model in _JSONL_MODELS:
+        schema = model.model_json_schema(
+            ref_template="#/components/schemas/{model}", mode="serialization"
+        )
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
     for rule in app.url_map.iter_rules():
         extra = _EXTRAS.get(inspect.unwrap(app.view_functions[rule.endpoint]))
         if extra is None:

@@ -176,6 +176,42 @@ class DocumentOut(Answer):
     status: DocumentStatus
 
 
+class DocumentPage(Answer):
+    documents: list[DocumentOut] = Field(description="In the order of their SQL ids.")
+    next_cursor: str | None = Field(
+        description="`cursor` of the next page; null on the last. Opaque: send it as it came."
+    )
+
+
+class FacetCount(Answer):
+    value: int | float | str | bool = Field(description="A value, of the field's declared type.")
+    count: int
+
+
+class Facets(Answer):
+    field: str
+    values: list[FacetCount] = Field(
+        description="At most `limit`, the most frequent first (ties by value)."
+    )
+    nulls: int = Field(description="Matching documents without a value for the field.")
+    truncated: bool = Field(description="More values matched than `limit`; the rarest left out.")
+
+
+class ExportMedia(Answer):
+    kind: str = Field(description="A registered media kind, e.g. image.")
+    url: str = omitted("`/v1/media/{key}` (`media=urls`).")
+    data: str = omitted("The stored object's bytes, base64-encoded (`media=inline`).")
+
+
+class ExportLine(Answer):
+    """One line of an export: a document as ingestion takes it (`DocumentIn`)."""
+
+    id: str
+    text: str | None
+    metadata: dict[str, Any]
+    media: list[ExportMedia] = Field(description="Its media parts, in the order they were sent.")
+
+
 # Query jobs
 
 

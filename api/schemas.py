@@ -5,11 +5,20 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from flask import Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from flask import Request, request
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from api.errors import validation_error
 from api.validation import check_document_id, check_strings, parse_json
 from core.errors import InvalidRequest, PayloadTooLarge
 from media.kinds import KIND_NAME
@@ -201,6 +210,59 @@ class PageQuery(Strict):
 
     offset: int = Field(0, ge=0, le=1_000_000)
     limit: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class DocumentSelection(Strict):
+    """Which of a collection's documents a listing, a count or an export reads, from the
+    query string."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    filter: str | None = Field(
+        None,
+        description='A JSON filter in the query language, e.g. `{"year": {"lt": 2000}}`; '
+        "applied to the documents' metadata in SQL.",
+    )
+    status: Literal["pending", "indexed", "failed"] | None = Field(
+        None, description="Only documents in this state."
+    )
+
+
+class DocumentsQuery(DocumentSelection):
+    """``GET /v1/collections/{name}/documents``: a page in the order of the documents' ids."""
+
+    cursor: str | None = Field(
+        None, max_length=64, description="`next_cursor` of the previous page, as it came."
+    )
+    limit: int = Field(100, ge=1, le=1000, description="Documents in the page.")
+
+
+class FacetsQuery(DocumentSelection):
+    """``GET /v1/collections/{name}/facets``: counts per value of a declared field."""
+
+    field: str = Field(max_length=64, description="A declared metadata field.")
+    limit: int = Field(100, ge=1, le=1000, description="Values counted, the most frequent first.")
+
+
+class ExportQuery(DocumentSelection):
+    """``GET /v1/collections/{name}/export``: every selected document as a JSONL line."""
+
+    media: Literal["urls", "inline"] = Field(
+        "urls",
+        description="urls: media parts as their `/v1/media/{key}` URLs; inline: their bytes "
+        "as base64 `data`, so that each line can be ingested again as it is.",
+    )
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def query_string(model: type[Model]) -> Model:
+    """The request's query string as ``model``, or a 400 naming each bad parameter."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise validation_error(exc, prefix="query.") from None
 
 
 def json_body(request: Request) -> Any:

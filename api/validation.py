@@ -138,6 +138,15 @@ def parse_json(data: str | bytes, what: str = "the request body") -> Any:
     return value
 
 
+def parse_filter(raw: str) -> Any:
+    """A ``?filter=`` query parameter: JSON whose strings may all be stored. Whether it is
+    a filter of the collection's fields is for ``recall.filters`` to say."""
+    spec = parse_json(raw, "filter")
+    for field, problem in unsafe_strings(spec, "filter"):
+        raise InvalidRequest(f"{field}: {problem}")
+    return spec
+
+
 def register_url_checks(app: Flask) -> None:
     """Path parameters and query strings are client strings too."""
 

@@ -72,6 +72,7 @@ def main() -> None:
 for command in (*admin.COMMANDS, *serve.COMMANDS, *data.COMMANDS):
     main.add_command(command)
 main.add_command(remote.collections)
+main.add_command(remote.documents)
 main.add_command(remote.search)
 
 if __name__ == "__main__":

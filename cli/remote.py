@@ -1,6 +1,6 @@
 """The commands that talk to a running API through the Python client: ``umarvel
-collections ...`` and ``umarvel search``. Read commands print a table, or JSON with
-``--json``."""
+collections ...``, ``umarvel documents ...`` and ``umarvel search``. Read commands print a
+table, or JSON with ``--json``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from typing import Any
 
 import click
 
-from umarvel_client import Client, Collection, SearchResult
+from umarvel_client import Client, Collection, DocumentPage, Facets, SearchResult
 
 FIELD_TYPES = ("int", "float", "str", "bool")
+
+Filter = dict[str, Any] | None  # the --filter option's JSON object
 
 
 def api_options(func: Any) -> Any:
@@ -193,6 +195,164 @@ def _show(found: list[Collection], as_json: bool, one: bool = False) -> None:
         )
 
 
+def _filter(_ctx: click.Context, _param: click.Parameter, text: str | None) -> Any:
+    """The ``--filter`` option's JSON object, or a usage error."""
+    if text is None:
+        return None
+    try:
+        found = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from None
+    if not isinstance(found, dict):
+        raise click.BadParameter("must be a JSON object")
+    return found
+
+
+def _filter_option(func: Any) -> Any:
+    return click.option(
+        "--filter",
+        "filter_",
+        callback=_filter,
+        default=None,
+        help='Metadata filter, JSON: \'{"year": {"gte": 2020}}\'.',
+    )(func)
+
+
+def _selection_options(func: Any) -> Any:
+    """``--filter`` and ``--status``: which documents a ``documents`` command reads."""
+    func = click.option(
+        "--status",
+        type=click.Choice(["pending", "indexed", "failed"]),
+        default=None,
+        help="Only documents in this state.",
+    )(func)
+    return _filter_option(func)
+
+
+@click.group()
+def documents() -> None:
+    """Documents of a collection in a running API: list, count per value, export."""
+
+
+_limit_option = click.option(
+    "--limit", type=click.IntRange(1, 1000), default=100, show_default=True
+)
+
+
+@documents.command("list")
+@click.argument("name")
+@_selection_options
+@_limit_option
+@click.option("--cursor", default=None, help="Continue from a page's next cursor.")
+@api_options
+@_json_option
+def documents_list(
+    name: str,
+    filter_: Filter,
+    status: str | None,
+    limit: int,
+    cursor: str | None,
+    api: str,
+    key: str,
+    as_json: bool,
+) -> None:
+    """A page of the documents of NAME matching --filter, in the order the server keeps
+    them; the next page with --cursor."""
+    page = client_for(api, key).documents.list(
+        name, filter=filter_, status=status, cursor=cursor, limit=limit
+    )
+    _page(page, as_json)
+
+
+def _page(page: DocumentPage, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(page.raw))
+        return
+    click.echo(f"{'document':<24} {'status':<8} {'metadata':<32}  text")
+    for doc in page.documents:
+        metadata = json.dumps(doc.metadata, ensure_ascii=False)
+        metadata = metadata if len(metadata) <= 32 else metadata[:31] + "…"
+        text = (doc.text or "").replace("\n", " ")[:60]
+        click.echo(f"{doc.id:<24} {doc.status:<8} {metadata:<32}  {text}")
+    if page.next_cursor is not None:
+        click.echo(f"more: --cursor {page.next_cursor}")
+
+
+@documents.command("facets")
+@click.argument("name")
+@click.argument("field")
+@_selection_options
+@_limit_option
+@api_options
+@_json_option
+def documents_facets(
+    name: str,
+    field: str,
+    filter_: Filter,
+    status: str | None,
+    limit: int,
+    api: str,
+    key: str,
+    as_json: bool,
+) -> None:
+    """How many documents of NAME matching --filter hold each value of FIELD (a declared
+    metadata field), the most frequent first."""
+    found = client_for(api, key).documents.facets(
+        name, field, filter=filter_, status=status, limit=limit
+    )
+    _counts(found, as_json)
+
+
+def _counts(found: Facets, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(found.raw))
+        return
+    click.echo(f"{'count':>9}  {found.field}")
+    for value in found.values:
+        click.echo(f"{value.count:>9}  {json.dumps(value.value, ensure_ascii=False)}")
+    click.echo(f"{found.nulls:>9}  (no value)")
+    if found.truncated:
+        click.echo(f"rarer values left out: raise --limit (now {len(found.values)})")
+
+
+@documents.command("export")
+@click.argument("name")
+@_selection_options
+@click.option(
+    "--media",
+    type=click.Choice(["urls", "inline"]),
+    default="urls",
+    show_default=True,
+    help="Media parts as their URLs, or inline as base64 (lines ingestible as they are).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="The JSONL file to write; - for standard output.",
+)
+@api_options
+def documents_export(
+    name: str,
+    filter_: Filter,
+    status: str | None,
+    media: str,
+    output: str,
+    api: str,
+    key: str,
+) -> None:
+    """Every document of NAME matching --filter as JSONL, one document a line, in the shape
+    `umarvel ingest` and the ingestion endpoint take."""
+    with click.open_file(output, "wb") as out:
+        count = client_for(api, key).documents.export(
+            name, out, filter=filter_, status=status, media=media
+        )
+    where = "standard output" if output == "-" else output
+    click.echo(f"exported {count} documents to {where}", err=True)
+
+
 @click.command()
 @click.argument("collection")
 @click.option("--text", default=None, help="The query text.")
@@ -206,12 +366,7 @@ def _show(found: list[Collection], as_json: bool, one: bool = False) -> None:
 @click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
 @click.option("--rerank/--no-rerank", default=None, help="Default: the collection's.")
 @click.option("--rerank-weight", type=float, default=None)
-@click.option(
-    "--filter",
-    "filter_json",
-    default=None,
-    help='Metadata filter, JSON: \'{"year": {"gte": 2020}}\'.',
-)
+@_filter_option
 @click.option("--mode", type=click.Choice(MODES), default=None, help="Default: the collection's.")
 @click.option(
     "--fusion",
@@ -240,7 +395,7 @@ def search(
     top_k: int,
     rerank: bool | None,
     rerank_weight: float | None,
-    filter_json: str | None,
+    filter_: Filter,
     mode: str | None,
     fusion: str | None,
     keyword_weight: float | None,
@@ -268,14 +423,6 @@ def search(
         options = {"enabled": True if rerank is None else rerank}
         if rerank_weight is not None:
             options["weight"] = rerank_weight
-    filter_ = None
-    if filter_json is not None:
-        try:
-            filter_ = json.loads(filter_json)
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON: {exc}", param_hint="--filter") from None
-        if not isinstance(filter_, dict):
-            raise click.BadParameter("must be a JSON object", param_hint="--filter")
     result = client_for(api, key).search(
         collection,
         text=text,

@@ -16,7 +16,9 @@ from recall.filters import COMPARE, compile_filter
 from store.tables import Document
 
 
-def _value(field: str, kind: str) -> ColumnElement[Any]:
+def metadata_value(field: str, kind: str) -> ColumnElement[Any]:
+    """A document's value of the declared metadata ``field``, as SQL of its type (NULL when
+    it has none)."""
     element = Document.doc_metadata[field]
     if kind == "int":  # 64-bit: as_integer() casts to a 32-bit INTEGER on PostgreSQL
         return cast(element.as_string(), BigInteger)
@@ -32,7 +34,7 @@ def sql_filter(spec: Any, fields: dict[str, str]) -> list[ColumnElement[bool]]:
     compile_filter(spec, fields)  # validates: a bad filter is refused as on the Milvus side
     clauses: list[ColumnElement[bool]] = []
     for field, condition in (spec or {}).items():
-        value = _value(field, fields[field])
+        value = metadata_value(field, fields[field])
         for op, expected in (
             condition if isinstance(condition, dict) else {"eq": condition}
         ).items():

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -13,14 +14,35 @@ from store.states import DocumentStatus, JobState
 from store.tables import Document, IngestJob, utcnow
 
 
+def media_url(key: str) -> str:
+    return f"/v1/media/{key}"
+
+
 def document_view(doc: Document) -> dict[str, Any]:
     return {
         "id": doc.external_id,
         "text": doc.text,
         "metadata": doc.doc_metadata,
-        "image_url": f"/v1/media/{doc.image_key}" if doc.image_key else None,
-        "media": [{"kind": part.kind, "url": f"/v1/media/{part.key}"} for part in doc.media],
+        "image_url": media_url(doc.image_key) if doc.image_key else None,
+        "media": [{"kind": part.kind, "url": media_url(part.key)} for part in doc.media],
         "status": doc.status,
+    }
+
+
+def ingestible(doc: Document, read: Callable[[str], bytes] | None = None) -> dict[str, Any]:
+    """A document in the shape the ingestion endpoint takes (``api.schemas.DocumentIn``):
+    its media parts as their URLs, or, given ``read`` (a stored object's bytes by key), as
+    base64 ``data`` that ingestion takes back as it is."""
+    return {
+        "id": doc.external_id,
+        "text": doc.text,
+        "metadata": doc.doc_metadata,
+        "media": [
+            {"kind": part.kind, "url": media_url(part.key)}
+            if read is None
+            else {"kind": part.kind, "data": base64.b64encode(read(part.key)).decode()}
+            for part in doc.media
+        ],
     }
 
 

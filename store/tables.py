@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -158,7 +159,11 @@ class Collection(Base):
 
 class Document(Base):
     __tablename__ = "documents"
-    __table_args__ = (UniqueConstraint("collection_id", "external_id"),)
+    __table_args__ = (
+        UniqueConstraint("collection_id", "external_id"),
+        # A collection's documents in id order: the keyset pages of a listing or an export.
+        Index("ix_documents_collection_id_id", "collection_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     collection_id: Mapped[int] = mapped_column(

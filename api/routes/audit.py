@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g, request
-from pydantic import ValidationError
+from flask import Blueprint, g
 
 from api.auth import require
-from api.errors import validation_error
 from api.openapi import documented, responses
 from api.responses import AuditPage
-from api.schemas import AuditQuery
+from api.schemas import AuditQuery, query_string
 from api.services import services
 from core.errors import Forbidden
 from store.audit import Filters, page, view
@@ -28,10 +26,7 @@ def read_audit() -> Any:
     grant = g.get("api_key")
     if grant is not None and grant.collections is not None:
         raise Forbidden("the audit log is for admin keys that are not limited to collections")
-    try:
-        query = AuditQuery.model_validate(request.args.to_dict())
-    except ValidationError as exc:
-        raise validation_error(exc, prefix="query.") from None
+    query = query_string(AuditQuery)
     filters = Filters(
         action=query.action,
         key_id=query.key_id,

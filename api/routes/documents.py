@@ -26,7 +26,7 @@ from api.responses import Deleted, DocumentOut, IngestJobOut
 from api.routes.collections import get_collection
 from api.schemas import DocumentIn, DocumentsRequest, MediaIn, decode_base64, json_body
 from api.services import Services, services
-from api.validation import id_problem, parse_json, unsafe_strings
+from api.validation import id_problem, parse_filter, parse_json
 from core.contract import MediaPart, Queue
 from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, UmarvelError
 from core.metrics import INGEST_DOCUMENTS
@@ -362,9 +362,7 @@ def delete_documents(name: str) -> Any:
         raise InvalidRequest(
             "give ?filter=<JSON>; deleting every document needs DELETE of the collection"
         )
-    spec = parse_json(raw, "filter")
-    for field, problem in unsafe_strings(spec, "filter"):
-        raise InvalidRequest(f"{field}: {problem}")
+    spec = parse_filter(raw)
     svc = services()
     with session_scope(svc.sessions) as session:
         collection = get_collection(session, name)

@@ -19,18 +19,16 @@ from typing import Any, TypeVar
 
 from celery import chain
 from flask import Blueprint, g, request
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.auth import require
 from api.backpressure import check_backpressure
-from api.errors import validation_error
 from api.openapi import QueryForm, documented, responses
 from api.quotas import check_queued, waiting_slot
 from api.responses import CachedAnswer, QueryAccepted, QueryAnswer, QueryJobOut
 from api.routes.collections import get_collection
-from api.schemas import PageQuery, QueryRequest, decode_base64, request_parts
+from api.schemas import PageQuery, QueryRequest, decode_base64, query_string, request_parts
 from api.services import Services, services
 from core.contract import (
     QUERY_QUEUES,
@@ -364,10 +362,7 @@ def _answer(
 
 def _paging() -> PageQuery:
     """``offset`` and ``limit`` from the query string, validated."""
-    try:
-        return PageQuery.model_validate(request.args.to_dict())
-    except ValidationError as exc:
-        raise validation_error(exc, prefix="query.") from None
+    return query_string(PageQuery)
 
 
 def _page(results: Sequence[Item], default: Page) -> tuple[list[Item], dict[str, int]]:

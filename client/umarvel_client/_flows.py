@@ -11,19 +11,30 @@ answer are here, once, and only the I/O is theirs.
 from __future__ import annotations
 
 import base64
+import codecs
+import io
 import json
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol, TypedDict, TypeVar
+from typing import IO, Any, Protocol, TypedDict, TypeVar, cast
 
 import httpx
 
 from umarvel_client._version import __version__
 from umarvel_client.errors import ApiError, ConnectionFailed, JobFailed, WaitTimeout, error_for
-from umarvel_client.types import Collection, Document, IngestJob, IngestSummary, SearchResult
+from umarvel_client.types import (
+    Collection,
+    Document,
+    DocumentPage,
+    Facets,
+    IngestJob,
+    IngestSummary,
+    SearchResult,
+)
 
 T = TypeVar("T")
 
@@ -67,6 +78,46 @@ class Config(Protocol):
     poll_seconds: float
 
 
+Output = str | Path | IO[bytes] | IO[str]
+"""Where an export goes: a file's path, or a binary or text stream (left open)."""
+
+
+class Sink:
+    """The body of a streamed answer, written to ``out`` as it arrives: bytes to a binary
+    stream, text (decoded as UTF-8 across chunks) to a text stream. Counts its lines."""
+
+    def __init__(self, out: IO[bytes] | IO[str]) -> None:
+        text = _is_text(out)
+        self._bytes = None if text else cast(IO[bytes], out)
+        self._text = cast(IO[str], out) if text else None
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self.started = False
+        self.lines = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.started = self.started or bool(chunk)
+        self.lines += chunk.count(b"\n")
+        if self._bytes is not None:
+            self._bytes.write(chunk)
+        elif self._text is not None:
+            self._text.write(self._decoder.decode(chunk))
+
+
+def _is_text(out: IO[Any]) -> bool:
+    return isinstance(out, io.TextIOBase) or "b" not in getattr(out, "mode", "b")
+
+
+@contextmanager
+def sink_for(out: Output) -> Iterator[Sink]:
+    """A ``Sink`` writing to ``out``: a path is opened (and truncated) for it, and closed
+    after; a stream stays open."""
+    if isinstance(out, str | Path):
+        with open(out, "wb") as handle:
+            yield Sink(handle)
+    else:
+        yield Sink(out)
+
+
 @dataclass(frozen=True)
 class Request:
     """One HTTP request of the API, relative to the client's URL."""
@@ -77,9 +128,13 @@ class Request:
     json: Any = None
     safe: bool | None = None
     """Whether sending it twice does no harm; None: as its method says (GET, PUT, DELETE)."""
+    sink: Sink | None = None
+    """Where a successful answer's body goes as it arrives, instead of into memory."""
 
     @property
     def resendable(self) -> bool:
+        if self.sink is not None and self.sink.started:
+            return False  # what arrived is written: sending it again would repeat it
         return self.method in IDEMPOTENT_METHODS if self.safe is None else self.safe
 
 
@@ -141,6 +196,8 @@ def call(
                 raise ConnectionFailed(f"cannot reach the API at {cfg.url}: {reason}")
             yield Sleep(min(cfg.max_retry_wait, CONNECTION_BACKOFF * 2**attempt))
             continue
+        if outcome.status_code < 400 and request.sink is not None:
+            return None  # the body went to the sink
         if outcome.status_code < 400 or (answers is not None and answers(outcome)):
             return _json(outcome, cfg.url)
         error = error_for(outcome.status_code, _body(outcome), outcome.headers.get("Retry-After"))
@@ -333,9 +390,64 @@ def delete_document(cfg: Config, collection: str, document_id: str) -> Flow[None
 
 
 def delete_where(cfg: Config, collection: str, filter: Mapping[str, Any]) -> Flow[int]:
-    params = {"filter": json.dumps(dict(filter))}
+    params = selection(filter, None)
     path = f"/v1/collections/{collection}/documents"
     return int((yield from call(cfg, Request("DELETE", path, params=params)))["deleted"])
+
+
+def selection(filter: Mapping[str, Any] | None, status: str | None, **given: Any) -> dict[str, Any]:
+    """The query parameters that select documents, a filter (as JSON) and a state, with
+    those of ``given`` that are not None."""
+    params = {name: value for name, value in given.items() if value is not None}
+    if filter is not None:
+        params["filter"] = json.dumps(dict(filter))
+    if status is not None:
+        params["status"] = status
+    return params
+
+
+def list_documents(
+    cfg: Config,
+    collection: str,
+    *,
+    filter: Mapping[str, Any] | None,
+    status: str | None,
+    cursor: str | None,
+    limit: int | None,
+) -> Flow[DocumentPage]:
+    params = selection(filter, status, cursor=cursor, limit=limit)
+    request = Request("GET", f"/v1/collections/{collection}/documents", params=params)
+    return DocumentPage.from_json((yield from call(cfg, request)))
+
+
+def facets(
+    cfg: Config,
+    collection: str,
+    field: str,
+    *,
+    filter: Mapping[str, Any] | None,
+    status: str | None,
+    limit: int | None,
+) -> Flow[Facets]:
+    params = selection(filter, status, field=field, limit=limit)
+    request = Request("GET", f"/v1/collections/{collection}/facets", params=params)
+    return Facets.from_json((yield from call(cfg, request)))
+
+
+def export(
+    cfg: Config,
+    collection: str,
+    sink: Sink,
+    *,
+    filter: Mapping[str, Any] | None,
+    status: str | None,
+    media: str,
+) -> Flow[int]:
+    """Every selected document's JSON line, written to ``sink`` as it arrives; how many."""
+    params = selection(filter, status, media=media)
+    path = f"/v1/collections/{collection}/export"
+    yield from call(cfg, Request("GET", path, params=params, sink=sink))
+    return sink.lines
 
 
 # Jobs

@@ -15,7 +15,7 @@ still a plain function, and image files are read as ``Client`` reads them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
@@ -25,12 +25,21 @@ from umarvel_client import _flows
 from umarvel_client._flows import (
     Flow,
     Outcome,
+    Output,
     ProgressCallback,
     Request,
     SearchOptions,
     Sleep,
 )
-from umarvel_client.types import Collection, Document, IngestJob, IngestSummary, SearchResult
+from umarvel_client.types import (
+    Collection,
+    Document,
+    DocumentPage,
+    Facets,
+    IngestJob,
+    IngestSummary,
+    SearchResult,
+)
 
 __all__ = ["AsyncClient", "AsyncCollections", "AsyncDocuments", "AsyncJobs"]
 
@@ -125,7 +134,19 @@ class AsyncClient:
 
     async def _send(self, request: Request) -> Outcome:
         try:
-            return await self.http.send(_flows.http_request(self.http, self, request))
+            built = _flows.http_request(self.http, self, request)
+            if request.sink is None:
+                return await self.http.send(built)
+            response = await self.http.send(built, stream=True)
+            try:
+                if response.status_code >= 400:
+                    await response.aread()  # an error's envelope, read as any answer is
+                else:
+                    async for chunk in response.aiter_bytes():
+                        request.sink.write(chunk)
+            finally:
+                await response.aclose()
+            return response
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return exc
 
@@ -226,6 +247,72 @@ class AsyncDocuments:
     async def delete_where(self, collection: str, filter: Mapping[str, Any]) -> int:
         """Delete every document whose metadata matches ``filter``; how many went."""
         return await self._c._run(_flows.delete_where(self._c, collection, filter))
+
+    async def list(
+        self,
+        collection: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> DocumentPage:
+        """One page of the matching documents: see ``Documents.list``."""
+        flow = _flows.list_documents(
+            self._c, collection, filter=filter, status=status, cursor=cursor, limit=limit
+        )
+        return await self._c._run(flow)
+
+    async def iter_documents(
+        self,
+        collection: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        status: str | None = None,
+        page_size: int | None = None,
+    ) -> AsyncIterator[Document]:
+        """Every matching document, a page at a time (``async for``): see
+        ``Documents.iter_documents``."""
+        cursor: str | None = None
+        while True:
+            page = await self.list(
+                collection, filter=filter, status=status, cursor=cursor, limit=page_size
+            )
+            for document in page.documents:
+                yield document
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def facets(
+        self,
+        collection: str,
+        field: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> Facets:
+        """Counts per value of a declared field: see ``Documents.facets``."""
+        flow = _flows.facets(self._c, collection, field, filter=filter, status=status, limit=limit)
+        return await self._c._run(flow)
+
+    async def export(
+        self,
+        collection: str,
+        out: Output,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        status: str | None = None,
+        media: str = "urls",
+    ) -> int:
+        """Every matching document to ``out`` as JSONL: see ``Documents.export``. Writes
+        to ``out`` are plain blocking writes, as ``Client`` makes them."""
+        with _flows.sink_for(out) as sink:
+            flow = _flows.export(
+                self._c, collection, sink, filter=filter, status=status, media=media
+            )
+            return await self._c._run(flow)
 
 
 class AsyncJobs:

@@ -25,7 +25,7 @@ requests written once in ``umarvel_client._flows``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
@@ -37,6 +37,7 @@ from umarvel_client._flows import (
     Flow,
     ImageLike,
     Outcome,
+    Output,
     ProgressCallback,
     Request,
     SearchOptions,
@@ -44,7 +45,15 @@ from umarvel_client._flows import (
     encode_image,
 )
 from umarvel_client._version import __version__
-from umarvel_client.types import Collection, Document, IngestJob, IngestSummary, SearchResult
+from umarvel_client.types import (
+    Collection,
+    Document,
+    DocumentPage,
+    Facets,
+    IngestJob,
+    IngestSummary,
+    SearchResult,
+)
 
 __all__ = [
     "USER_AGENT",
@@ -164,7 +173,19 @@ class Client:
 
     def _send(self, request: Request) -> Outcome:
         try:
-            return self.http.send(_flows.http_request(self.http, self, request))
+            built = _flows.http_request(self.http, self, request)
+            if request.sink is None:
+                return self.http.send(built)
+            response = self.http.send(built, stream=True)
+            try:
+                if response.status_code >= 400:
+                    response.read()  # an error's envelope, read as any answer is
+                else:
+                    for chunk in response.iter_bytes():
+                        request.sink.write(chunk)
+            finally:
+                response.close()
+            return response
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return exc
 
@@ -273,6 +294,79 @@ class Documents:
     def delete_where(self, collection: str, filter: Mapping[str, Any]) -> int:
         """Delete every document whose metadata matches ``filter``; how many went."""
         return self._c._run(_flows.delete_where(self._c, collection, filter))
+
+    def list(
+        self,
+        collection: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> DocumentPage:
+        """One page of the documents whose metadata matches ``filter`` (and whose state is
+        ``status``: pending, indexed or failed), in the order the server keeps them.
+        ``limit``: at most 1,000 (the server's default, 100, when None); ``cursor``: the
+        previous page's ``next_cursor``."""
+        flow = _flows.list_documents(
+            self._c, collection, filter=filter, status=status, cursor=cursor, limit=limit
+        )
+        return self._c._run(flow)
+
+    def iter_documents(
+        self,
+        collection: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        status: str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[Document]:
+        """Every matching document, a page (``page_size``) fetched at a time, as it is
+        needed. A document there from the first page to the last comes exactly once, whatever
+        is added or deleted meanwhile."""
+        cursor: str | None = None
+        while True:
+            page = self.list(
+                collection, filter=filter, status=status, cursor=cursor, limit=page_size
+            )
+            yield from page.documents
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def facets(
+        self,
+        collection: str,
+        field: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> Facets:
+        """How many matching documents hold each value of the declared metadata ``field``,
+        the most frequent first (at most ``limit``; 100 when None), and how many hold none."""
+        flow = _flows.facets(self._c, collection, field, filter=filter, status=status, limit=limit)
+        return self._c._run(flow)
+
+    def export(
+        self,
+        collection: str,
+        out: Output,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        status: str | None = None,
+        media: str = "urls",
+    ) -> int:
+        """Write every matching document to ``out`` (a path, or a binary or text stream) as
+        JSONL, as it arrives, in the shape ``ingest`` and the ingestion endpoint take;
+        returns how many. ``media``: ``urls`` (parts as their URLs) or ``inline`` (their
+        bytes as base64, so that each line can be ingested again as it is). Not sent again
+        once lines have arrived: after ``ConnectionFailed`` ``out`` holds what came."""
+        with _flows.sink_for(out) as sink:
+            flow = _flows.export(
+                self._c, collection, sink, filter=filter, status=status, media=media
+            )
+            return self._c._run(flow)
 
 
 class Jobs:

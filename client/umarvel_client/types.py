@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,10 +130,64 @@ class Document:
     metadata: dict[str, Any]
     image_url: str | None
     status: str
+    media: list[dict[str, str]] = field(default_factory=list)
+    """Its media parts in the order they were sent: ``{"kind", "url"}``."""
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Document:
-        return cls(body["id"], body["text"], body["metadata"], body["image_url"], body["status"])
+        return cls(
+            id=body["id"],
+            text=body["text"],
+            metadata=body["metadata"],
+            image_url=body["image_url"],
+            status=body["status"],
+            media=list(body.get("media", [])),
+        )
+
+
+@dataclass(frozen=True)
+class DocumentPage:
+    """A page of a collection's documents, in the order the server keeps them."""
+
+    documents: list[Document]
+    next_cursor: str | None
+    """The ``cursor`` of the next page; None on the last."""
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> DocumentPage:
+        documents = [Document.from_json(doc) for doc in body["documents"]]
+        return cls(documents=documents, next_cursor=body.get("next_cursor"), raw=body)
+
+
+@dataclass(frozen=True)
+class FacetCount:
+    value: Any
+    count: int
+
+
+@dataclass(frozen=True)
+class Facets:
+    """How many documents hold each value of a field: the most frequent first."""
+
+    field: str
+    values: list[FacetCount]
+    nulls: int
+    """Documents without a value for the field."""
+    truncated: bool
+    """More values were found than were asked for; the rarest are left out."""
+    # ``field`` above is this answer's field: the dataclasses function by its full name.
+    raw: dict[str, Any] = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Facets:
+        return cls(
+            field=body["field"],
+            values=[FacetCount(v["value"], v["count"]) for v in body["values"]],
+            nulls=body["nulls"],
+            truncated=body["truncated"],
+            raw=body,
+        )
 
 
 @dataclass(frozen=True)
