@@ -297,6 +297,20 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         64_000_000, ge=1, description="Largest decoded image (stops decompression bombs)."
     )
+    max_video_bytes: int = Field(
+        200 * 1024 * 1024, ge=1, description="Largest video file (MP4/MOV, WebM/Matroska, AVI)."
+    )
+    max_video_pixels: int = Field(
+        3840 * 2160,
+        ge=1,
+        description="Largest video frame in pixels, read from the stream header before decoding.",
+    )
+    max_video_frames: int = Field(
+        18_000,
+        ge=2,
+        description="Most frames a video may have (every frame is decoded to count them: "
+        "18,000 is 10 minutes at 30 frames a second).",
+    )
     max_request_bytes: int = Field(
         64 * 1024 * 1024,
         ge=1,

@@ -135,7 +135,7 @@ def build_processor(arch: str, tokenizer: Any) -> Any:
     return getattr(transformers, tiny.processor_class)(
         image_processor=transformers.Qwen2VLImageProcessor(**tiny.image_processor),
         tokenizer=tokenizer,
-        video_processor=getattr(transformers, tiny.video_processor_class)(),
+        video_processor=getattr(transformers, tiny.video_processor_class)(**tiny.video_processor),
         chat_template=chat_template(arch),
     )
 

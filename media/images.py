@@ -66,8 +66,8 @@ def smart_resize(
     height: int,
     width: int,
     factor: int = IMAGE_FACTOR,
-    min_pixels: int = MIN_PIXELS,
-    max_pixels: int = MAX_PIXELS,
+    min_pixels: float = MIN_PIXELS,
+    max_pixels: float = MAX_PIXELS,
 ) -> tuple[int, int]:
     """qwen-vl-utils' rule: multiples of ``factor``, pixel count in bounds, aspect <= 200."""
     check_geometry(width, height)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import InvalidRequest
 from media.images import FORMATS, decode_image
+from media.video import Video, open_video
+from media.video import content_type as video_type
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -36,7 +38,8 @@ class MediaKind:
     # Raises InvalidRequest or PayloadTooLarge, naming the rule, for what the workers could
     # not decode; the same rule the workers apply.
     check: Callable[[bytes, Settings], None]
-    # What a model takes: an RGB PIL image for "image".
+    # What a model takes: an RGB PIL image for "image", a checked ``media.video.Video`` for
+    # "video".
     decode: Callable[[bytes, Settings], Any]
     # The Content-Type the media route serves a stored part with.
     content_type: Callable[[bytes], str]
@@ -76,10 +79,6 @@ def _decode_image(data: bytes, settings: Settings) -> Any:
     )
 
 
-def _check_image(data: bytes, settings: Settings) -> None:
-    _decode_image(data, settings)
-
-
 def _image_type(data: bytes) -> str:
     from PIL import Image, UnidentifiedImageError
 
@@ -91,12 +90,28 @@ def _image_type(data: bytes) -> str:
     return Image.MIME.get(fmt, "application/octet-stream")
 
 
-IMAGE = register(
-    MediaKind(
-        name="image",
-        max_bytes=lambda settings: settings.max_image_bytes,
-        check=_check_image,
-        decode=_decode_image,
-        content_type=_image_type,
+def _decoding_kind(
+    name: str,
+    max_bytes: Callable[[Settings], int],
+    decode: Callable[[bytes, Settings], Any],
+    content_type: Callable[[bytes], str],
+) -> MediaKind:
+    """A kind checked by its decoder: the API refuses what the workers could not decode."""
+
+    def check(data: bytes, settings: Settings) -> None:
+        decode(data, settings)
+
+    return register(MediaKind(name, max_bytes, check, decode, content_type))
+
+
+def _decode_video(data: bytes, settings: Settings) -> Video:
+    return open_video(
+        data,
+        max_bytes=settings.max_video_bytes,
+        max_pixels=settings.max_video_pixels,
+        max_frames=settings.max_video_frames,
     )
-)
+
+
+IMAGE = _decoding_kind("image", lambda s: s.max_image_bytes, _decode_image, _image_type)
+VIDEO = _decoding_kind("video", lambda s: s.max_video_bytes, _decode_video, video_type)

@@ -34,6 +34,24 @@ class TokenRows(StrEnum):
     MEAN = "mean"
 
 
+class VideoPrompt(StrEnum):
+    """What stands for a video in the prompt, after the chat template's
+    ``<|vision_start|><|video_pad|><|vision_end|>`` (UMARVEL-VIDEO-SPEC section 4)."""
+
+    # ``<|video_pad|>`` once per merged patch of every frame, between the template's markers.
+    PADS = "pads"
+    # The template's three tokens replaced, per temporal group of frames, by
+    # ``<{t:.1f} seconds><|vision_start|>``, the group's pads and ``<|vision_end|>``.
+    TIMESTAMPED = "timestamped"
+
+
+class Pooling(StrEnum):
+    """Whether the embedder's mean pools an instruction span (markers included)."""
+
+    EXCLUDED = "excluded"
+    POOLED = "pooled"
+
+
 @dataclass(frozen=True)
 class Tiny:
     """How ``devkit.tiny_models`` builds a tiny random checkpoint of the family.
@@ -54,6 +72,8 @@ class Tiny:
     qwen3_tokens: bool = False
     # Written into the generation config, as the real checkpoint's is.
     generation: dict[str, Any] = field(default_factory=dict)
+    # The video processor's settings, as the real checkpoint's (its class defaults otherwise).
+    video_processor: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,11 @@ class Family:
     model_class: str  # in ``transformers``, loaded with from_pretrained
     positions: Positions
     token_rows: TokenRows = TokenRows.AS_LOADED
+    video_prompt: VideoPrompt = VideoPrompt.PADS
+    # The instruction span of a text query in U-MARVEL's video protocol: the published
+    # multi-GPU evaluation excluded it on Qwen2-VL (the model's own mask), pooled it on
+    # Qwen3-VL (its collator gave no mask). UMARVEL-VIDEO-SPEC section 5.
+    video_query_instruction: Pooling = Pooling.EXCLUDED
     tiny: Tiny | None = None
 
 
@@ -138,9 +163,20 @@ QWEN2_VL = register(
             chat_template="qwen2_vl.jinja",
             # The real Qwen2-VL-7B-Instruct generation config has it.
             generation={"repetition_penalty": 1.05},
+            # The checkpoint ships no video settings: its video processor reads the image ones.
+            video_processor=_QWEN2_IMAGE,
         ),
     )
 )
+
+# The image and video processors' shared settings, as Qwen3-VL-4B-Instruct ships them.
+_QWEN3_VISION = {
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
 
 QWEN3_VL = register(
     Family(
@@ -148,16 +184,14 @@ QWEN3_VL = register(
         model_class="Qwen3VLForConditionalGeneration",
         positions=Positions.MASK_CUMSUM,
         token_rows=TokenRows.MEAN,
+        video_prompt=VideoPrompt.TIMESTAMPED,
+        video_query_instruction=Pooling.POOLED,
         tiny=Tiny(
             config_class="Qwen3VLConfig",
             processor_class="Qwen3VLProcessor",
             video_processor_class="Qwen3VLVideoProcessor",
             image_processor={
-                "patch_size": 16,
-                "temporal_patch_size": 2,
-                "merge_size": 2,
-                "image_mean": [0.5, 0.5, 0.5],
-                "image_std": [0.5, 0.5, 0.5],
+                **_QWEN3_VISION,
                 "size": {"shortest_edge": 65536, "longest_edge": 16777216},
             },
             text={
@@ -183,6 +217,10 @@ QWEN3_VL = register(
             },
             chat_template="qwen3_vl.jinja",
             qwen3_tokens=True,
+            video_processor={
+                **_QWEN3_VISION,
+                "size": {"shortest_edge": 4096, "longest_edge": 25165824},
+            },
         ),
     )
 )

@@ -1,4 +1,5 @@
-"""Loading Qwen-VL backbones and processors, and turning image inputs into PIL images.
+"""Loading Qwen-VL backbones and processors, and turning image inputs into PIL images and
+video inputs into checked videos.
 
 Shared by ``recall`` (the U-MARVEL embedder) and ``rerank`` (the MLLM reranker). torch and
 transformers are imported inside functions: importing this module is cheap and safe in a
@@ -16,6 +17,7 @@ from PIL import Image
 
 from core.errors import InvalidRequest
 from media.images import decode_image
+from media.video import Video, open_video
 from mllm import families
 from mllm.families import Family
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 ImageInput = str | Path | bytes | Image.Image
+VideoInput = str | Path | bytes | Video  # a path, the file's bytes, or a checked video
 
 
 @dataclass(frozen=True)
@@ -129,12 +132,27 @@ def load_image(
         return decode_image(
             bytes(value), max_bytes=max_bytes, max_pixels=max_pixels, keep_alpha=keep_alpha
         )
+    data = _read(value, "image")
+    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, keep_alpha=keep_alpha)
+
+
+def load_video(value: VideoInput, *, max_bytes: int, max_pixels: int, max_frames: int) -> Video:
+    """A checked video (``media.video.open_video``) from a path, raw bytes or a ``Video``."""
+    if isinstance(value, Video):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    else:
+        data = _read(value, "video")
+    return open_video(data, max_bytes=max_bytes, max_pixels=max_pixels, max_frames=max_frames)
+
+
+def _read(value: str | Path, what: str) -> bytes:
     path = Path(value)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
-        raise InvalidRequest(f"cannot read image {str(path)!r}: {exc.strerror}") from None
-    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, keep_alpha=keep_alpha)
+        raise InvalidRequest(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,9 @@ class RunConfig:
     batch_tokens: int = 16384
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 64_000_000
+    max_video_bytes: int = 200 * 1024 * 1024
+    max_video_pixels: int = 3840 * 2160
+    max_video_frames: int = 18_000
     # Calls run at once (threads of one process); batch_tokens sizes each call's batch.
     concurrent_calls: int = 1
 
@@ -181,4 +202,13 @@ class LoadedModel(Generic[Config]):
             max_bytes=self.config.max_image_bytes,
             max_pixels=self.config.max_image_pixels,
             keep_alpha=keep_alpha,
+        )
+
+    def video(self, value: VideoInput) -> Video:
+        """``value`` checked within this model's video limits."""
+        return load_video(
+            value,
+            max_bytes=self.config.max_video_bytes,
+            max_pixels=self.config.max_video_pixels,
+            max_frames=self.config.max_video_frames,
         )

@@ -17,7 +17,10 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from mllm.video_inputs import VideoInputs
 
 # Stand-ins for the client's strings while the template renders; neither character occurs
 # in the templates or in our prompt text.
@@ -36,7 +39,8 @@ TextPart = str | Sequence[str]
 
 @dataclass(frozen=True)
 class Prompt:
-    """A rendered chat template and its token ids, before image placeholders are expanded."""
+    """A rendered chat template and its token ids, before image and video placeholders are
+    expanded."""
 
     text: str
     ids: tuple[int, ...]
@@ -65,6 +69,8 @@ class PromptTokenizer:
         self.pad_id = int(tokenizer.pad_token_id)
         self.image_id = int(processor.image_token_id)
         self.video_id = int(processor.video_token_id)
+        self.vision_start_id = int(tokenizer.convert_tokens_to_ids("<|vision_start|>"))
+        self.vision_end_id = int(tokenizer.convert_tokens_to_ids("<|vision_end|>"))
 
     def render(self, messages: list[dict[str, Any]]) -> Prompt:
         """The chat template (with the generation prompt) over ``messages``, tokenised.
@@ -122,28 +128,76 @@ class PromptTokenizer:
     def _encode(self, text: str) -> list[int]:
         return self._plain.encode(text, add_special_tokens=False).ids if text else []
 
+    def video_tokens(self, video: VideoInputs) -> list[int]:
+        """The tokens that stand for ``video``: a pad per merged patch of every frame or, for
+        a timestamped family, each temporal group's ``<t seconds>``, markers and pads."""
+        groups, height, width = video.grid
+        pads = [self.video_id] * (height * width // self._processor.video_processor.merge_size**2)
+        if video.timestamps is None:
+            return pads * groups
+        tokens: list[int] = []
+        for time in video.timestamps:
+            tokens += [*self._encode(f"<{time:.1f} seconds>"), self.vision_start_id, *pads]
+            tokens.append(self.vision_end_id)
+        return tokens
+
+    def expand(
+        self, prompt: Sequence[int], image_tokens: Sequence[int], videos: Sequence[VideoInputs]
+    ) -> list[int]:
+        """``prompt`` with each image placeholder repeated as many times as its image has
+        tokens (``image_tokens``, in order) and each video placeholder replaced by its video's
+        tokens (for a timestamped video, with the template's vision markers around it)."""
+        images, clips = iter(image_tokens), iter(videos)
+        row: list[int] = []
+        skip = False
+        for index, token in enumerate(prompt):
+            if skip:
+                skip = False
+            elif token == self.image_id:
+                row += [token] * next(images)
+            elif token == self.video_id:
+                video = next(clips)
+                if video.timestamps is not None:
+                    # Each temporal group carries its own markers, in place of the template's.
+                    after = prompt[index + 1] if index + 1 < len(prompt) else None
+                    if row[-1:] != [self.vision_start_id] or after != self.vision_end_id:
+                        raise ValueError("a video placeholder must stand between vision markers")
+                    row.pop()
+                    skip = True
+                row += self.video_tokens(video)
+            else:
+                row.append(token)
+        return row
+
     def batch(
         self,
         prompts: Sequence[Sequence[int]],
         images: Sequence[Any],
         *,
+        videos: Sequence[VideoInputs] = (),
         padding_side: Literal["left", "right"],
-        max_length: int | None = None,
+        max_length: int | Sequence[int | None] | None = None,
         resize: bool = True,
     ) -> Any:
-        """What the processor returns for these prompts (ids from ``render``) and images.
+        """What the processor returns for these prompts (ids from ``render``), images and
+        videos (processed already: ``mllm.video_inputs.process_video``).
 
         The images fill the prompts' image placeholders in order; each placeholder becomes as
-        many tokens as its image has merged patches. Prompts longer than ``max_length`` are
+        many tokens as its image has merged patches. The videos fill the video placeholders
+        (``expand``). Prompts longer than ``max_length`` (one for all, or one per prompt) are
         cut on the right; the batch is padded to its longest prompt. ``resize=False``: the
         images come resized already, and the processor only rescales and patchifies them.
         """
         import torch
         from transformers import BatchFeature
 
-        placeholders = sum(list(prompt).count(self.image_id) for prompt in prompts)
-        if placeholders != len(images):
-            raise ValueError(f"{placeholders} image placeholders for {len(images)} images")
+        for token, items, what in (
+            (self.image_id, images, "image"),
+            (self.video_id, videos, "video"),
+        ):
+            placeholders = sum(list(prompt).count(token) for prompt in prompts)
+            if placeholders != len(items):
+                raise ValueError(f"{placeholders} {what} placeholders for {len(items)} {what}s")
         vision: dict[str, Any] = {}
         counts: list[int] = []
         if images:
@@ -151,13 +205,16 @@ class PromptTokenizer:
             options = {} if resize else {"do_resize": False}
             vision = dict(image_processor(images=list(images), return_tensors="pt", **options))
             counts = (vision["image_grid_thw"].prod(-1) // image_processor.merge_size**2).tolist()
-        sizes = iter(counts)
+        if videos:
+            vision["pixel_values_videos"] = torch.cat([video.pixels for video in videos])
+            vision["video_grid_thw"] = torch.tensor([video.grid for video in videos])
+        limits = max_length if isinstance(max_length, Sequence) else [max_length] * len(prompts)
+        sizes, clips = iter(counts), iter(videos)
         rows = []
-        for prompt in prompts:
-            row: list[int] = []
-            for token in prompt:
-                row += [token] * next(sizes) if token == self.image_id else [token]
-            rows.append(row[:max_length])
+        for prompt, limit in zip(prompts, limits, strict=True):
+            images_here = [next(sizes) for _ in range(list(prompt).count(self.image_id))]
+            videos_here = [next(clips) for _ in range(list(prompt).count(self.video_id))]
+            rows.append(self.expand(prompt, images_here, videos_here)[:limit])
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -168,6 +225,10 @@ class PromptTokenizer:
             mask[index, span] = 1
         if int((ids == self.image_id).sum()) != sum(counts):
             raise ValueError("truncation cut into an image's tokens")
+        merge = self._processor.video_processor.merge_size**2 if videos else 1
+        video_pads = sum(t * h * w // merge for t, h, w in (video.grid for video in videos))
+        if int((ids == self.video_id).sum()) != video_pads:
+            raise ValueError("truncation cut into a video's tokens")
         kinds = (ids == self.image_id).long() + 2 * (ids == self.video_id).long()
         text = {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": kinds}
         return BatchFeature({**text, **vision})

@@ -8,21 +8,30 @@ Usage::
     q = embedder.encode_queries([Query(text="a red car", instruction="Find an image.")])
     c = embedder.encode_candidates([Candidate(image="car.jpg"), Candidate(text="A bus.")])
     scores = q @ c.T  # cosine: the vectors are L2-normalised
+
+Videos (UMARVEL-VIDEO-SPEC)::
+
+    clips = embedder.encode_candidates([Candidate(video="clip.mp4")])
+    captions = embedder.encode_queries(
+        [Query(text="a man is cooking", instruction=prompts.VIDEO_INSTRUCTION, protocol="video")]
+    )
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from media.images import prepare_image
+from media.video import sample_video
 from mllm.batching import image_tokens, plan_batches
-from mllm.families import Positions, TokenRows
+from mllm.families import Pooling, Positions, TokenRows
 from mllm.loading import Loaded, LoadedModel, RunConfig, load_backbone
 from mllm.prompt_tokens import PromptTokenizer, TextPart
+from mllm.video_inputs import VideoFrames, VideoInputs, process_video
 from recall import prompts
 from recall.prompts import Candidate, Query
 
@@ -37,14 +46,23 @@ class EmbedderConfig(RunConfig):
     """What defines the embedding, fixed at load time, and how it runs."""
 
     image_only_suffix: bool = False
+    # Which sampled frames of a video reach the model: REFERENCE as U-MARVEL's evaluation
+    # (on Qwen3-VL its processor keeps min(4, n) of them, timestamped at 24 fps), or SAMPLED
+    # (all of them, timestamped at the video's frame rate). It changes Qwen3-VL's vectors.
+    video_frames: VideoFrames = VideoFrames.REFERENCE
+    # Frames sampled from every video, rounded to an even count (MSVD's evaluation: 12);
+    # None: 2 a second, 4 to 768.
+    video_nframes: int | None = None
 
 
 @dataclass(frozen=True)
 class _Prepared:
     text: str  # the rendered chat template
-    ids: tuple[int, ...]  # its tokens, before the image placeholder is expanded
+    ids: tuple[int, ...]  # its tokens, before the image or video placeholder is expanded
     image: Any  # a PIL image or None
+    video: VideoInputs | None
     cost: int
+    pool_instruction: bool = False  # the instruction span is pooled too
 
 
 class Embedder(LoadedModel[EmbedderConfig]):
@@ -93,43 +111,73 @@ class Embedder(LoadedModel[EmbedderConfig]):
 
     # -- public API --------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[Query]) -> np.ndarray:
+        pooled = self.family.video_query_instruction is Pooling.POOLED
         with self._calls:
-            prepared = [self._prepare(prompts.query_pieces(q), q.image) for q in queries]
+            prepared = [
+                self._prepare(
+                    prompts.query_pieces(q),
+                    q.image,
+                    q.video,
+                    pool_instruction=pooled and q.video_protocol,
+                )
+                for q in queries
+            ]
             return self._encode(prepared, truncate=False)
 
     def encode_candidates(self, candidates: Sequence[Candidate]) -> np.ndarray:
         suffix = self.config.image_only_suffix
         with self._calls:
             prepared = [
-                self._prepare(prompts.candidate_pieces(c, image_only_suffix=suffix), c.image)
+                self._prepare(
+                    prompts.candidate_pieces(c, image_only_suffix=suffix), c.image, c.video
+                )
                 for c in candidates
             ]
             return self._encode(prepared, truncate=True)
 
     # -- stages ------------------------------------------------------------------------------
-    def _prepare(self, text: TextPart, image: Any) -> _Prepared:
-        """CPU work: decode and resize the image, render the chat template and tokenise it.
+    def _prepare(
+        self, text: TextPart, image: Any, video: Any = None, *, pool_instruction: bool = False
+    ) -> _Prepared:
+        """CPU work: decode and resize the image, or decode, sample and process the video;
+        render the chat template and tokenise it.
 
         ``text`` is the user turn's text part; only its ``Client`` pieces are the client's.
         """
-        pil = None
+        if image is not None and video is not None:
+            raise ValueError("an item carries an image or a video, not both")
+        pil = inputs = None
         if image is not None:
             pil = prepare_image(self.image(image))
-        prompt = self.tokens.render(prompts.messages(text, pil is not None))
-        return _Prepared(prompt.text, prompt.ids, pil, self._cost(prompt.ids, pil))
+        if video is not None:
+            sampled = sample_video(self.video(video), nframes=self.config.video_nframes)
+            inputs = process_video(self.processor, self.family, sampled, self.config.video_frames)
+        media: Literal["image", "video"] | None = None
+        if pil is not None or inputs is not None:
+            media = "image" if pil is not None else "video"
+        prompt = self.tokens.render(prompts.messages(text, media))
+        cost = self._cost(prompt.ids, pil, inputs)
+        return _Prepared(prompt.text, prompt.ids, pil, inputs, cost, pool_instruction)
 
-    def _cost(self, ids: tuple[int, ...], image: Any) -> int:
-        """Tokens after processing: the text's, plus the image's placeholder expansion."""
+    def _cost(self, ids: tuple[int, ...], image: Any, video: VideoInputs | None = None) -> int:
+        """Tokens after processing: the text's, plus the image's or video's expansion."""
         tokens = len(ids)
         if image is not None:
             tokens += image_tokens(self.processor.image_processor, image.height, image.width)
+        if video is not None:
+            tokens += len(self.tokens.video_tokens(video))
         return tokens
+
+    @staticmethod
+    def _max_tokens(item: _Prepared, truncate: bool) -> int | None:
+        """M-BEIR's candidates are cut at 1,024 tokens; the video evaluation cut nothing."""
+        return CANDIDATE_MAX_TOKENS if truncate and item.video is None else None
 
     def _encode(self, items: list[_Prepared], *, truncate: bool) -> np.ndarray:
         out = np.zeros((len(items), self.dim), dtype=np.float32)
         if not items:
             return out
-        costs = [min(item.cost, CANDIDATE_MAX_TOKENS) if truncate else item.cost for item in items]
+        costs = [min(item.cost, self._max_tokens(item, truncate) or item.cost) for item in items]
         # Similar sizes batch together (less padding); rows go back to their input places.
         for chunk in plan_batches(costs, self.config.batch_size, self.config.batch_tokens):
             out[chunk] = self._forward([items[i] for i in chunk], truncate=truncate)
@@ -141,32 +189,50 @@ class Embedder(LoadedModel[EmbedderConfig]):
         batch = self.tokens.batch(
             [item.ids for item in items],
             [item.image for item in items if item.image is not None],
+            videos=[item.video for item in items if item.video is not None],
             padding_side="right",
-            max_length=CANDIDATE_MAX_TOKENS if truncate else None,
+            max_length=[self._max_tokens(item, truncate) for item in items],
         ).to(self.device)
+        pool_instruction = torch.tensor([item.pool_instruction for item in items])
         with torch.inference_mode():
             hidden = self._hidden_states(batch)
-            pooled = self._pool(hidden, batch["input_ids"], batch["attention_mask"])
+            pooled = self._pool(
+                hidden,
+                batch["input_ids"],
+                batch["attention_mask"],
+                pool_instruction.to(self.device),
+            )
         return pooled.float().cpu().numpy()
 
     def _hidden_states(self, batch: Any) -> torch.Tensor:
-        """Bidirectional forward of the language model over text and image embeddings."""
+        """Bidirectional forward of the language model over text, image and video
+        embeddings."""
         import torch
         from transformers.masking_utils import create_bidirectional_mask
 
         backbone = self.model.model
+        config = self.model.config
         input_ids = batch["input_ids"]
         mask = batch["attention_mask"]
         embeds = self.model.get_input_embeddings()(input_ids)
-        if "pixel_values" in batch:
+        vision = (
+            ("pixel_values", "image_grid_thw", config.image_token_id, backbone.get_image_features),
+            (
+                "pixel_values_videos",
+                "video_grid_thw",
+                config.video_token_id,
+                backbone.get_video_features,
+            ),
+        )
+        for pixels, grid, token_id, features_of in vision:
+            if pixels not in batch:
+                continue
             # pooler_output holds the merged patch features; Qwen3-VL's DeepStack features
             # are discarded on purpose (U-MARVEL does not inject them).
-            features = backbone.get_image_features(
-                batch["pixel_values"].to(self.dtype), batch["image_grid_thw"]
-            ).pooler_output
+            features = features_of(batch[pixels].to(self.dtype), batch[grid]).pooler_output
             features = torch.cat(list(features), dim=0).to(embeds.dtype)
-            image_positions = (input_ids == self.model.config.image_token_id).unsqueeze(-1)
-            embeds = embeds.masked_scatter(image_positions.expand_as(embeds), features)
+            positions = (input_ids == token_id).unsqueeze(-1)
+            embeds = embeds.masked_scatter(positions.expand_as(embeds), features)
         if self.family.positions is Positions.MASK_CUMSUM:
             positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         else:
@@ -189,15 +255,22 @@ class Embedder(LoadedModel[EmbedderConfig]):
         return output.last_hidden_state
 
     def _pool(
-        self, hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        pool_instruction: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean over non-pad tokens minus the instruction span, then L2 normalisation."""
+        """Mean over non-pad tokens minus the instruction span (kept in the rows that
+        ``pool_instruction`` marks), then L2 normalisation."""
         import torch
 
         is_start = input_ids == self.token_ids[prompts.INSTRUCTION_START]
         is_end = input_ids == self.token_ids[prompts.INSTRUCTION_END]
         # Inside the span: a start has been seen and its end has not been passed.
         in_span = is_start.cumsum(-1) > (is_end.cumsum(-1) - is_end.long())
+        if pool_instruction is not None:
+            in_span &= ~pool_instruction.bool().unsqueeze(-1)
         weights = (mask.bool() & ~in_span).to(hidden.dtype).unsqueeze(-1)
         summed = (hidden * weights).sum(dim=1, dtype=torch.float32)
         pooled = summed / weights.sum(dim=1, dtype=torch.float32).clamp(min=1.0)

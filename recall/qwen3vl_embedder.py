@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.errors import InvalidRequest
 from mllm import qwen3vl_inputs as inputs
 from mllm.batching import plan_batches
 from mllm.loading import Loaded, LoadedModel, RunConfig, load_backbone
@@ -47,6 +48,13 @@ def system_instruction(instruction: str | None) -> str:
     if not unicodedata.category(text[-1]).startswith("P"):
         text += "."
     return text
+
+
+def _refuse_videos(items: Sequence[Query | Candidate]) -> None:
+    """Videos are not embedded this way yet; an item with one is refused, not embedded
+    without it."""
+    if any(item.video is not None for item in items):
+        raise InvalidRequest("Qwen3-VL-Embedding takes no videos here yet")
 
 
 @dataclass(frozen=True)
@@ -93,11 +101,13 @@ class Qwen3VLEmbedder(LoadedModel[Qwen3VLEmbedderConfig]):
         return cls(loaded, config, dimension)
 
     def encode_queries(self, queries: Sequence[Query]) -> np.ndarray:
+        _refuse_videos(queries)
         with self._calls:
             return self._encode([self._prepare(q.instruction, q.text, q.image) for q in queries])
 
     def encode_candidates(self, candidates: Sequence[Candidate]) -> np.ndarray:
         """Documents carry no instruction: they get the default one (spec 2.1)."""
+        _refuse_videos(candidates)
         with self._calls:
             return self._encode([self._prepare(None, c.text, c.image) for c in candidates])
 

@@ -97,7 +97,7 @@ def test_a_new_kind_is_validated_stored_and_served(
     assert messages == {
         2: "a blob starts with BLOB",
         3: "blob is larger than 64 bytes",
-        4: "media kind 'audio' is not one of blob, image",
+        4: "media kind 'audio' is not one of blob, image, video",
         5: "a document may carry at most 2 blob part(s)",
         7: "a document needs text, an image, or both",  # the model embeds no blob
     }
@@ -142,4 +142,4 @@ def test_the_clean_up_keeps_parts_of_every_kind(
 def test_an_unregistered_kind_is_refused_by_name(client: FlaskClient) -> None:
     doc = {"id": "d", "text": "x", "media": [{"kind": "blob", "data": b64(b"BLOB")}]}
     job = client.post(URL, json={"documents": [doc]}).json
-    assert job["errors"][0]["message"] == "media kind 'blob' is not one of image"
+    assert job["errors"][0]["message"] == "media kind 'blob' is not one of image, video"

@@ -258,6 +258,9 @@ class Runtime:
             batch_tokens=batch_tokens,
             max_image_bytes=self.settings.max_image_bytes,
             max_image_pixels=self.settings.max_image_pixels,
+            max_video_bytes=self.settings.max_video_bytes,
+            max_video_pixels=self.settings.max_video_pixels,
+            max_video_frames=self.settings.max_video_frames,
             concurrent_calls=self.runners,
         )
 
