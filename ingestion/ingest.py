@@ -20,7 +20,7 @@ from ingestion import outbox, reindex
 from ingestion.outbox import Kind
 from ingestion.resources import Resources
 from ingestion.retry import reason
-from ingestion.writer import Snapshot, VectorCache, Written, at_least, write
+from ingestion.writer import Snapshot, VectorCache, Written, at_least, with_media, write
 from recall.index import milvus_name
 from store.states import DocumentStatus, JobState, advance
 from store.tables import Collection, Document, IngestJob
@@ -38,10 +38,12 @@ def run_chunk(rt: Resources, entry: outbox.Entry) -> dict[str, Any]:
         advance(job, JobState.RUNNING)
         collection = session.get_one(Collection, job.collection_id)
         docs = session.scalars(
-            select(Document).where(
-                Document.id.in_(entry.payload["documents"]),
-                Document.ingest_job_id == job.id,
-                Document.status == DocumentStatus.PENDING,
+            with_media(
+                select(Document).where(
+                    Document.id.in_(entry.payload["documents"]),
+                    Document.ingest_job_id == job.id,
+                    Document.status == DocumentStatus.PENDING,
+                )
             )
         )
         snapshots = [Snapshot.of(doc) for doc in docs]

@@ -21,7 +21,7 @@ from ingestion import outbox
 from ingestion.chunks import chunked
 from ingestion.outbox import Kind
 from ingestion.resources import Resources
-from ingestion.writer import Snapshot, at_least, write
+from ingestion.writer import Snapshot, at_least, with_media, write
 from recall.index import milvus_name
 from store.states import RUNNING_JOB, DocumentStatus, JobKind, JobState, advance
 from store.tables import Collection, Document, IngestJob, OutboxEntry
@@ -130,7 +130,9 @@ def run_chunk(rt: Resources, entry: outbox.Entry) -> dict[str, Any]:
         advance(job, JobState.RUNNING)
         generation = int(job.generation or 0)
         docs = session.scalars(
-            behind(collection.id, generation).where(Document.id.in_(entry.payload["documents"]))
+            with_media(
+                behind(collection.id, generation).where(Document.id.in_(entry.payload["documents"]))
+            )
         )
         snapshots = [Snapshot.of(doc) for doc in docs]
         model = str(collection.building_model)

@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import case, select
+from sqlalchemy.orm import selectinload
 
-from core.errors import NotFound, Unavailable
+from core.errors import InvalidRequest, NotFound, PayloadTooLarge, Unavailable
 from ingestion.resources import Resources
 from ingestion.retry import is_transient, reason
+from media.kinds import VIDEO
 from recall.prompts import Candidate
 from recall.service import IndexDocument, RecallService
 from store.states import DocumentStatus
@@ -45,12 +47,26 @@ class Snapshot:
     text: str | None
     image_key: str | None
     metadata: dict[str, Any]
+    video_key: str | None = None  # its first video part: what the recall model embeds
 
     @classmethod
     def of(cls, doc: Document) -> Snapshot:
+        """``doc``'s content; load its media parts with it (``with_media``)."""
+        video = next((part.key for part in doc.media if part.kind == VIDEO.name), None)
         return cls(
-            doc.id, doc.external_id, doc.revision, doc.text, doc.image_key, dict(doc.doc_metadata)
+            doc.id,
+            doc.external_id,
+            doc.revision,
+            doc.text,
+            doc.image_key,
+            dict(doc.doc_metadata),
+            video,
         )
+
+
+def with_media(statement: Any) -> Any:
+    """``statement`` (a select of documents) loading their media parts in one more query."""
+    return statement.options(selectinload(Document.media))
 
 
 @dataclass
@@ -105,10 +121,14 @@ def _embed(
             continue
         try:
             image = rt.media.get(snap.image_key) if snap.image_key else None
-        except NotFound as exc:  # its image is gone from the media store
+            # Decoded here, before the model's batcher: a video never holds it up.
+            video = None
+            if snap.video_key:
+                video = VIDEO.decode(rt.media.get(snap.video_key), rt.settings)
+        except (NotFound, InvalidRequest, PayloadTooLarge) as exc:  # gone, or undecodable
             written.failed[snap.row_id] = (snap, reason(exc))
             continue
-        todo.append((snap, _document(snap, image)))
+        todo.append((snap, _document(snap, image, video)))
     vectors, errors = service.embed_each([doc for _, doc in todo])
     transient = [error for error in errors.values() if is_transient(error)]
     if transient:  # not the documents' fault: the whole write is tried again later
@@ -121,8 +141,9 @@ def _embed(
     return [s for s in pending if (model, s.row_id, s.revision) in cache]
 
 
-def _document(snap: Snapshot, image: Any = None) -> IndexDocument:
-    return IndexDocument(snap.external_id, Candidate(text=snap.text, image=image), snap.metadata)
+def _document(snap: Snapshot, image: Any = None, video: Any = None) -> IndexDocument:
+    candidate = Candidate(text=snap.text, image=image, video=video)
+    return IndexDocument(snap.external_id, candidate, snap.metadata)
 
 
 def _check(
@@ -145,9 +166,11 @@ def _check(
         rows = {
             doc.external_id: doc
             for doc in session.scalars(
-                select(Document).where(
-                    Document.collection_id == collection_id,
-                    Document.external_id.in_(external_ids),
+                with_media(
+                    select(Document).where(
+                        Document.collection_id == collection_id,
+                        Document.external_id.in_(external_ids),
+                    )
                 )
             )
         }
@@ -186,10 +209,12 @@ def _written_since(
     their current content is written again."""
     with rt.sessions() as session:
         rows = session.scalars(
-            select(Document).where(
-                Document.collection_id == collection_id,
-                Document.external_id.in_(deleted),
-                Document.status != DocumentStatus.FAILED,
+            with_media(
+                select(Document).where(
+                    Document.collection_id == collection_id,
+                    Document.external_id.in_(deleted),
+                    Document.status != DocumentStatus.FAILED,
+                )
             )
         )
         return [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
@@ -70,3 +71,34 @@ def test_a_clean_chunk_is_one_embedding_call(pipeline_env: tuple[FlaskClient, Ru
     finally:
         embedder.encode_candidates = original  # type: ignore[method-assign]
     assert calls == [2, 2, 1]  # the chunks of 2 (UMARVEL_INGEST_CHUNK_SIZE here)
+
+
+def test_a_video_part_is_embedded_as_the_recall_model_embeds_a_video(
+    pipeline_env: tuple[FlaskClient, Runtime],
+) -> None:
+    """A document's video part (decoded by the writer, before the model's batcher) gives
+    the vector of a video candidate."""
+    from devkit.samples import b64
+    from media.kinds import VIDEO
+    from recall.prompts import Candidate
+    from tests.clips import make_clip
+
+    client, rt = pipeline_env
+    clip = make_clip(80, 48, 20, 10)
+    docs = [
+        {
+            "id": "clip",
+            "text": "a yellow square moving right",
+            "media": [{"kind": "video", "data": b64(clip)}],
+        },
+        {"id": "plain", "text": "no video here"},
+    ]
+    ingest_in_process(client, rt, docs)
+    assert client.get("/v1/collections/docs/documents/clip").json["status"] == "indexed"
+    collection = client.get("/v1/collections/docs").json
+    stored = rt.index.vectors(collection["milvus_collection"], ["clip"])["clip"]
+    embedder = rt.embedder(rt.settings.recall_model)
+    expected = embedder.encode_candidates(
+        [Candidate(text="a yellow square moving right", video=VIDEO.decode(clip, rt.settings))]
+    )[0]
+    assert np.abs(stored - expected).max() <= 1e-5
