@@ -229,6 +229,8 @@ def test_sign_in_create_ingest_search_delete(
     assert _finished_hits(driver)[0].get_attribute("data-document") != first_page
     assert "(cached)" in driver.find_element(By.ID, "search-state").text
     driver.save_screenshot(str(shots / "search-pages.png"))
+    top_k.clear()
+    top_k.send_keys("10")  # as it was, for the next test in this browser
 
     # Images are fetched with the key, never with it in a URL.
     urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

@@ -432,6 +432,29 @@ def server_stack(
         yield running
 
 
+def test_search_modes_through_the_production_pairing(server_stack: Stack) -> None:
+    """Worker processes, PostgreSQL and the Milvus server: a code is first in keyword and
+    hybrid search (the keyword side in PostgreSQL, the dense side on the server), more like
+    this finds a duplicate, and page two comes from the cached ranking."""
+    from umarvel_client import Client
+
+    api = Client(server_stack.api_url, server_stack.create_key(("admin",)), poll_seconds=0.05)
+    api.collections.create("modes", rerank={"k": 20})
+    docs = [{"id": f"m{i}", "text": f"linen shirt SKU-{20000 + i}"} for i in range(80)]
+    docs[57]["text"] = "linen shirt SKU-48213"
+    docs += [{"id": twin, "text": "a velvet scarf with a golden fringe"} for twin in ("ta", "tb")]
+    assert api.documents.ingest("modes", docs, wait=True, timeout=300).done == 82
+    for mode in ("keyword", "hybrid"):
+        found = api.search("modes", text="SKU-48213", mode=mode, top_k=3, rerank=True)
+        assert found.hits[0].document_id == "m57", (mode, found.hits)
+    assert api.search("modes", like=["ta"], top_k=1).hits[0].document_id == "tb"
+    first = api.search("modes", text="a linen shirt", top_k=20)
+    second = api.search("modes", text="a linen shirt", top_k=10, offset=10)
+    assert second.cached
+    assert [h.document_id for h in second.hits] == [h.document_id for h in first.hits[10:]]
+    api.collections.delete("modes")
+
+
 def test_a_milvus_server_killed_mid_ingestion_heals_by_itself(
     server_stack: Stack, milvus_standalone_server: MilvusStandalone
 ) -> None:

@@ -134,7 +134,8 @@ def test_result_is_stored_and_cached(
     engine.dispose()
     assert row.status == "done"
     assert row.recall_hits
-    assert len(row.results) == 3
+    assert len(first["results"]) == 3  # the page asked for
+    assert len(row.results) == len(row.recall_hits) > 3  # the ranking, for every page
     client = redis.Redis.from_url(REDIS_URL)
     assert client.get(row.cache_key) is not None
     assert client.ttl(row.cache_key) > 0
@@ -203,7 +204,8 @@ def test_partial_results_and_cancel_while_reranking(
         assert job["is_partial"]
         assert job["is_running"]
         indexed = http.get(f"{stack.api_url}/v1/collections/shapes").json()["documents"]["indexed"]
-        assert len(job["results"]) == indexed  # every recall candidate (k=50), before rerank
+        assert len(job["results"]) == 3  # the page asked for, of the recall's ranking
+        assert job["paging"]["total"] == indexed  # every recall candidate (k=50)
         assert all("p_yes" not in hit for hit in job["results"])
         other = http.post(url, json={"text": "cancel me while reranking", "wait": 0}).json()
         poll(http, stack.api_url + other["url"], lambda j: j["status"] == "reranking")
@@ -226,8 +228,10 @@ def test_query_embeddings_are_cached(
     first = _query(stack, http, {"text": "embed me once", "top_k": 2, "wait": 20})
     added = set(client.keys("umarvel:qemb:*")) - before
     assert len(added) == 1
-    # Another top_k is another result, but the same query embedding.
-    second = _query(stack, http, {"text": "embed me once", "top_k": 3, "wait": 20})
+    # Another rerank weight is another result, but the same query embedding.
+    second = _query(
+        stack, http, {"text": "embed me once", "top_k": 2, "rerank": {"weight": 0.5}, "wait": 20}
+    )
     assert set(client.keys("umarvel:qemb:*")) - before == added
     assert not second["cached"]
     assert second["results"][0]["cosine"] == pytest.approx(first["results"][0]["cosine"])

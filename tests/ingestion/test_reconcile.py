@@ -14,6 +14,7 @@ from sqlalchemy import update
 from ingestion import reconcile
 from recall.index import milvus_name
 from store.tables import Collection, Document
+from store.writes import record_write
 from tests.helpers import entries, ingest_in_process, run_entries
 from workers.queries import recall_step
 from workers.runtime import Runtime
@@ -174,8 +175,10 @@ def test_every_disagreement_between_sql_and_milvus_is_repaired(
     ingest_in_process(client, rt, _docs(5))
     name = _served(rt)
     (row,) = rt.index.client.query(name, filter='id == "d0"', output_fields=["vector"])
-    rt.index.upsert(name, [{"id": "ghost", "vector": row["vector"]}])  # no document at all
-    rt.index.delete(name, ["d0", "d2"])  # d0: indexed, lost by Milvus
+    # Written behind the service's back, so recorded as its writers record theirs: searches
+    # on a Milvus server wait for the newest recorded write (store.writes).
+    record_write(rt.redis, name, rt.index.upsert(name, [{"id": "ghost", "vector": row["vector"]}]))
+    record_write(rt.redis, name, rt.index.delete(name, ["d0", "d2"]))  # d0: lost by Milvus
     rt.index.flush(name)
     _fail(rt, "d1", retryable=False)  # failed in SQL, vector in Milvus
     _fail(rt, "d2", retryable=True)  # failed for an outage, no vector
