@@ -1,6 +1,7 @@
 """Search beyond one dense vector, through the API and the worker steps in process, on
-milvus-lite with SQLite and PostgreSQL and on a Milvus server with PostgreSQL: keyword and
-hybrid modes, search by example, grouping, and pages served from one ranking.
+milvus-lite with SQLite and with PostgreSQL (the production pairing, with a Milvus server,
+runs them through worker processes in tests/test_faults.py): keyword and hybrid modes,
+search by example, grouping, and pages served from one ranking.
 
 The tiny random models rank by noise: what these tests can and do assert is what does not
 depend on the model (a keyword match, an identical document, caps, pages, refusals)."""
@@ -22,8 +23,6 @@ from store.tables import OutboxEntry
 from tests.helpers import error, make_key, run_entries
 from workers.queries import recall_step, rerank_step
 from workers.runtime import Runtime
-
-pytestmark = pytest.mark.both_milvus
 
 CODE = "SKU-48213"
 FIELDS = {"product": "str", "year": "int"}
