@@ -32,20 +32,30 @@ def keyword_search(
         Document.status == DocumentStatus.INDEXED,
         *sql_filter(spec, fields or {}),
     ]
+    statement = _ranking(session, phrases, where, limit, window)
+    return [(str(doc), float(score)) for doc, score in session.execute(statement).all()]
+
+
+def _ranking(
+    session: Session,
+    phrases: list[list[str]],
+    where: list[Any],
+    limit: int,
+    window: int | None,
+) -> Any:
+    """The statement ranking the matches of ``phrases``. With a ``window``, as a cutoff
+    frequency does: a phrase matching more than ``window`` rows is common. With a rare one
+    in the query, only rows matching a rare one are ranked (every row that holds a code or
+    a name, whatever its age), scored by all the phrases; with none, the newest ``window``
+    matches are. One phrase needs no count: its newest ``window`` matches are all it has
+    when it is rare."""
     dialect = session.get_bind().dialect.name
-    if window is None:
-        statement = ranked(dialect, phrases, Document, where, limit)
-        return [(str(doc), float(score)) for doc, score in session.execute(statement).all()]
-    # As a cutoff frequency does: the phrases matching more than `window` rows are common.
-    # With a rare one among them, only rows matching a rare one are ranked (every row that
-    # holds a code or a name, whatever its age), scored by all the phrases; with none, the
-    # newest `window` matches are.
+    if window is None or len(phrases) == 1:
+        return ranked(dialect, phrases, Document, where, limit, window=window)
     counts = session.execute(match_counts(dialect, phrases, Document, where, window)).one()
     rare = [phrase for phrase, count in zip(phrases, counts, strict=True) if count <= window]
     if len(rare) == len(phrases):
-        statement = ranked(dialect, phrases, Document, where, limit)
-    elif rare:
-        statement = ranked(dialect, phrases, Document, where, limit, required=rare)
-    else:
-        statement = ranked(dialect, phrases, Document, where, limit, window=window)
-    return [(str(doc), float(score)) for doc, score in session.execute(statement).all()]
+        return ranked(dialect, phrases, Document, where, limit)
+    if rare:
+        return ranked(dialect, phrases, Document, where, limit, required=rare)
+    return ranked(dialect, phrases, Document, where, limit, window=window)

@@ -123,16 +123,18 @@ def _matches(
     where: Sequence[ColumnElement[bool]],
     query: str,
     *columns: Any,
-) -> tuple[Select[Any], ColumnElement[Any], Any]:
+    scored: bool = True,
+) -> tuple[Select[Any], Any]:
     """Rows of ``document`` matching the engine ``query`` and ``where``: the statement
-    (selecting ``columns`` and the score), the score, and the newest-first ordering."""
+    (selecting ``columns``, and the score unless not ``scored``: scoring is most of a
+    match's cost) and the newest-first ordering."""
     match: Any = literal(query)  # a bound parameter, never SQL text
     score: ColumnElement[Any]
     if dialect == "sqlite":
         fts = table(FTS_TABLE, column("rowid"))  # the FTS5 table has no model
         score = -func.bm25(literal_column(FTS_TABLE))  # bm25() is lower for better matches
         statement = (
-            select(*columns, score.label("score"))
+            select(*columns, *([score.label("score")] if scored else []))
             .select_from(_FtsFirst(fts, document.__table__, fts.c.rowid == document.id))
             .where(literal_column(FTS_TABLE).op("MATCH")(match))
         )
@@ -141,9 +143,10 @@ def _matches(
         vector: Any = literal_column(f"documents.{VECTOR_COLUMN}")
         tsquery = func.to_tsquery(literal_column("'simple'"), match)
         score = func.ts_rank_cd(vector, tsquery)
-        statement = select(*columns, score.label("score")).where(vector.op("@@")(tsquery))
+        statement = select(*columns, *([score.label("score")] if scored else []))
+        statement = statement.where(vector.op("@@")(tsquery))
         newest = document.id.desc()
-    return statement.where(*where), score, newest
+    return statement.where(*where), newest
 
 
 def match_counts(
@@ -157,9 +160,8 @@ def match_counts(
     ``cap + 1`` (enough to tell a rare phrase from a common one, at a bounded cost)."""
     counts = []
     for phrase in phrases:
-        statement, _, _ = _matches(
-            dialect, document, where, match_expression(dialect, [phrase]), document.id
-        )
+        expression = match_expression(dialect, [phrase])
+        statement, _ = _matches(dialect, document, where, expression, document.id, scored=False)
         first = statement.limit(cap + 1).subquery()
         counts.append(select(func.count()).select_from(first).scalar_subquery())
     return select(*counts)
@@ -180,9 +182,7 @@ def ranked(
     is a better match. ``required``: only rows that match one of these are ranked (scored
     by all the phrases). ``window``: only the newest ``window`` matches are scored."""
     query = match_expression(dialect, phrases, required)
-    matches, _, newest = _matches(
-        dialect, document, where, query, document.external_id, document.id
-    )
+    matches, newest = _matches(dialect, document, where, query, document.external_id, document.id)
     if window is not None:
         matches = matches.order_by(newest).limit(window)
     scored = matches.subquery("matches")

@@ -232,6 +232,27 @@ def test_sign_in_create_ingest_search_delete(
     top_k.clear()
     top_k.send_keys("10")  # as it was, for the next test in this browser
 
+    # The document browser: every document, a filter, and "more like this" from a row.
+    driver.find_element(By.LINK_TEXT, "Documents").click()
+    wait(driver, lambda d: visible(d, "#view-documents"))
+    Select(driver.find_element(By.ID, "documents-collection")).select_by_value("gallery")
+    click(driver, "#documents-form button[type=submit]")
+    wait(driver, lambda d: d.find_element(By.ID, "documents-state").text == "3 documents")
+    assert not visible(driver, "#documents-more")
+    driver.find_element(By.ID, "documents-filter").send_keys('{"colour": "red"}', Keys.ENTER)
+    wait(driver, lambda d: d.find_element(By.ID, "documents-state").text == "0 documents")
+    driver.find_element(By.ID, "documents-filter").clear()
+    click(driver, "#documents-form button[type=submit]")
+    row = "#documents-table tr[data-document='red-circle.png']"
+    wait(driver, lambda d: visible(d, row))
+    click(driver, f"{row} button[data-action=like]")
+    wait(driver, lambda d: visible(d, "#view-search") and visible(d, "#search-like"))
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .hit")) == 2)
+    assert "red-circle.png" not in {
+        h.get_attribute("data-document") for h in _finished_hits(driver)
+    }
+    click(driver, "#clear-like")
+
     # Images are fetched with the key, never with it in a URL.
     urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert all(key not in url for url in urls)

@@ -5,12 +5,14 @@
 const KEY = "umarvel.key";
 const POLL_MS = 250;
 const BATCH = 32; // images per ingestion request
+const DOCUMENTS_PAGE = 50;  // documents a page of the document browser
 
 const state = {
   key: sessionStorage.getItem(KEY),
   collections: [],
   queryImage: null,
   like: null,  // the document a "more like this" search is searching like
+  documents: { collection: null, filter: null, cursor: null },  // the document browser's place
   offset: 0,  // the page of the results shown
   thumbnails: new Map(),
 };
@@ -103,7 +105,7 @@ function show(name) {
 async function route() {
   if (!state.key) return show("sign-in");
   const name = (location.hash || "#collections").slice(1);
-  show(["collections", "search", "ingest"].includes(name) ? name : "collections");
+  show(["collections", "search", "documents", "ingest"].includes(name) ? name : "collections");
   await guarded(loadCollections);
 }
 
@@ -128,6 +130,7 @@ async function loadCollections() {
         }),
         element("td", {}, [
           action("search", "Search", () => goTo("search", c.name)),
+          action("documents", "Documents", () => goTo("documents", c.name)),
           action("ingest", "Ingest", () => goTo("ingest", c.name)),
           action("reindex", "Reindex", () => guarded(() => reindex(c.name))),
           action("delete", "Delete", () => askDelete(c.name), "danger"),
@@ -135,7 +138,7 @@ async function loadCollections() {
       ]),
     ),
   );
-  for (const select of [$("#search-collection"), $("#ingest-collection")]) {
+  for (const select of [$("#search-collection"), $("#documents-collection"), $("#ingest-collection")]) {
     const chosen = select.value;
     select.replaceChildren(
       ...state.collections.map((c) => element("option", { value: c.name, text: c.name })),
@@ -217,6 +220,52 @@ async function reindex(name) {
   $("#reindex-name").textContent = name;
   await follow([job], $("#reindex-panel .progress-slot"));
   await loadCollections();
+}
+
+// Documents: a collection's documents, a page at a time, under a filter
+
+function readFilter(input) {
+  if (!input.value.trim()) return null;
+  try {
+    return JSON.parse(input.value);
+  } catch {
+    throw new Error("The filter is not JSON.");
+  }
+}
+
+async function listDocuments(event) {
+  event.preventDefault();
+  state.documents = { collection: $("#documents-collection").value, filter: null, cursor: null };
+  $("#documents-table tbody").replaceChildren();
+  await guarded(async () => {
+    state.documents.filter = readFilter($("#documents-filter"));
+    await moreDocuments();
+  });
+}
+
+async function moreDocuments() {
+  const { collection, filter, cursor } = state.documents;
+  const query = new URLSearchParams({ limit: String(DOCUMENTS_PAGE) });
+  if (filter) query.set("filter", JSON.stringify(filter));
+  if (cursor) query.set("cursor", cursor);
+  const page = await api("GET", `/v1/collections/${encodeURIComponent(collection)}/documents?${query}`);
+  const rows = page.documents.map((doc) =>
+    element("tr", { "data-document": doc.id }, [
+      element("td", { text: doc.id }),
+      element("td", { text: doc.status }),
+      element("td", { text: (doc.text || "").slice(0, 120) }),
+      element("td", { text: JSON.stringify(doc.metadata) }),
+      element("td", {}, [action("like", "More like this", () => {
+        goTo("search", collection);
+        searchLike(doc.id);
+      })]),
+    ]));
+  $("#documents-table tbody").append(...rows);
+  state.documents.cursor = page.next_cursor;
+  $("#documents-more").hidden = !page.next_cursor;
+  const shown = $("#documents-table tbody").children.length;
+  $("#documents-state").textContent = `${shown} document${shown === 1 ? "" : "s"}` +
+    (page.next_cursor ? ", more to load" : "");
 }
 
 // Progress of ingestion and reindex jobs
@@ -346,13 +395,8 @@ async function runSearch() {
   body.rerank = { enabled: $("#search-rerank").checked };
   if ($("#search-weight").value) body.rerank.weight = Number($("#search-weight").value);
   await guarded(async () => {
-    if ($("#search-filter").value.trim()) {
-      try {
-        body.filter = JSON.parse($("#search-filter").value);
-      } catch {
-        throw new Error("The filter is not JSON.");
-      }
-    }
+    const filter = readFilter($("#search-filter"));
+    if (filter) body.filter = filter;
     if (state.queryImage) body.image = await readBase64(state.queryImage);
     if (!body.text && !body.image && !body.like) throw new Error("Give a text, an image or both.");
     let answer = await api("POST", `/v1/collections/${encodeURIComponent(collection)}/queries`, body);
@@ -430,6 +474,8 @@ function wire() {
   $("#add-field").addEventListener("click", addField);
   $("#ingest-form").addEventListener("submit", ingest);
   $("#search-form").addEventListener("submit", search);
+  $("#documents-form").addEventListener("submit", listDocuments);
+  $("#documents-more").addEventListener("click", () => guarded(moreDocuments));
   $("#next-page").addEventListener("click", () => page(1));
   $("#previous-page").addEventListener("click", () => page(-1));
   $("#clear-like").addEventListener("click", () => searchLike(null));
