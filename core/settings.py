@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_RECALL_MODEL = "TencentBAC/U-MARVEL-Qwen3VL-4B-Instruct"
@@ -24,11 +24,10 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Any:
         """Secrets never reach a log, a traceback or a shell through ``repr``: credentials
-        are masked, and so are the passwords of URLs."""
+        are ``SecretStr`` (read with ``get_secret_value()``, shown masked), and the
+        passwords of URLs are masked."""
         for name, value in super().__repr_args__():
-            if name in _SECRET_FIELDS and value:
-                yield name, "***"
-            elif name in _URL_FIELDS and isinstance(value, str):
+            if name in _URL_FIELDS and isinstance(value, str):
                 yield name, _without_password(value)
             else:
                 yield name, value
@@ -60,7 +59,9 @@ class Settings(BaseSettings):
         "http://127.0.0.1:19530",
         description="Milvus endpoint (milvus-lite server or Milvus standalone/cluster).",
     )
-    milvus_token: str = Field("", description="Milvus token (user:password), empty for none.")
+    milvus_token: SecretStr = Field(
+        SecretStr(""), description="Milvus token (user:password), empty for none."
+    )
     milvus_prefix: str = Field(
         "umarvel_", description="Prefix of every Milvus collection this deployment owns."
     )
@@ -84,11 +85,13 @@ class Settings(BaseSettings):
     )
     media_s3_bucket: str = Field("", description="Bucket of the media store (backend 's3').")
     media_s3_region: str = Field("us-east-1", description="Region of the media bucket.")
-    media_s3_access_key: str = Field(
-        "", description="Access key id for the media bucket (required with backend 's3')."
+    media_s3_access_key: SecretStr = Field(
+        SecretStr(""),
+        description="Access key id for the media bucket (required with backend 's3').",
     )
-    media_s3_secret_key: str = Field(
-        "", description="Secret access key for the media bucket (required with backend 's3')."
+    media_s3_secret_key: SecretStr = Field(
+        SecretStr(""),
+        description="Secret access key for the media bucket (required with backend 's3').",
     )
     media_s3_prefix: str = Field(
         "", description="Prefix of every media object in the bucket (empty: the bucket's root)."
@@ -358,7 +361,6 @@ def get_settings() -> Settings:
     return Settings()
 
 
-_SECRET_FIELDS = frozenset({"milvus_token", "media_s3_access_key", "media_s3_secret_key"})
 _URL_FIELDS = frozenset({"database_url", "redis_url", "milvus_uri", "media_s3_endpoint"})
 
 

@@ -126,8 +126,8 @@ class S3MediaStore:
     def from_settings(cls, settings: Settings) -> S3MediaStore:
         return cls(
             settings.media_s3_bucket,
-            access_key=settings.media_s3_access_key,
-            secret_key=settings.media_s3_secret_key,
+            access_key=settings.media_s3_access_key.get_secret_value(),
+            secret_key=settings.media_s3_secret_key.get_secret_value(),
             endpoint=settings.media_s3_endpoint,
             region=settings.media_s3_region,
             prefix=settings.media_s3_prefix,

@@ -155,4 +155,5 @@ def test_settings_never_show_their_secrets() -> None:
     for secret in ("db-pass", "redis-pass", "milvus-pass", "access-id", "s3-pass"):
         assert secret not in shown
     assert "postgresql+psycopg://umarvel:***@db/umarvel" in shown
-    assert settings.media_s3_secret_key == "s3-pass"  # the value itself is untouched
+    assert settings.media_s3_secret_key.get_secret_value() == "s3-pass"  # kept, not shown
+    assert "media_s3_secret_key=SecretStr('**********')" in repr(settings)

@@ -112,7 +112,7 @@ class Runtime:
 
         return MilvusIndex(
             self.settings.milvus_uri,
-            token=self.settings.milvus_token,
+            token=self.settings.milvus_token.get_secret_value(),
             search_consistency=self.settings.milvus_search_consistency,
         )
 
