@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from api.openapi import PROMETHEUS_TEXT, documented, responses
 from api.services import services
 from core.contract import Queue
+from core.logs import REQUEST_ID, REQUEST_ID_HEADER, request_id_from
 from core.metrics import (
     BUILD_INFO,
     OUTBOX_ENTRIES,
@@ -36,6 +37,14 @@ def register_metrics(app: Flask) -> None:
     @app.before_request
     def _start_timer() -> None:
         g.started = time.perf_counter()
+        g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        g.request_id_token = REQUEST_ID.set(g.request_id)
+
+    @app.teardown_request
+    def _forget_request_id(_exc: BaseException | None) -> None:
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            REQUEST_ID.reset(token)
 
     @app.after_request
     def _count(response: Response) -> Response:
@@ -44,6 +53,8 @@ def register_metrics(app: Flask) -> None:
         REQUESTS.labels(route, request.method, str(response.status_code)).inc()
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         REQUEST_SECONDS.labels(route, request.method).observe(elapsed)
+        if g.get("request_id"):
+            response.headers[REQUEST_ID_HEADER] = g.request_id
         log.info(
             "request",
             extra={

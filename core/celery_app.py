@@ -7,12 +7,16 @@ name without importing them; workers import ``workers.tasks`` to register them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import before_task_publish, task_postrun, task_prerun
 from kombu import Queue
 
 from core.broker import TRANSPORT
 from core.contract import Queue as Queues
 from core.contract import Task
+from core.logs import REQUEST_ID
 from core.settings import Settings
 
 QUEUES = tuple(queue.value for queue in Queues)
@@ -98,3 +102,30 @@ def reconnect_options() -> dict[str, object]:
             "interval_max": 1,
         },
     }
+
+
+# The request id travels with the tasks it caused: in each message's headers when it is
+# published (by the API, or by a task of the chain), and on the worker's log lines while the
+# task runs (core.logs).
+@before_task_publish.connect
+def _send_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    request_id = REQUEST_ID.get()
+    if request_id is not None and headers is not None:
+        headers.setdefault("request_id", request_id)
+
+
+@task_prerun.connect
+def _receive_request_id(task: Any = None, **_: Any) -> None:
+    request = getattr(task, "request", None)
+    if request is None:
+        return
+    headers = getattr(request, "headers", None) or {}
+    sent = getattr(request, "request_id", None) or headers.get("request_id")
+    request.umarvel_request_token = REQUEST_ID.set(sent)
+
+
+@task_postrun.connect
+def _forget_request_id(task: Any = None, **_: Any) -> None:
+    token = getattr(getattr(task, "request", None), "umarvel_request_token", None)
+    if token is not None:
+        REQUEST_ID.reset(token)

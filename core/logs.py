@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+import uuid
+from contextvars import ContextVar
 from typing import Any
 
 # The fields that come first, in this order; any other field the event carries follows.
 FIELDS = (
     "event",
+    "request_id",
     "method",
     "route",
     "status",
@@ -95,6 +99,27 @@ FORMATTERS: dict[str, type[logging.Formatter]] = {
 }
 
 
+# The request a line belongs to: set by the API for each request (its ``X-Request-Id``, or
+# a new one), carried to the workers in the tasks' headers and set again around each task.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+REQUEST_ID_HEADER = "X-Request-Id"
+_GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_from(sent: str | None) -> str:
+    """The client's request id when it is a sensible one, else a new one."""
+    return sent if sent is not None and _GOOD_ID.match(sent) else uuid.uuid4().hex
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request id on every record, whoever logs it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
 def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     """Every log line of the process on stderr, as ``fmt`` (default: the settings')."""
     if fmt is None:
@@ -103,6 +128,7 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
         fmt = get_settings().log_format
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(FORMATTERS[fmt]())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

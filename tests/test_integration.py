@@ -698,3 +698,27 @@ def test_keyword_hybrid_examples_groups_and_pages_through_the_client_and_cli(
     liked = _cli("search", "catalogue", "--like", "ta", "--top-k", "1", "--json", *common)
     assert json.loads(liked.stdout)["results"][0]["document_id"] == "tb"
     api.collections.delete("catalogue")
+
+
+def test_a_request_id_is_on_every_log_line_of_its_path(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
+    """The client's X-Request-Id (or a new one) comes back, and the API's line and both
+    workers' lines for the query's steps carry it."""
+    url = f"{stack.api_url}/v1/collections/shapes/queries"
+    body = {"text": "a request followed through", "wait": 20}
+    answer = http.post(url, json=body, headers={"X-Request-Id": "req-4711.a"})
+    assert answer.headers["X-Request-Id"] == "req-4711.a"
+    assert answer.json()["status"] == "done"
+    odd = http.post(url, json={**body, "text": "odd id"}, headers={"X-Request-Id": "a b"})
+    assert len(odd.headers["X-Request-Id"]) == 32  # refused as given: a new one
+
+    def lines(name: str) -> list[str]:
+        log = (stack.log_dir or stack.workdir / "logs") / f"{name}.log"
+        return [line for line in log.read_text().splitlines() if "req-4711.a" in line]
+
+    names = ("api", "worker-recall", "worker-rerank")
+    wait_until(lambda: all(lines(name) for name in names), 10, "the request id in every log")
+    assert any("event=request" in line and "job_id=" in line for line in lines("api"))
+    assert any("task=recall.search" in line for line in lines("worker-recall"))
+    assert any("task=rerank.score" in line for line in lines("worker-rerank"))
