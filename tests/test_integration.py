@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -483,9 +485,47 @@ def test_eval_collection_measures_labelled_queries_through_the_api(
     assert "Traceback" not in refused.stderr
 
 
-def test_python_client_drives_the_whole_api(stack: Stack) -> None:
-    from umarvel_client import Client, Conflict, InvalidRequest, NotFound, Unauthorized
+class _Blocking:
+    """An ``AsyncClient`` (or one of its namespaces) whose coroutine methods run to the end
+    on one event loop, so the same test drives the async client as the sync one."""
 
+    def __init__(self, target: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._target, self._loop = target, loop
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if inspect.iscoroutinefunction(value):
+            return lambda *args, **kw: self._loop.run_until_complete(value(*args, **kw))
+        if type(value).__module__ == "umarvel_client.aio":  # collections, documents, jobs
+            return _Blocking(value, self._loop)
+        return value
+
+
+@pytest.fixture(params=["sync", "async"])
+def client_kind(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """Makes a client of each kind: ``Client``, or ``AsyncClient`` run call by call."""
+    from umarvel_client import AsyncClient, Client
+
+    if request.param == "sync":
+        yield Client
+        return
+    loop = asyncio.new_event_loop()
+    made: list[Any] = []
+
+    def make(*args: Any, **kw: Any) -> Any:
+        made.append(AsyncClient(*args, **kw))
+        return _Blocking(made[-1], loop)
+
+    yield make
+    for client in made:
+        loop.run_until_complete(client.aclose())
+    loop.close()
+
+
+def test_python_client_drives_the_whole_api(stack: Stack, client_kind: Callable[..., Any]) -> None:
+    from umarvel_client import Conflict, InvalidRequest, NotFound, Unauthorized
+
+    Client = client_kind  # noqa: N806 - the sync or the async client, one test for both
     api = Client(stack.api_url, stack.create_key(("admin",)), poll_seconds=0.05)
     created = api.collections.create(
         "pyclient",
