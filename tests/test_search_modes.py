@@ -209,3 +209,25 @@ def test_page_two_is_ranks_11_to_20_without_model_work(
         "/v1/collections/shop/queries", json={"like": ["d001"], "mode": "keyword"}
     )
     assert "needs text" in error(keywordless, 400)["message"]
+
+
+BAD_OPTIONS = [
+    ({"text": "x", "mode": "bm25"}, "mode"),
+    ({"text": "x", "fusion": {"method": "max"}, "mode": "hybrid"}, "fusion.method"),
+    ({"text": "x", "fusion": {"keyword_weight": 2}, "mode": "hybrid"}, "keyword_weight"),
+    ({"text": "x", "fusion": {"k": 60}, "mode": "dense"}, "fusion applies to mode hybrid"),
+    ({"like": [f"d{i}" for i in range(17)]}, "like"),
+    ({"like": [7]}, "like"),
+    ({"like": [""]}, "like"),
+    ({"text": "x", "unlike": ["d001"]}, "unlike needs at least one like"),
+    ({"text": "x", "group_by": "product", "group_size": 0}, "group_size"),
+    ({"text": "x", "offset": -1}, "offset"),
+    ({"text": "x", "include_examples": "yes"}, "include_examples"),
+]
+
+
+def test_bad_search_options_are_400s_that_say_why(shop: tuple[FlaskClient, Runtime]) -> None:
+    client, _ = shop
+    for body, message in BAD_OPTIONS:
+        refused = client.post("/v1/collections/shop/queries", json={**body, "wait": 0})
+        assert message in error(refused, 400)["message"], (body, refused.json)
