@@ -130,6 +130,13 @@ class MediaPart(_Record):
     key: str
 
 
+class Segment(_Record):
+    """The time span of a video's best-matching segment, in seconds."""
+
+    start: float
+    end: float
+
+
 class Hit(_Record):
     """A recall hit as a job stores it."""
 
@@ -137,6 +144,7 @@ class Hit(_Record):
     cosine: float | None  # None: not computed (a keyword search)
     keyword: float | None = None  # the store's keyword score; None: no keyword match
     recall: float | None = None  # what the recall ranked by; None: the cosine
+    segment: Segment | None = None  # a video's: where its vector nearest the query lies
 
     @property
     def first_stage(self) -> float:

@@ -314,6 +314,19 @@ class Settings(BaseSettings):
         description="Most frames a video may have (every frame is decoded to count them: "
         "18,000 is 10 minutes at 30 frames a second).",
     )
+    video_segment_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A video longer than this is embedded as overlapping segments of this "
+        "length, each its own vector with its time span (30 s: the longest MSR-VTT clips, the "
+        "length U-MARVEL's video evaluation embedded whole).",
+    )
+    video_segment_stride: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds from one segment's start to the next (at most "
+        "UMARVEL_VIDEO_SEGMENT_SECONDS, so segments overlap or touch).",
+    )
     max_request_bytes: int = Field(
         64 * 1024 * 1024,
         ge=1,
@@ -336,6 +349,11 @@ class Settings(BaseSettings):
             )
         if self.query_wait_seconds > self.max_wait_seconds:
             raise ValueError("UMARVEL_QUERY_WAIT_SECONDS must not exceed UMARVEL_MAX_WAIT_SECONDS")
+        if self.video_segment_stride > self.video_segment_seconds:
+            raise ValueError(
+                "UMARVEL_VIDEO_SEGMENT_STRIDE must not exceed UMARVEL_VIDEO_SEGMENT_SECONDS, or "
+                "parts of a video fall between segments"
+            )
         return self
 
     @property

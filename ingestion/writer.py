@@ -14,7 +14,7 @@ the searches that must see it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import case, select
@@ -24,17 +24,22 @@ from core.errors import InvalidRequest, NotFound, PayloadTooLarge, Unavailable
 from ingestion.resources import Resources
 from ingestion.retry import is_transient, reason
 from media.kinds import VIDEO
+from media.video import Video, segment_bounds
 from recall.prompts import Candidate
 from recall.service import IndexDocument, RecallService
 from store.states import DocumentStatus
 from store.tables import Collection, Document
 from store.writes import record_write
 
+if TYPE_CHECKING:
+    from core.settings import Settings
+
 MAX_ROUNDS = 5
 
-# Embeddings of one chunk: (model, document row id, revision) -> vector. A chunk written to
-# two generations with the same model embeds each document once.
-VectorCache = dict[tuple[str, int, int], np.ndarray]
+# Embeddings of one chunk: (model, document row id, revision, segmented) -> the document's
+# rows (one, or a long video's segments) and their vectors. A chunk written to two
+# generations with the same model embeds each document once.
+VectorCache = dict[tuple[str, int, int, bool], tuple[list[IndexDocument], np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -90,13 +95,16 @@ def write(
     work is retried whole: upserts are idempotent)."""
     written = Written()
     service = RecallService(rt.embedder(model), rt.index, rt.candidate_encoder(model))
+    # Collections created since videos are segmented are; an older one takes whole clips.
+    segmented = not rt.index.exists(target) or rt.index.segmented(target)
     pending = snapshots
     for _ in range(MAX_ROUNDS):
         if not pending:
             return written
-        ready = _embed(rt, service, model, pending, cache, written)
-        documents = [_document(snap) for snap in ready]
-        vectors = np.array([cache[(model, s.row_id, s.revision)] for s in ready], np.float32)
+        ready = _embed(rt, service, (model, segmented), pending, cache, written)
+        embedded = [cache[(model, s.row_id, s.revision, segmented)] for s in ready]
+        documents = [row for rows, _ in embedded for row in rows]
+        vectors = np.concatenate([v for _, v in embedded]) if embedded else np.zeros((0, 1))
         record_write(rt.redis, target, service.upsert(target, documents, vectors, fields))
         # An older revision's vector must not stand for one that cannot be embedded.
         unembeddable = [snap for snap, _ in written.failed.values() if snap in pending]
@@ -109,15 +117,17 @@ def write(
 def _embed(
     rt: Resources,
     service: RecallService,
-    model: str,
+    how: tuple[str, bool],
     pending: list[Snapshot],
     cache: VectorCache,
     written: Written,
 ) -> list[Snapshot]:
-    """The snapshots whose vectors are in ``cache`` now; the others go to ``written.failed``."""
-    todo: list[tuple[Snapshot, IndexDocument]] = []
+    """The snapshots whose vectors are in ``cache`` now; the others go to ``written.failed``.
+    ``how``: the model, and whether a long video is cut into segments."""
+    model, segmented = how
+    todo: list[tuple[Snapshot, list[IndexDocument]]] = []
     for snap in pending:
-        if (model, snap.row_id, snap.revision) in cache:
+        if (model, snap.row_id, snap.revision, segmented) in cache:
             continue
         try:
             image = rt.media.get(snap.image_key) if snap.image_key else None
@@ -128,22 +138,45 @@ def _embed(
         except (NotFound, InvalidRequest, PayloadTooLarge) as exc:  # gone, or undecodable
             written.failed[snap.row_id] = (snap, reason(exc))
             continue
-        todo.append((snap, _document(snap, image, video)))
-    vectors, errors = service.embed_each([doc for _, doc in todo])
+        parts = _documents(snap, image, video, rt.settings if segmented else None)
+        todo.append((snap, parts))
+    vectors, errors = service.embed_each([part for _, parts in todo for part in parts])
     transient = [error for error in errors.values() if is_transient(error)]
     if transient:  # not the documents' fault: the whole write is tried again later
         raise transient[0]
-    for position, (snap, _) in enumerate(todo):
-        if position in errors:
-            written.failed[snap.row_id] = (snap, reason(errors[position]))
+    position = 0
+    for snap, parts in todo:
+        mine = range(position, position + len(parts))
+        position += len(parts)
+        failure = next((errors[p] for p in mine if p in errors), None)
+        if failure is not None:  # one segment that cannot be embedded fails its video
+            written.failed[snap.row_id] = (snap, reason(failure))
         else:
-            cache[(model, snap.row_id, snap.revision)] = vectors[position]
-    return [s for s in pending if (model, s.row_id, s.revision) in cache]
+            cache[(model, snap.row_id, snap.revision, segmented)] = (parts, vectors[mine])
+    return [s for s in pending if (model, s.row_id, s.revision, segmented) in cache]
 
 
-def _document(snap: Snapshot, image: Any = None, video: Any = None) -> IndexDocument:
-    candidate = Candidate(text=snap.text, image=image, video=video)
-    return IndexDocument(snap.external_id, candidate, snap.metadata)
+def _documents(
+    snap: Snapshot, image: Any, video: Video | None, segments: Settings | None
+) -> list[IndexDocument]:
+    """What ``snap`` is embedded as: one item, or with ``segments`` (the settings) a video
+    longer than ``UMARVEL_VIDEO_SEGMENT_SECONDS`` as one item per segment, each with the
+    document's text. A video's items carry their time spans."""
+    if video is None:
+        candidate = Candidate(text=snap.text, image=image)
+        return [IndexDocument(snap.external_id, candidate, snap.metadata)]
+    bounds = [(0, video.info.frames)]
+    if segments is not None:
+        info = video.info
+        window, stride = segments.video_segment_seconds, segments.video_segment_stride
+        bounds = segment_bounds(info.frames, info.fps, window, stride)
+    parts = []
+    for number, (start, stop) in enumerate(bounds):
+        clip = video if len(bounds) == 1 else video.segment(start, stop)
+        candidate = Candidate(text=snap.text, video=clip)
+        span = (clip.info.start, clip.info.end)
+        parts.append(IndexDocument(snap.external_id, candidate, snap.metadata, number, span))
+    return parts
 
 
 def _check(

@@ -44,6 +44,8 @@ class MediaKind:
     # The Content-Type the media route serves a stored part with.
     content_type: Callable[[bytes], str]
     per_document: int = 1
+    # Whether the recall model embeds it: a document needs text or a part of such a kind.
+    embedded: bool = True
 
 
 _KINDS: dict[str, MediaKind] = {}

@@ -18,7 +18,7 @@ import io
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from core.errors import InvalidRequest, PayloadTooLarge
@@ -57,6 +57,17 @@ class VideoInfo:
     fps: float  # the container's average frame rate
     # The decoding position of each of those frames, in presentation order.
     order: tuple[int, ...] = field(repr=False)
+    first: int = 0  # a segment's first frame in the whole video (``Video.segment``)
+
+    @property
+    def start(self) -> float:
+        """Where these frames start in the whole video, in seconds."""
+        return self.first / self.fps
+
+    @property
+    def end(self) -> float:
+        """Where they end (after the last frame's duration), in seconds."""
+        return (self.first + self.frames) / self.fps
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,15 @@ class Video:
 
     data: bytes = field(repr=False)
     info: VideoInfo
+
+    def segment(self, start: int, stop: int) -> Video:
+        """Frames ``start`` to ``stop`` (exclusive, presentation order) as a video of their
+        own: sampled, they are what the clip cut there would give (``sample_video``)."""
+        info = self.info
+        if not 0 <= start < stop <= info.frames or info.first:
+            raise ValueError(f"no segment {start}:{stop} of a video of {info.frames} frames")
+        order = info.order[start:stop]
+        return Video(self.data, replace(info, frames=stop - start, order=order, first=start))
 
 
 @dataclass(frozen=True)
@@ -198,6 +218,21 @@ def _check_complete(
             f"video is truncated or damaged: its frames stop at {max(reached, 0):.2f} s "
             f"of {end:.2f} s"
         )
+
+
+# -- segments --------------------------------------------------------------------------------
+def segment_bounds(total: int, fps: float, window: float, stride: float) -> list[tuple[int, int]]:
+    """The frame ranges a video of ``total`` frames at ``fps`` is embedded as: the whole
+    video when it lasts at most ``window`` seconds, else windows of that length every
+    ``stride`` seconds, the last one ending with the video (so every frame is in one and
+    no window is short)."""
+    size = max(round(window * fps), FRAME_FACTOR)
+    if total <= size:
+        return [(0, total)]
+    step = max(round(stride * fps), 1)
+    bounds = [(start, start + size) for start in range(0, total - size, step)]
+    bounds.append((total - size, total))
+    return bounds
 
 
 # -- the sampling rule ---------------------------------------------------------------------

@@ -47,7 +47,7 @@ def ingestible(doc: Document, read: Callable[[str], bytes] | None = None) -> dic
 
 
 # Fields of a hit that an answer leaves out where they do not apply (None).
-OPTIONAL_SCORES = frozenset({"keyword", "recall", "group"})
+OPTIONAL_SCORES = frozenset({"keyword", "recall", "group", "segment"})
 
 
 def enrich(
@@ -77,7 +77,7 @@ def enrich(
         extra.pop("id", None)
         extra.pop("status", None)
         scores = hit.model_dump(exclude=set(OPTIONAL_SCORES)) | {
-            name: value
+            name: value.model_dump() if name == "segment" else value
             for name in OPTIONAL_SCORES
             if (value := getattr(hit, name, None)) is not None
         }

@@ -42,9 +42,10 @@ def string_literal(value: str) -> str:
     return '"' + "".join(_ESCAPES.get(ch, ch) for ch in value) + '"'
 
 
-def ids_expression(ids: list[str]) -> str:
-    """The expression selecting these primary keys (never pymilvus' unescaped ``ids=``)."""
-    return f"{PK_FIELD} in [{', '.join(string_literal(i) for i in ids)}]"
+def ids_expression(ids: list[str], field: str = PK_FIELD) -> str:
+    """The expression selecting these primary keys, or these values of another string
+    ``field`` (never pymilvus' unescaped ``ids=``)."""
+    return f"{field} in [{', '.join(string_literal(i) for i in ids)}]"
 
 
 def validate_fields(fields: dict[str, Any]) -> dict[str, str]:

@@ -50,11 +50,21 @@ RECONNECT_SECONDS = 3.0  # how long a lost channel's replacement may take to con
 
 VECTOR_FIELD = "vector"
 PRESENT_PREFIX = "_has_"
+# Segmented collections (``MilvusIndex.segmented``): a row is one segment of a document (a
+# long video has several; anything else has one). Its key is the document's id for segment
+# 0 and ``<id>\x1f<n>`` for segment n (ids hold no control characters).
+DOCUMENT_FIELD = "_document"
+SEGMENT_FIELD = "_segment"
+START_FIELD = "_start"  # the segment's time span in seconds; 0 and 0: no span
+END_FIELD = "_end"
+SEGMENT_SEPARATOR = "\x1f"
+MAX_TOP_K = 16384  # Milvus' largest search limit
 STRONG = "Strong"
 LAST_WRITE = "LastWrite"  # see the module's docstring
 CUSTOMIZED = "Customized"  # Milvus' level for a search at the caller's guarantee timestamp
 ZERO = {"int": 0, "float": 0.0, "str": "", "bool": False}
-PK_MAX_LENGTH = 512  # UTF-8 bytes
+ID_MAX_LENGTH = 512  # UTF-8 bytes of a document id
+PK_MAX_LENGTH = ID_MAX_LENGTH + 16  # and a segment number (512 in older collections)
 HNSW_BUILD = {"M": 16, "efConstruction": 200}
 # The search's candidate list. bench.search, 100,000 random 64-d vectors on milvus-lite:
 # recall@10 0.51 at ef 64, 0.90 at ef 256, for p50 38 -> 40 ms (its cost is elsewhere).
@@ -65,6 +75,12 @@ SEARCH_EF = 256
 class IndexHit:
     document_id: str
     score: float
+    span: tuple[float, float] | None = None  # the best segment's (start, end) in seconds
+
+
+def segment_key(document_id: str, segment: int) -> str:
+    """The primary key of a document's ``segment``."""
+    return document_id if segment == 0 else f"{document_id}{SEGMENT_SEPARATOR}{segment}"
 
 
 def milvus_name(prefix: str, storage: str, generation: int) -> str:
@@ -83,6 +99,7 @@ class MilvusIndex:
         self._reconnecting = threading.Lock()
         self.client = self._connect(timeout)
         self._loaded: set[str] = set()
+        self._segmented: dict[str, bool] = {}
 
     def _connect(self, timeout: float) -> Any:
         from pymilvus import MilvusClient
@@ -159,6 +176,10 @@ class MilvusIndex:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field(PK_FIELD, DataType.VARCHAR, is_primary=True, max_length=PK_MAX_LENGTH)
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field(DOCUMENT_FIELD, DataType.VARCHAR, max_length=ID_MAX_LENGTH)
+        schema.add_field(SEGMENT_FIELD, DataType.INT64)
+        schema.add_field(START_FIELD, DataType.DOUBLE)
+        schema.add_field(END_FIELD, DataType.DOUBLE)
         types = {"int": DataType.INT64, "float": DataType.DOUBLE, "bool": DataType.BOOL}
         nullable = {"nullable": True} if self.stores_nulls else {}
         for field, kind in (fields or {}).items():
@@ -184,6 +205,17 @@ class MilvusIndex:
             if not self.exists(name):  # lost a creation race: fine; anything else: raise
                 raise
 
+    def segmented(self, name: str) -> bool:
+        """Whether ``name``'s rows are segments (``DOCUMENT_FIELD`` and the others): every
+        collection created since videos are segmented. An older one holds one vector a
+        document (a video's whole clip) until a reindex writes a new generation."""
+        known = self._segmented.get(name)
+        if known is None:
+            described = self._retry(lambda: self.client.describe_collection(name))
+            known = any(f["name"] == DOCUMENT_FIELD for f in described["fields"])
+            self._segmented[name] = known
+        return known
+
     def ensure_loaded(self, name: str) -> None:
         """Collections come back unloaded after a restart; load before searching."""
         if name in self._loaded:
@@ -206,6 +238,8 @@ class MilvusIndex:
         if not rows:
             return None
         data = list(rows)
+        if self.segmented(name):  # a row without segment fields is a whole document
+            data = [{**_whole(row), **row} for row in data]
         if fields and not self.stores_nulls:
             data = [_with_presence(row, fields) for row in data]
         self._retry(lambda: self.client.upsert(name, data=data))
@@ -221,12 +255,31 @@ class MilvusIndex:
         return int(written) or self._timestamp_now()
 
     def delete(self, name: str, ids: Sequence[str]) -> int | None:
-        """Delete exactly these primary keys, whatever characters they hold. Returns a
-        timestamp at or after the write's on a Milvus server (``None`` on milvus-lite), as
-        ``upsert`` does."""
+        """Delete the vectors of exactly these documents (every segment of each), whatever
+        characters their ids hold. Returns a timestamp at or after the write's on a Milvus
+        server (``None`` on milvus-lite), as ``upsert`` does."""
         if not ids:
             return None
         expression = ids_expression(list(ids))
+        if self.segmented(name):
+            expression = ids_expression(list(ids), DOCUMENT_FIELD)
+        return self._delete(name, expression)
+
+    def delete_stale(self, name: str, segments: dict[str, int]) -> int | None:
+        """Delete the segments of each document of ``segments`` from its count on (those
+        of an older revision that had more): none of an old revision stays behind."""
+        if not segments or not self.segmented(name):
+            return None
+        by_count: dict[int, list[str]] = {}
+        for document, count in segments.items():
+            by_count.setdefault(count, []).append(document)
+        expression = " or ".join(
+            f"({ids_expression(documents, DOCUMENT_FIELD)} and {SEGMENT_FIELD} >= {count})"
+            for count, documents in sorted(by_count.items())
+        )
+        return self._delete(name, expression)
+
+    def _delete(self, name: str, expression: str) -> int | None:
         self._retry(lambda: self.client.delete(name, filter=expression))
         return None if self.is_lite else self._timestamp_now()
 
@@ -255,11 +308,17 @@ class MilvusIndex:
         if self.is_lite:
             self._retry(lambda: self.client.flush(name))
 
+    def _firsts(self, name: str) -> str:
+        """The expression selecting one row a document (its first segment)."""
+        return f"{SEGMENT_FIELD} == 0" if self.segmented(name) else ""
+
     def count(self, name: str) -> int:
+        """The documents ``name`` holds vectors for."""
         self.ensure_loaded(name)
+        firsts = self._firsts(name)
         result = self._retry(
             lambda: self.client.query(
-                name, filter="", output_fields=["count(*)"], consistency_level=STRONG
+                name, filter=firsts, output_fields=["count(*)"], consistency_level=STRONG
             )
         )
         return int(result[0]["count(*)"])
@@ -307,7 +366,7 @@ class MilvusIndex:
         return found
 
     def ids(self, name: str, batch: int = 5000) -> list[str]:
-        """Every primary key in ``name`` (for reconciliation against SQL), in key order,
+        """Every document id in ``name`` (for reconciliation against SQL), in key order,
         read in pages of ``batch``. Not pymilvus' ``query_iterator``: it writes the last key
         of a page into the next page's filter unescaped, so an id holding a quote breaks it.
         The same server-side ordering is asked for here, with the key as a literal."""
@@ -328,10 +387,13 @@ class MilvusIndex:
                 **ordered,
             )
 
+        firsts = self._firsts(name)
         while True:
             following = (
                 f'{PK_FIELD} != ""' if after is None else f"{PK_FIELD} > {string_literal(after)}"
             )
+            if firsts:
+                following = f"{following} and {firsts}"
             keys = [str(row[PK_FIELD]) for row in self._retry(partial(page, following))]
             if not keys:  # a short page is not the end: the server may stop a page early
                 return found
@@ -352,14 +414,51 @@ class MilvusIndex:
         asking the server whether it exists (a round trip a search); should it have been
         dropped since (a reindex swapped generations), the failed search asks then.
         ``written_at``: the newest write timestamp known for ``name`` (from ``upsert`` and
-        ``delete``), which a ``LastWrite`` search waits for instead of the next time tick."""
-        from pymilvus import MilvusException
+        ``delete``), which a ``LastWrite`` search waits for instead of the next time tick.
 
+        In a segmented collection a document is found once, by its best segment (whose time
+        span the hit carries): while segments of the same documents fill the nearest rows,
+        the search asks for more of them (four times as many each round, to Milvus' limit).
+        """
         if name not in self._loaded:
             if not self.exists(name):
                 return []
             self.ensure_loaded(name)
-        params = {"metric_type": "COSINE", "params": {"ef": max(ef or 0, top_k, SEARCH_EF)}}
+        if not self.segmented(name):
+            return [
+                IndexHit(str(row["id"]), float(row["distance"]))
+                for row in self._search(name, vector, top_k, expression, ef, written_at, [])
+            ]
+        outputs = [DOCUMENT_FIELD, START_FIELD, END_FIELD]
+        limit = top_k
+        while True:
+            rows = self._search(name, vector, limit, expression, ef, written_at, outputs)
+            best: dict[str, IndexHit] = {}
+            for row in rows:  # nearest first: a document's first row is its best segment
+                entity = row["entity"]
+                document = str(entity[DOCUMENT_FIELD])
+                if document not in best:
+                    start, end = float(entity[START_FIELD]), float(entity[END_FIELD])
+                    span = (start, end) if end > 0 else None
+                    best[document] = IndexHit(document, float(row["distance"]), span)
+            if len(best) >= top_k or len(rows) < limit or limit >= MAX_TOP_K:
+                return list(best.values())[:top_k]
+            limit = min(limit * 4, MAX_TOP_K)
+
+    def _search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        limit: int,
+        expression: str | None,
+        ef: int | None,
+        written_at: int | None,
+        outputs: list[str],
+    ) -> list[Any]:
+        """One Milvus search of ``name``'s nearest ``limit`` rows, with ``outputs`` fields."""
+        from pymilvus import MilvusException
+
+        params = {"metric_type": "COSINE", "params": {"ef": max(ef or 0, limit, SEARCH_EF)}}
         data = [np.asarray(vector, dtype=np.float32).tolist()]
         consistency = self._consistency(written_at)
 
@@ -367,10 +466,10 @@ class MilvusIndex:
             return self.client.search(
                 name,
                 data=data,
-                limit=top_k,
+                limit=limit,
                 filter=expression or "",
                 search_params=params,
-                output_fields=[PK_FIELD],
+                output_fields=[PK_FIELD, *outputs],
                 **consistency,
             )
 
@@ -384,7 +483,7 @@ class MilvusIndex:
                 raise
             self.ensure_loaded(name)  # the server restarted: load again
             result = search()
-        return [IndexHit(str(hit["id"]), float(hit["distance"])) for hit in result[0]]
+        return list(result[0])
 
     def _consistency(self, written_at: int | None) -> dict[str, Any]:
         """A search's consistency arguments. ``LastWrite`` with a write timestamp asks the
@@ -400,9 +499,15 @@ class MilvusIndex:
     def drop(self, name: str) -> None:
         self._retry(lambda: self.client.drop_collection(name))
         self._loaded.discard(name)
+        self._segmented.pop(name, None)
 
     def close(self) -> None:
         self.client.close()
+
+
+def _whole(row: dict[str, Any]) -> dict[str, Any]:
+    """The segment fields of a row that is a whole document."""
+    return {DOCUMENT_FIELD: row[PK_FIELD], SEGMENT_FIELD: 0, START_FIELD: 0.0, END_FIELD: 0.0}
 
 
 def _with_presence(row: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:

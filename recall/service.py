@@ -9,16 +9,34 @@ from typing import Any
 
 import numpy as np
 
-from recall.index import PK_FIELD, VECTOR_FIELD, IndexHit, MilvusIndex
+from recall.index import (
+    DOCUMENT_FIELD,
+    END_FIELD,
+    PK_FIELD,
+    SEGMENT_FIELD,
+    START_FIELD,
+    VECTOR_FIELD,
+    IndexHit,
+    MilvusIndex,
+    segment_key,
+)
 from recall.methods import RecallEmbedder
 from recall.prompts import Candidate, Query
 
 
 @dataclass(frozen=True)
 class IndexDocument:
+    """What one vector is made of: a document, or one segment of a long video."""
+
     document_id: str
     candidate: Candidate
     metadata: dict[str, Any] = field(default_factory=dict)
+    segment: int = 0
+    span: tuple[float, float] | None = None  # the segment's start and end, in seconds
+
+    @property
+    def key(self) -> str:
+        return segment_key(self.document_id, self.segment)
 
 
 @dataclass(frozen=True)
@@ -107,17 +125,35 @@ class RecallService:
         vectors: np.ndarray,
         metadata_fields: dict[str, str] | None = None,
     ) -> int | None:
-        """Upsert embedded documents into ``collection`` (created if missing), then flush;
-        returns the write's timestamp (``MilvusIndex.upsert``)."""
+        """Upsert embedded documents (or segments) into ``collection`` (created if
+        missing), then flush; returns the write's timestamp (``MilvusIndex.upsert``). In a
+        collection created before segments, a document is one row: segments are refused."""
         fields = metadata_fields or {}
+        self.index.create(collection, self.embedder.dim, fields)
+        segmented = self.index.segmented(collection)
         rows = []
         for document, vector in zip(documents, vectors, strict=True):
-            row: dict[str, Any] = {PK_FIELD: document.document_id, VECTOR_FIELD: vector.tolist()}
+            row: dict[str, Any] = {PK_FIELD: document.key, VECTOR_FIELD: vector.tolist()}
+            if segmented:
+                start, end = document.span or (0.0, 0.0)
+                row |= {
+                    DOCUMENT_FIELD: document.document_id,
+                    SEGMENT_FIELD: document.segment,
+                    START_FIELD: start,
+                    END_FIELD: end,
+                }
+            elif document.segment:
+                raise ValueError(f"{collection} holds one vector a document: no segments")
             for name in fields:
                 row[name] = document.metadata.get(name)
             rows.append(row)
-        self.index.create(collection, self.embedder.dim, fields)
         written = self.index.upsert(collection, rows, fields)
+        if segmented:  # a revision with fewer segments than the last leaves none behind
+            counts: dict[str, int] = {}
+            for document in documents:
+                counts[document.document_id] = counts.get(document.document_id, 0) + 1
+            deleted = self.index.delete_stale(collection, counts)
+            written = max(written or 0, deleted or 0) or None
         # Unflushed rows search ~10x slower on milvus-lite; flushing makes them durable too.
         self.index.flush(collection)
         return written

@@ -393,3 +393,53 @@ def test_every_id_is_listed_and_deleted_whatever_it_holds(index: MilvusIndex, na
     doomed = ['a"b', "back\\slash", 'x"] or id != ["']
     index.delete(name, doomed)
     assert sorted(index.ids(name)) == sorted(set(ids) - set(doomed))
+
+
+def test_a_document_of_many_segments_is_found_once_counted_once_and_deleted_whole(
+    index: MilvusIndex, name: str
+) -> None:
+    """Segments of one video crowd the nearest rows: the search asks for more until it has
+    ``top_k`` documents, each at its best segment with that segment's span."""
+    from recall.index import DOCUMENT_FIELD, END_FIELD, SEGMENT_FIELD, START_FIELD, segment_key
+
+    query = _vectors(1, seed=7)[0]
+    noise = _vectors(40, seed=8) * 0.05
+    video = query + noise[:12]  # twelve segments, all nearer the query than any other row
+    others = _vectors(5, seed=9)
+    rows = [
+        {
+            "id": segment_key("clip", n),
+            "vector": (v / np.linalg.norm(v)).tolist(),
+            DOCUMENT_FIELD: "clip",
+            SEGMENT_FIELD: n,
+            START_FIELD: 10.0 * n,
+            END_FIELD: 10.0 * n + 30,
+        }
+        for n, v in enumerate(video)
+    ]
+    rows += [{"id": f"other-{i}", "vector": v.tolist()} for i, v in enumerate(others)]
+    index.create(name, 8)
+    assert index.segmented(name)
+    index.upsert(name, rows)
+    index.flush(name)
+    nearest = max(range(12), key=lambda n: float(video[n] @ query / np.linalg.norm(video[n])))
+
+    hits = index.search(name, query, top_k=3)
+    assert len(hits) == 3
+    assert hits[0].document_id == "clip"
+    assert hits[0].span == (10.0 * nearest, 10.0 * nearest + 30)
+    assert [h.document_id for h in hits[1:]] == [h.document_id for h in hits[1:] if h.span is None]
+    assert {h.document_id for h in hits[1:]} < {f"other-{i}" for i in range(5)}
+    assert index.count(name) == 6
+    assert sorted(index.ids(name, batch=2)) == ["clip", *[f"other-{i}" for i in range(5)]]
+
+    index.delete_stale(name, {"clip": 4, "other-0": 1})  # a revision of four segments
+    index.flush(name)
+    left = index.client.query(name, filter='_document == "clip"', output_fields=[SEGMENT_FIELD])
+    assert sorted(row[SEGMENT_FIELD] for row in left) == [0, 1, 2, 3]
+    assert index.count(name) == 6
+
+    index.delete(name, ["clip", "other-1"])
+    index.flush(name)
+    assert index.count(name) == 4
+    assert not index.client.query(name, filter='_document == "clip"', output_fields=["id"])

@@ -38,6 +38,7 @@ BLOB = MediaKind(
     decode=lambda data, settings: data[4:],
     content_type=lambda data: "application/x-blob",
     per_document=2,
+    embedded=False,
 )
 
 
@@ -99,7 +100,7 @@ def test_a_new_kind_is_validated_stored_and_served(
         3: "blob is larger than 64 bytes",
         4: "media kind 'audio' is not one of blob, image, video",
         5: "a document may carry at most 2 blob part(s)",
-        7: "a document needs text, an image, or both",  # the model embeds no blob
+        7: "a document needs text, an image, or both (or a video)",  # no model embeds blobs
     }
 
     blobs = client.get(f"{URL}/blobs").json

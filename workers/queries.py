@@ -21,7 +21,7 @@ from typing import Any, cast
 import numpy as np
 from sqlalchemy import and_, delete, or_, select
 
-from core.contract import Hit, RankedHit, SearchMode, SearchPlan
+from core.contract import Hit, RankedHit, SearchMode, SearchPlan, Segment
 from core.metrics import STAGE_SECONDS
 from queries.cache import ResultCache
 from queries.grouping import group_ranking
@@ -275,6 +275,7 @@ def _recall(
     excluded = set() if examples is None or examples.include else {*examples.like, *examples.unlike}
     depth = plan.depth + len(excluded)
     dense: list[tuple[str, float]] = []
+    spans: dict[str, Segment] = {}
     if vector is not None:
         started = time.perf_counter()
         expression = rt.index.expression(plan.filter, searched.fields)
@@ -282,9 +283,14 @@ def _recall(
             searched.target, vector, depth, expression, written_at=searched.written_at
         )
         dense = [(hit.document_id, hit.score) for hit in found if hit.document_id not in excluded]
+        spans = {
+            hit.document_id: Segment(start=hit.span[0], end=hit.span[1])
+            for hit in found
+            if hit.span is not None
+        }
         timings["search"] = time.perf_counter() - started
     if plan.mode == SearchMode.DENSE:
-        return dense_hits(dense)[: plan.depth]
+        return _with_segments(dense_hits(dense)[: plan.depth], spans)
     started = time.perf_counter()
     with rt.sessions() as session:
         window = rt.settings.keyword_window or None
@@ -301,7 +307,17 @@ def _recall(
     missing = [doc for doc, _ in keyword if doc not in found_dense]
     stored = rt.index.vectors(searched.target, missing, searched.written_at)
     cosines = {doc: _cosine(vector, stored_vector) for doc, stored_vector in stored.items()}
-    return hybrid_hits(dense, keyword, cosines, plan.fusion, plan.depth)
+    return _with_segments(hybrid_hits(dense, keyword, cosines, plan.fusion, plan.depth), spans)
+
+
+def _with_segments(hits: list[Hit], spans: dict[str, Segment]) -> list[Hit]:
+    """``hits`` with the time span of each video's segment that the dense search found."""
+    return [
+        hit.model_copy(update={"segment": spans[hit.document_id]})
+        if hit.document_id in spans
+        else hit
+        for hit in hits
+    ]
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -60,8 +60,8 @@ def _validate(
         allowed = media_kind(kind_name).per_document
         if count > allowed:
             raise InvalidRequest(f"a document may carry at most {allowed} {kind_name} part(s)")
-    if not (doc.text and doc.text.strip()) and not any(p.kind == IMAGE.name for p in parts):
-        raise InvalidRequest("a document needs text, an image, or both")
+    if not (doc.text and doc.text.strip()) and not any(media_kind(p.kind).embedded for p in parts):
+        raise InvalidRequest("a document needs text, an image, or both (or a video)")
     if doc.text and len(doc.text) > settings.max_text_chars:
         raise InvalidRequest(f"text is longer than {settings.max_text_chars} characters")
     for name, value in doc.metadata.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
@@ -102,3 +103,75 @@ def test_a_video_part_is_embedded_as_the_recall_model_embeds_a_video(
         [Candidate(text="a yellow square moving right", video=VIDEO.decode(clip, rt.settings))]
     )[0]
     assert np.abs(stored - expected).max() <= 1e-5
+
+
+def _segment_rows(rt: Runtime, name: str, document: str) -> list[tuple[int, float, float]]:
+    """(segment, start, end) of each Milvus row of ``document``, in segment order."""
+    from recall.filters import ids_expression
+    from recall.index import DOCUMENT_FIELD, END_FIELD, SEGMENT_FIELD, START_FIELD
+
+    rows = rt.index.client.query(
+        name,
+        filter=ids_expression([document], DOCUMENT_FIELD),
+        output_fields=[SEGMENT_FIELD, START_FIELD, END_FIELD],
+        consistency_level="Strong",
+    )
+    return sorted((r[SEGMENT_FIELD], r[START_FIELD], r[END_FIELD]) for r in rows)
+
+
+def test_a_long_video_is_embedded_as_overlapping_segments_found_once_with_their_span(
+    pipeline_env: tuple[FlaskClient, Runtime],
+) -> None:
+    """A 3-minute clip becomes 30-second segments every 15 s (the last ending with the clip),
+    each the vector of the clip cut there; a search finds the video once, at its nearest
+    segment; a shorter revision leaves no old segment behind, and a delete removes them all."""
+    from media.kinds import VIDEO
+    from recall.index import segment_key
+    from recall.prompts import Candidate
+    from tests.clips import make_clip
+
+    client, rt = pipeline_env
+    assert (rt.settings.video_segment_seconds, rt.settings.video_segment_stride) == (30, 15)
+    long_clip = make_clip(64, 48, 360, 2)  # 180 s at 2 frames a second
+    caption = "a yellow square crossing a blue screen"
+    docs = [
+        {"id": "long", "text": caption, "media": [{"kind": "video", "data": b64(long_clip)}]},
+        {"id": "short", "media": [{"kind": "video", "data": b64(make_clip(64, 48, 8, 2))}]},
+        {"id": "plain", "text": "no video here"},
+    ]
+    ingest_in_process(client, rt, docs)
+    name = client.get("/v1/collections/docs").json["milvus_collection"]
+    starts = [15.0 * n for n in range(11)]
+    assert _segment_rows(rt, name, "long") == [(n, s, s + 30.0) for n, s in enumerate(starts)]
+    assert _segment_rows(rt, name, "short") == [(0, 0.0, 4.0)]
+    assert _segment_rows(rt, name, "plain") == [(0, 0.0, 0.0)]
+    # Reconciliation counts and lists documents, not segments.
+    assert rt.index.count(name) == 3
+    assert sorted(rt.index.ids(name)) == ["long", "plain", "short"]
+
+    video = VIDEO.decode(long_clip, rt.settings)
+    rows = rt.index.client.query(
+        name, filter='_document == "long" and _segment in [0, 5, 10]', output_fields=["vector"]
+    )
+    stored = {row["id"]: np.asarray(row["vector"], np.float32) for row in rows}
+    keys = [segment_key("long", n) for n in (0, 5, 10)]
+    embedder = rt.embedder(rt.settings.recall_model)
+    expected = embedder.encode_candidates(
+        [Candidate(text=caption, video=video.segment(start, start + 60)) for start in (0, 150, 300)]
+    )
+    for key, vector in zip(keys, expected, strict=True):
+        assert np.abs(stored[key] - vector).max() <= 1e-5
+
+    hits = rt.index.search(name, stored[keys[1]], 3)
+    assert [hit.document_id for hit in hits] == ["long", *[h.document_id for h in hits[1:]]]
+    assert sorted(hit.document_id for hit in hits) == ["long", "plain", "short"]
+    assert (hits[0].score, hits[0].span) == (pytest.approx(1.0, abs=1e-5), (75.0, 105.0))
+
+    # A new revision with one segment: the other ten go; then the delete takes the last.
+    short_again = {"id": "long", "media": [{"kind": "video", "data": b64(make_clip(64, 48, 8, 2))}]}
+    ingest_in_process(client, rt, [short_again])
+    assert _segment_rows(rt, name, "long") == [(0, 0.0, 4.0)]
+    assert client.delete("/v1/collections/docs/documents/long").status_code == 204
+    run_entries(rt)
+    assert _segment_rows(rt, name, "long") == []
+    assert rt.index.count(name) == 2
