@@ -1,7 +1,7 @@
 """Body limits per route, enforced while the body is read and before it is parsed.
 
-Each route takes the smallest body its largest valid request needs: a query one image (as
-base64, or a file part) and its text; an ingestion request ``UMARVEL_MAX_REQUEST_BYTES``
+Each route takes the smallest body its largest valid request needs: a query one image or
+video (as base64, or a file part) and its text; an ingestion request ``UMARVEL_MAX_REQUEST_BYTES``
 (its documents-per-request bound with their images); every other route a small JSON
 object. A body over its route's limit is answered 413 from its ``Content-Length`` (or as
 soon as a chunked body passes it) without being read whole. A JSON or JSONL body is also
@@ -39,8 +39,9 @@ class BodyLimit:
 def body_limit(endpoint: str | None, settings: Settings) -> BodyLimit:
     """The largest body (bytes, and JSON values) the route of ``endpoint`` needs."""
     if endpoint == "queries.submit_query":
-        image = (settings.max_image_bytes + 2) // 3 * 4  # as base64
-        return BodyLimit(image + 4 * settings.max_text_chars + SMALL_BODY_BYTES, QUERY_ITEMS)
+        media = max(settings.max_image_bytes, settings.max_query_video_bytes)
+        encoded = (media + 2) // 3 * 4  # as base64
+        return BodyLimit(encoded + 4 * settings.max_text_chars + SMALL_BODY_BYTES, QUERY_ITEMS)
     if endpoint == "documents.ingest_documents":
         items = settings.max_documents_per_request * ITEMS_PER_DOCUMENT
         return BodyLimit(settings.max_request_bytes, items)

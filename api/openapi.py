@@ -166,10 +166,11 @@ class _Parts(BaseModel):
 
 
 class QueryForm(_Parts):
-    """The query as a JSON part, and its image as a file part."""
+    """The query as a JSON part, and its image or video as a file part."""
 
     request: QueryRequest = omitted("The JSON body's fields; `{}` when left out.")
     image: bytes = omitted("The query image, instead of a base64 `image` in `request`.")
+    video: bytes = omitted("The query video, instead of a base64 `video` in `request`.")
 
 
 def _file_parts(schema: dict[str, Any]) -> None:

@@ -215,6 +215,13 @@ class ExportLine(Answer):
 # Query jobs
 
 
+class SegmentOut(Answer):
+    """Where in a video its best-matching segment lies, in seconds."""
+
+    start: float
+    end: float
+
+
 class RecallHit(Answer):
     """A hit of the recall stage, before rerank: what a partial answer holds."""
 
@@ -224,6 +231,9 @@ class RecallHit(Answer):
     keyword: float | None = omitted("The store's keyword score; left out without a keyword match.")
     recall: float | None = omitted(
         "The score the recall ranked by (keyword and hybrid modes: see recall.hybrid)."
+    )
+    segment: SegmentOut = omitted(
+        "A video's: the time span of its segment nearest the query (a video is found once)."
     )
     text: str | None
     metadata: dict[str, Any]

@@ -26,6 +26,8 @@ from media.kinds import KIND_NAME
 COLLECTION_NAME = r"^[a-z][a-z0-9_]{0,47}$"
 # core.contract.SearchMode's values: what queries rank by when they do not say.
 SearchModeName = Literal["dense", "keyword", "hybrid"]
+# What the documents searched are, for the default instruction (``recall.instructions``).
+CandidateModality = Literal["any", "text", "image", "image,text", "video"]
 
 
 DocumentId = Annotated[
@@ -155,8 +157,16 @@ MAX_EXAMPLES = 16
 class QueryRequest(Strict):
     text: str | None = None
     image: str | None = Field(None, description="Base64-encoded image file.")
+    video: str | None = Field(
+        None, description="Base64-encoded video file (at most UMARVEL_MAX_QUERY_VIDEO_BYTES)."
+    )
     instruction: str | None = Field(None, max_length=2000)
     use_default_instruction: bool = True
+    candidates: CandidateModality = Field(
+        "any",
+        description="What the documents searched are; picks the default instruction. "
+        "video: a text query is embedded as U-MARVEL's text-to-video evaluation embeds it.",
+    )
     mode: SearchModeName | None = Field(
         None, description="dense, keyword or hybrid; default: the collection's search_mode."
     )
@@ -272,19 +282,22 @@ def json_body(request: Request) -> Any:
     return parse_json(request.get_data())
 
 
-def request_parts(request: Request, max_file_bytes: int) -> tuple[Any, bytes | None]:
-    """The JSON body and an uploaded image: JSON, or multipart with a ``request`` JSON
-    field and an ``image`` file part."""
+def request_parts(request: Request, limits: dict[str, int]) -> tuple[Any, dict[str, bytes]]:
+    """The JSON body and its uploaded files: JSON, or multipart with a ``request`` JSON
+    field and file parts named by ``limits`` (at most that many bytes each)."""
     if request.mimetype != "multipart/form-data":
-        return json_body(request), None
+        return json_body(request), {}
     raw = parse_json(request.form.get("request", "{}"), "the multipart 'request' field")
-    upload = request.files.get("image")
-    if upload is None:
-        return raw, None
-    data = upload.read(max_file_bytes + 1)
-    if len(data) > max_file_bytes:
-        raise PayloadTooLarge(f"image is larger than {max_file_bytes} bytes")
-    return raw, data
+    uploads = {}
+    for name, limit in limits.items():
+        upload = request.files.get(name)
+        if upload is None:
+            continue
+        data = upload.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"{name} is larger than {limit} bytes")
+        uploads[name] = data
+    return raw, uploads
 
 
 def decode_base64(value: str, field: str) -> bytes:

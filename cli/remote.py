@@ -362,6 +362,18 @@ def documents_export(
     default=None,
     help="An image file (with --text: a composed query).",
 )
+@click.option(
+    "--video",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A video file (MP4/MOV, WebM/Matroska, AVI): video -> video or video -> text.",
+)
+@click.option(
+    "--candidates",
+    type=click.Choice(["any", "text", "image", "image,text", "video"]),
+    default=None,
+    help="What the documents are (picks the default instruction); video: text -> video.",
+)
 @click.option("--instruction", default=None, help="What to find (default: the task's).")
 @click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
 @click.option("--rerank/--no-rerank", default=None, help="Default: the collection's.")
@@ -391,6 +403,8 @@ def search(
     collection: str,
     text: str | None,
     image: Path | None,
+    video: Path | None,
+    candidates: str | None,
     instruction: str | None,
     top_k: int,
     rerank: bool | None,
@@ -409,10 +423,10 @@ def search(
     key: str,
     as_json: bool,
 ) -> None:
-    """Search COLLECTION by --text, --image, both, or stored documents (--like); print the
-    ranked documents."""
-    if text is None and image is None and not like:
-        raise click.UsageError("give --text, --image, --like, or several")
+    """Search COLLECTION by --text, --image, both, a --video, or stored documents (--like);
+    print the ranked documents (a video with its best-matching time span)."""
+    if text is None and image is None and video is None and not like:
+        raise click.UsageError("give --text, --image, --video, --like, or several")
     fusion_options: dict[str, Any] | None = None
     if fusion is not None or keyword_weight is not None:
         fusion_options = {"method": fusion or "weighted"}
@@ -427,6 +441,8 @@ def search(
         collection,
         text=text,
         image=image,
+        video=video,
+        candidates=candidates,
         instruction=instruction,
         top_k=top_k,
         rerank=options,
@@ -458,6 +474,8 @@ def _hits(result: SearchResult, as_json: bool) -> None:
     )
     for hit in result.hits:
         text = (hit.text or "").replace("\n", " ")[:60]
+        if hit.segment is not None:
+            text = f"[{hit.segment['start']:.1f}-{hit.segment['end']:.1f} s] {text}"
         value = f" {hit.group if hit.group is not None else '-'!s:<12}" if grouped else ""
         click.echo(
             f"{hit.rank:>4}  {hit.document_id:<24} {_number(hit.cosine, 8)} "

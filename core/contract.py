@@ -99,8 +99,10 @@ class SearchPlan(_Record):
 
     text: str | None = None
     image: str | None = None  # the media key of the query image
+    video: str | None = None  # the media key of the query video
     instruction: str | None = None
     use_default_instruction: bool = True
+    candidates: str = "any"  # what the documents are: picks the default instruction
     mode: SearchMode = Field(SearchMode.DENSE, strict=False)  # stored as its value
     fusion: Fusion | None = None  # hybrid only
     examples: Examples | None = None
@@ -111,6 +113,11 @@ class SearchPlan(_Record):
     expression: str | None = None  # compiled for Milvus; None: no filter
     top_k: int  # the page of the request that made the job (its default page)
     offset: int = 0
+
+    @property
+    def media(self) -> str | None:
+        """The media key of the query's image or video."""
+        return self.image or self.video
 
     @property
     def embeds_query(self) -> bool:

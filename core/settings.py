@@ -314,6 +314,11 @@ class Settings(BaseSettings):
         description="Most frames a video may have (every frame is decoded to count them: "
         "18,000 is 10 minutes at 30 frames a second).",
     )
+    max_query_video_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description="Largest video a query may carry (it travels in the query's body).",
+    )
     video_segment_seconds: float = Field(
         30.0,
         gt=0,

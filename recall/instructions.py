@@ -1,13 +1,16 @@
 """Default retrieval instructions per (query modality, candidate modality).
 
 A request may give its own instruction; otherwise the recall service takes the default
-for the query's modality and the collection's candidate modality ("any" when mixed).
+for the query's modality and what the request says the candidates are ("any" when mixed).
+A video query takes none: U-MARVEL's evaluation embedded videos without one.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+from recall.prompts import VIDEO_INSTRUCTION
 
 DEFAULT_INSTRUCTIONS: dict[tuple[str, str], str] = {
     ("text", "text"): "Retrieve a passage that answers or matches the given text.",
@@ -22,6 +25,8 @@ DEFAULT_INSTRUCTIONS: dict[tuple[str, str], str] = {
     ("image,text", "image"): "Find an image that matches the given image and its modification.",
     ("image,text", "image,text"): "Find a document that matches the given image and text.",
     ("image,text", "any"): "Find a document that matches the given image and text.",
+    # MSR-VTT's and MSVD's, in the video evaluation's prompt format (``Query.protocol``).
+    ("text", "video"): VIDEO_INSTRUCTION,
 }
 
 

@@ -281,7 +281,7 @@ class QueryJob(Base):
     status: Mapped[QueryStatus] = mapped_column(State(QueryStatus), default=QueryStatus.QUEUED)
     # What the steps run; its digest is part of cache_key (core.contract.SearchPlan).
     request: Mapped[SearchPlan] = mapped_column(Typed(SearchPlan))
-    query_image_key: Mapped[str | None] = mapped_column(String(128), index=True)
+    query_media_key: Mapped[str | None] = mapped_column(String(128), index=True)
     # The key that submitted the query: its image is served to that key only.
     api_key_id: Mapped[int | None] = mapped_column(
         ForeignKey("api_keys.id", ondelete="SET NULL"), index=True

@@ -150,7 +150,7 @@ def test_usage_errors_exit_2_before_any_request() -> None:
     runner = CliRunner()
     no_query = runner.invoke(main, ["search", "x", "--key", "k"])
     assert no_query.exit_code == 2
-    assert "give --text, --image, --like, or several" in no_query.output
+    assert "give --text, --image, --video, --like, or several" in no_query.output
     bad_field = runner.invoke(main, ["collections", "create", "x", "--field", "year", "--key", "k"])
     assert bad_field.exit_code == 2
     assert "NAME=TYPE" in bad_field.output

@@ -390,18 +390,18 @@ def test_limited_keys_stay_inside_their_collections(stack: Stack, http: requests
     first, second = _client(stack, ("search",), ("mine",)), _client(stack, ("search",), ("mine",))
     image = _png(30, 20)
     job = first.post(f"{mine}/queries", json={"image": image, "rerank": {"enabled": False}}).json()
-    key = _query_image_key(stack, job["id"])
+    key = _query_media_key(stack, job["id"])
     assert first.get(f"{stack.api_url}/v1/media/{key}").status_code == 200
     _error(second.get(f"{stack.api_url}/v1/media/{key}"), 404)
 
 
-def _query_image_key(stack: Stack, job_id: str) -> str:
+def _query_media_key(stack: Stack, job_id: str) -> str:
     from store.tables import QueryJob
 
     engine = create_engine(stack.settings().database_url)
     try:
         with engine.connect() as conn:
-            return str(conn.scalar(select(QueryJob.query_image_key).where(QueryJob.id == job_id)))
+            return str(conn.scalar(select(QueryJob.query_media_key).where(QueryJob.id == job_id)))
     finally:
         engine.dispose()
 

@@ -23,6 +23,7 @@ from sqlalchemy import and_, delete, or_, select
 
 from core.contract import Hit, RankedHit, SearchMode, SearchPlan, Segment
 from core.metrics import STAGE_SECONDS
+from media.kinds import VIDEO
 from queries.cache import ResultCache
 from queries.grouping import group_ranking
 from queries.keywords import keyword_search
@@ -31,7 +32,7 @@ from queries.views import enrich
 from recall.hybrid import dense_hits, example_vector, hybrid_hits, keyword_hits
 from recall.index import milvus_name
 from recall.instructions import default_instruction
-from recall.prompts import Query
+from recall.prompts import Protocol, Query
 from rerank.fusion import fuse
 from rerank.reranker import RerankCandidate, RerankQuery
 from store.audit import expire as expire_audit
@@ -75,22 +76,34 @@ def _recording_failure(rt: Runtime, job_id: str) -> Iterator[None]:
 
 
 def _query_of(rt: Runtime, job: QueryJob) -> Query:
-    image = rt.media.get(job.query_image_key) if job.query_image_key else None
-    return _with_instruction(job.request, job.request.text, image)
+    plan = job.request
+    media = rt.media.get(plan.media) if plan.media else None
+    if plan.video is not None:
+        video = VIDEO.decode(media, rt.settings) if media is not None else None
+        return _with_instruction(plan, plan.text, None, video)
+    return _with_instruction(plan, plan.text, media)
 
 
-def _with_instruction(plan: SearchPlan, text: str | None, image: Any) -> Query:
-    """The query of ``text`` and ``image`` with the plan's instruction, or the default one
-    for its modality (none for a query of examples only: it is not embedded)."""
+def _with_instruction(plan: SearchPlan, text: str | None, image: Any, video: Any = None) -> Query:
+    """The query of ``text`` and ``image`` (or ``video``) with the plan's instruction, or
+    the default one for its modality and the plan's candidates (none for a query of
+    examples only: it is not embedded). A text query for videos is in the prompt format of
+    U-MARVEL's video evaluation; a video query takes no instruction."""
+    protocol: Protocol = "mbeir"
+    if video is not None or (image is None and plan.candidates == "video"):
+        protocol = "video"
     instruction = plan.instruction
-    if instruction is None and plan.use_default_instruction and (text or image is not None):
-        instruction = default_instruction(Query(text=text, image=image).modality)
-    return Query(text=text, image=image, instruction=instruction)
+    embedded = bool(text) or image is not None
+    if instruction is None and plan.use_default_instruction and video is None and embedded:
+        modality = Query(text=text, image=image).modality
+        instruction = default_instruction(modality, plan.candidates)
+    return Query(text=text, image=image, video=video, instruction=instruction, protocol=protocol)
 
 
-def _embedding_key(model: str, plan: SearchPlan, instruction: str | None) -> str:
-    """Query embeddings are cached per model, text, image (by content hash) and instruction."""
-    parts = json.dumps([model, plan.text, plan.image, instruction])
+def _embedding_key(model: str, plan: SearchPlan, query: Query) -> str:
+    """Query embeddings are cached per model, text, media (by content hash), instruction and
+    prompt format."""
+    parts = json.dumps([model, plan.text, plan.media, query.instruction, query.protocol])
     return f"umarvel:qemb:{hashlib.sha256(parts.encode()).hexdigest()}"
 
 
@@ -168,7 +181,7 @@ def _referenced(rt: Runtime, keys: list[str]) -> set[str]:
         used = set(session.scalars(select(DocumentMedia.key).where(DocumentMedia.key.in_(keys))))
         used |= set(
             session.scalars(
-                select(QueryJob.query_image_key).where(QueryJob.query_image_key.in_(keys))
+                select(QueryJob.query_media_key).where(QueryJob.query_media_key.in_(keys))
             )
         )
     return {key for key in used if key is not None}
@@ -241,8 +254,8 @@ def _query_vector(
     """The vector the dense search looks near: the query's embedding (cached in Redis),
     moved towards and away from the stored vectors of the plan's examples."""
     vector = None
-    if plan.text is not None or plan.image is not None:
-        cache_key = _embedding_key(searched.model, plan, query.instruction)
+    if plan.text is not None or plan.media is not None:
+        cache_key = _embedding_key(searched.model, plan, query)
         vector = _cached_vector(rt, cache_key)
         if vector is None:
             batcher = rt.query_batcher(searched.model)

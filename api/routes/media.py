@@ -38,7 +38,7 @@ def _readable_kind(session: Any, key: Grant | None, media_key: str) -> str | Non
     if key is None:  # authentication is off: whatever is stored, as a query's image
         return kinds.IMAGE.name
     own_query = select(QueryJob.id).where(
-        QueryJob.query_image_key == media_key, QueryJob.api_key_id == key.id
+        QueryJob.query_media_key == media_key, QueryJob.api_key_id == key.id
     )
     return kinds.IMAGE.name if session.scalar(own_query.limit(1)) is not None else None
 

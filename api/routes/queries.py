@@ -42,9 +42,9 @@ from core.contract import (
     Task,
     step_ids,
 )
-from core.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, Unavailable
 from core.metrics import CACHE_REQUESTS
-from media.images import decode_image
+from media.kinds import IMAGE, VIDEO, media_kind
 from media.store import media_key
 from queries.cache import result_key
 from queries.notices import notify_finished
@@ -93,10 +93,36 @@ def _searched(svc: Services, name: str) -> Searched:
     return Searched(**svc.fences.through(record, "searched", load, found))
 
 
+def _max_video_bytes(svc: Services) -> int:
+    return min(svc.settings.max_query_video_bytes, svc.settings.max_video_bytes)
+
+
+def _query_media(body: QueryRequest, uploads: dict[str, bytes]) -> tuple[str | None, bytes | None]:
+    """The query's one media part, as (kind, bytes): from base64 in the body or a file part."""
+    given = {IMAGE.name: body.image, VIDEO.name: body.video}
+    sources = [name for name, value in given.items() if value is not None] + list(uploads)
+    if len(sources) > 1:
+        if len(set(sources)) == 1:
+            raise InvalidRequest(
+                f"send the {sources[0]} either as a file part or as base64, not both"
+            )
+        raise InvalidRequest("a query carries one image or one video, not both")
+    if not sources:
+        return None, None
+    kind = sources[0]
+    encoded = given[kind]
+    return kind, decode_base64(encoded, kind) if encoded is not None else uploads[kind]
+
+
 def _plan(
-    svc: Services, collection: Searched, body: QueryRequest, image_key: str | None
+    svc: Services,
+    collection: Searched,
+    body: QueryRequest,
+    kind: str | None,
+    media: str | None,
 ) -> SearchPlan:
-    """The request as the workers run it, with every default filled in: also the cache key."""
+    """The request as the workers run it, with every default filled in: also the cache key.
+    ``media``: the key of the query's image or video (``kind``)."""
     settings = svc.settings
     top_k = body.top_k or settings.default_top_k
     if top_k > settings.max_top_k:
@@ -105,15 +131,21 @@ def _plan(
     if body.offset + top_k > window:
         raise InvalidRequest(f"offset + top_k must be at most {window} (UMARVEL_MAX_RESULT_WINDOW)")
     enabled = collection.rerank_enabled if body.rerank.enabled is None else body.rerank.enabled
+    if kind == VIDEO.name:
+        if body.rerank.enabled:
+            raise InvalidRequest("the reranker does not take video queries: rerank.enabled false")
+        enabled = False
     if body.rerank.k is not None and body.rerank.k > settings.max_rerank_k:
         raise InvalidRequest(f"rerank.k must be at most {settings.max_rerank_k}")
     k = min(max(body.rerank.k or collection.rerank_k, top_k), max(settings.max_rerank_k, top_k))
     weight = collection.rerank_weight if body.rerank.weight is None else body.rerank.weight
     return SearchPlan(
         text=body.text,
-        image=image_key,
+        image=media if kind == IMAGE.name else None,
+        video=media if kind == VIDEO.name else None,
         instruction=body.instruction,
         use_default_instruction=body.use_default_instruction,
+        candidates=body.candidates,
         **_ranking(collection, body),
         depth=min(window, k * math.ceil((body.offset + top_k) / k)),
         rerank=RerankPlan(enabled=enabled, k=k, weight=float(weight)),
@@ -188,26 +220,27 @@ def submit_query(name: str) -> Any:
     require("search", name)
     svc = services()
     _paging()  # a bad offset or limit is a 400 before any job is made
-    raw, upload = request_parts(request, svc.settings.max_image_bytes)
+    limits = {IMAGE.name: svc.settings.max_image_bytes, VIDEO.name: _max_video_bytes(svc)}
+    raw, uploads = request_parts(request, limits)
     body = QueryRequest.model_validate(raw)
-    if upload is not None and body.image is not None:
-        raise InvalidRequest("send the image either as a file part or as base64, not both")
-    if body.text is None and body.image is None and upload is None and not body.like:
-        raise InvalidRequest("a query needs text, an image, or documents to search like")
+    kind, data = _query_media(body, uploads)
+    if body.text is None and data is None and not body.like:
+        raise InvalidRequest("a query needs text, an image, a video, or documents to search like")
+    if kind == VIDEO.name and body.instruction is not None:
+        raise InvalidRequest("a video query takes no instruction (U-MARVEL embeds videos bare)")
     if body.text and len(body.text) > svc.settings.max_text_chars:
         raise InvalidRequest(f"text is longer than {svc.settings.max_text_chars} characters")
     wait = svc.settings.query_wait_seconds if body.wait is None else body.wait
     if wait > svc.settings.max_wait_seconds:
         raise InvalidRequest(f"wait must be at most {svc.settings.max_wait_seconds} seconds")
-    data = decode_base64(body.image, "image") if body.image is not None else upload
-    image_key = media_key(data) if data is not None else None  # stored only on a miss
+    query_key = media_key(data) if data is not None else None  # stored only on a miss
 
     # A cached answer is found without SQL: the key's grant and the collection come from
     # fenced copies in Redis, the answer from the result cache. Cheap refusals (an unknown
     # collection, a bad option, a full queue) come before the image is decoded or stored;
     # a cached answer needs neither (its image, the same bytes, was checked when it ran).
     collection = _searched(svc, name)
-    plan = _plan(svc, collection, body, image_key)
+    plan = _plan(svc, collection, body, kind, query_key)
     key = result_key(
         collection.uid,
         collection.version,
@@ -223,9 +256,10 @@ def submit_query(name: str) -> Any:
     _check_examples(svc, collection, plan.examples)
     check_queued(svc, g.get("api_key"))  # the key over its share first, then the queue
     check_backpressure(svc, QUERY_QUEUES, svc.settings.max_queue_depth)
-    if data is not None:
-        settings = svc.settings
-        decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    if kind is not None and data is not None:
+        if len(data) > limits[kind]:
+            raise PayloadTooLarge(f"the query's {kind} is larger than {limits[kind]} bytes")
+        media_kind(kind).check(data, svc.settings)
         svc.media.put(data)
     job_id = new_id()
     holder = svc.cache.claim(key, job_id, ttl_seconds=svc.settings.task_time_limit * 2)
@@ -237,7 +271,7 @@ def submit_query(name: str) -> Any:
                         id=job_id,
                         collection_id=collection.id,
                         request=plan,
-                        query_image_key=image_key,
+                        query_media_key=query_key,
                         cache_key=key,
                         api_key_id=g.api_key.id if g.get("api_key") is not None else None,
                     )

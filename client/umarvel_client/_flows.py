@@ -39,7 +39,7 @@ from umarvel_client.types import (
 T = TypeVar("T")
 
 ImageLike = bytes | str | Path
-"""Image bytes, or the path of an image file (read and sent as base64)."""
+"""Image (or video) bytes, or the path of such a file (read and sent as base64)."""
 
 ProgressCallback = Callable[[IngestSummary], None]
 
@@ -224,8 +224,10 @@ class SearchOptions(TypedDict, total=False):
 
     text: str | None
     image: ImageLike | None
+    video: ImageLike | None  # a video file's bytes or path
     instruction: str | None
     use_default_instruction: bool | None
+    candidates: str | None  # what the documents are: any | text | image | image,text | video
     mode: str | None  # dense | keyword | hybrid
     fusion: Mapping[str, Any] | None  # hybrid: {"method": "rrf" or "weighted", "k", ...}
     like: Sequence[str] | None  # stored documents to search like
@@ -243,8 +245,9 @@ class SearchOptions(TypedDict, total=False):
 def search_request(collection: str, options: SearchOptions) -> Request:
     """The query request for ``options``; a ``None`` value counts as left out."""
     body: dict[str, Any] = {name: value for name, value in options.items() if value is not None}
-    if "image" in body:
-        body["image"] = encode_image(body["image"])
+    for name in ("image", "video"):
+        if name in body:
+            body[name] = encode_image(body[name])
     if isinstance(body.get("rerank"), bool):
         body["rerank"] = {"enabled": body["rerank"]}
     for name in ("rerank", "fusion", "filter"):

@@ -140,9 +140,10 @@ class Client:
         timeout: float = 120.0,
         **options: Unpack[SearchOptions],
     ) -> SearchResult:
-        """Search a collection by text, image or both (a composed query), or by stored
-        documents (``like``, and away from ``unlike``; excluded from the results unless
-        ``include_examples``).
+        """Search a collection by text, image or both (a composed query), a video, or by
+        stored documents (``like``, and away from ``unlike``; excluded from the results
+        unless ``include_examples``). ``candidates="video"``: a text query for videos, in
+        U-MARVEL's text-to-video prompt; a video hit's ``segment`` is its best time span.
 
         ``mode``: ``dense``, ``keyword`` or ``hybrid`` (``None``: the collection's default);
         ``fusion``: for hybrid, ``{"method": "rrf" | "weighted", "k", "keyword_weight"}``.

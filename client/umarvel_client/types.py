@@ -202,6 +202,8 @@ class Hit:
     image_url: str | None
     keyword: float | None = None  # the keyword score (keyword and hybrid modes)
     group: Any = None  # the group_by field's value
+    segment: dict[str, float] | None = None  # a video's best segment: {"start", "end"} (s)
+    media: list[dict[str, str]] = field(default_factory=list)  # {"kind", "url"} of each part
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Hit:
@@ -217,6 +219,8 @@ class Hit:
             image_url=body["image_url"],
             keyword=body.get("keyword"),
             group=body.get("group"),
+            segment=body.get("segment"),
+            media=list(body.get("media", [])),
         )
 
 
