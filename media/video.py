@@ -220,6 +220,20 @@ def _check_complete(
         )
 
 
+def frame_at(video: Video, seconds: float) -> Any:
+    """The frame shown at ``seconds`` from ``video``'s start (clamped to it) as an RGB PIL
+    image: a video's poster, or the frame the reranker sees of a video (the middle of its
+    best segment)."""
+    info = video.info
+    index = min(max(int(seconds * info.fps), 0), info.frames - 1)
+    position = info.order[index]  # (a segment's order is its own frames')
+    with _container(video.data, info.container) as container:
+        for at, frame in enumerate(container.decode(container.streams.video[0])):
+            if at == position:
+                return frame.to_image()
+    raise InvalidRequest("video could not be decoded: it changed since it was checked")
+
+
 # -- segments --------------------------------------------------------------------------------
 def segment_bounds(total: int, fps: float, window: float, stride: float) -> list[tuple[int, int]]:
     """The frame ranges a video of ``total`` frames at ``fps`` is embedded as: the whole

@@ -4,8 +4,10 @@ refusals of what cannot be decoded."""
 
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,3 +207,41 @@ def test_the_video_kind_checks_decodes_and_types_videos() -> None:
     assert content_type(clip("mp4-64x48-10fps")) == "video/mp4"
     assert content_type(clip("mkv-50x30-12.5fps-vp8")) == "video/x-matroska"
     assert content_type(clip("avi-64x48-10fps-mpeg4")) == "video/x-msvideo"
+
+
+def test_frame_at_is_the_frame_shown_at_that_time_of_a_video_or_a_segment() -> None:
+    import av
+
+    from media.video import frame_at
+
+    data = make_clip(64, 48, 30, 10)
+    with av.open(io.BytesIO(data)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    video = open_video(data, max_bytes=1 << 20, max_pixels=1 << 20, max_frames=100)
+    for seconds, index in [(0.0, 0), (1.04, 10), (2.9, 29), (99.0, 29), (-1.0, 0)]:
+        assert np.array_equal(np.asarray(frame_at(video, seconds)), frames[index]), seconds
+    segment = video.segment(10, 20)
+    assert (segment.info.start, segment.info.end) == (1.0, 2.0)
+    assert np.array_equal(np.asarray(frame_at(segment, 0.5)), frames[15])
+
+
+def test_segment_bounds_cover_every_frame_with_full_windows() -> None:
+    from media.video import segment_bounds
+
+    assert segment_bounds(60, 2.0, 30, 15) == [(0, 60)]  # 30 s: one window, the whole video
+    three_minutes = segment_bounds(360, 2.0, 30, 15)
+    assert len(three_minutes) == 11
+    assert three_minutes[:2] == [(0, 60), (30, 90)]
+    assert three_minutes[-2:] == [(270, 330), (300, 360)]
+    assert segment_bounds(100, 1.0, 30, 30) == [(0, 30), (30, 60), (60, 90), (70, 100)]
+    for total, fps, window, stride in [
+        (5395, 29.97, 30, 15),
+        (1001, 24.0, 10, 7),
+        (61, 2.0, 30, 30),
+    ]:
+        bounds = segment_bounds(total, fps, window, stride)
+        size = round(window * fps)
+        assert all(stop - start == size for start, stop in bounds)
+        assert bounds[0][0] == 0 and bounds[-1][1] == total
+        covered = set().union(*(range(start, stop) for start, stop in bounds))
+        assert covered == set(range(total))

@@ -158,3 +158,31 @@ def test_a_query_video_over_its_limit_is_a_413(pipeline_env: tuple[FlaskClient, 
     form = {"request": "{}", "video": (io.BytesIO(BARE), "q.mp4")}
     response = small.post("/v1/collections/docs/queries", data=form)
     assert "larger than" in error(response, 413)["message"]
+
+
+def test_the_reranker_sees_the_middle_frame_of_a_videos_best_segment(
+    videos: tuple[FlaskClient, Runtime], tiny_models: dict[str, Any]
+) -> None:
+    from media.video import frame_at
+    from rerank.reranker import RerankCandidate, RerankQuery
+    from workers.queries import rerank_step
+
+    client, rt = videos
+    settings = rt.settings.model_copy(update={"rerank_model": str(tiny_models["qwen3_vl"])})
+    reranking = Runtime(settings)
+    body = {"text": CAPTION, "candidates": "video", "rerank": {"enabled": True, "k": 4}}
+    job = client.post("/v1/collections/docs/queries", json={"wait": 0, "top_k": 4, **body}).json
+    recall_step(reranking, job["id"])
+    rerank_step(reranking, job["id"])
+    answer = client.get(job["url"]).json
+    assert answer["status"] == "done", answer
+    results = {hit["document_id"]: hit for hit in answer["results"]}
+    assert all(hit["p_yes"] is not None for hit in results.values())
+
+    span = results["long"]["segment"]
+    frame = frame_at(VIDEO.decode(LONG, settings), (span["start"] + span["end"]) / 2)
+    reranker = reranking.reranker(settings.rerank_model)
+    query = RerankQuery(CAPTION, None, VIDEO_INSTRUCTION)
+    expected = reranker.score(query, [RerankCandidate(CAPTION, frame)])[0]
+    assert results["long"]["p_yes"] == pytest.approx(expected, abs=1e-5)
+    reranking.index.close()

@@ -20,10 +20,12 @@ from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.orm import selectinload
 
 from core.contract import Hit, RankedHit, SearchMode, SearchPlan, Segment
 from core.metrics import STAGE_SECONDS
 from media.kinds import VIDEO
+from media.video import frame_at
 from queries.cache import ResultCache
 from queries.grouping import group_ranking
 from queries.keywords import keyword_search
@@ -357,7 +359,7 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
         # Deleted since recall, or not indexed at its current revision (queries.views): skip.
         scored = [h for h in hits[: plan.rerank.k] if h.document_id in docs]
         started = time.perf_counter()
-        candidates = [_rerank_candidate(rt, docs[h.document_id]) for h in scored]
+        candidates = [_rerank_candidate(rt, docs[h.document_id], h) for h in scored]
         rerank_query = RerankQuery(query.text, query.image, query.instruction)
         if query.text is None and query.image is None and like and like[0] in docs:
             example = _rerank_candidate(rt, docs[like[0]])  # the query side: the first example
@@ -398,17 +400,27 @@ def _unscored(hit: Hit) -> RankedHit:
 
 def _indexed(session: Any, collection_id: int, ids: list[str]) -> dict[str, Document]:
     rows = session.scalars(
-        select(Document).where(
+        select(Document)
+        .where(
             Document.collection_id == collection_id,
             Document.external_id.in_(ids),
             Document.status == DocumentStatus.INDEXED,
         )
+        .options(selectinload(Document.media))
     )
     return {doc.external_id: doc for doc in rows}
 
 
-def _rerank_candidate(rt: Runtime, doc: Document) -> RerankCandidate:
+def _rerank_candidate(rt: Runtime, doc: Document, hit: Hit | None = None) -> RerankCandidate:
+    """The document as the reranker sees it: its text and image; a video, as the frame in
+    the middle of the hit's segment (of the whole video without one), an image."""
     image = rt.media.get(doc.image_key) if doc.image_key else None
+    video_key = next((part.key for part in doc.media if part.kind == VIDEO.name), None)
+    if image is None and video_key is not None:
+        video = VIDEO.decode(rt.media.get(video_key), rt.settings)
+        segment = hit.segment if hit is not None else None
+        start, end = (segment.start, segment.end) if segment else (0.0, video.info.end)
+        image = frame_at(video, (start + end) / 2)
     return RerankCandidate(text=doc.text, image=image)
 
 
