@@ -40,7 +40,10 @@ def stack(
         # A POST that gives no wait waits this long (1 s by default; more on a loaded CI).
         "query_wait_seconds": "10",
     }
-    with live_stack(tiny_models, tmp_path_factory.mktemp("stack"), **overrides) as running:
+    workdir = tmp_path_factory.mktemp("stack")
+    (workdir / "files").mkdir()  # the server files ingestion may read by path
+    overrides["ingest_roots"] = json.dumps([str(workdir / "files")])
+    with live_stack(tiny_models, workdir, **overrides) as running:
         yield running
 
 
@@ -762,3 +765,80 @@ def test_a_request_id_is_on_every_log_line_of_its_path(
     assert any("event=request" in line and "job_id=" in line for line in lines("api"))
     assert any("task=recall.search" in line for line in lines("worker-recall"))
     assert any("task=rerank.score" in line for line in lines("worker-rerank"))
+
+
+def test_videos_through_the_live_stack(stack: Stack, tmp_path: Path) -> None:
+    """Clips uploaded and read by path; a 3-minute clip as 11 segments; text and video
+    queries (client and CLI) find each video once with its time span, reranked on its
+    middle frame; a truncated clip refused alone; a delete takes every segment."""
+    from recall.filters import ids_expression
+    from recall.index import DOCUMENT_FIELD, END_FIELD, START_FIELD
+    from tests.clips import make_clip
+    from umarvel_client import Client
+
+    caption = "a yellow square crossing a blue screen"
+    short = make_clip(80, 48, 12, 4, codec="libvpx-vp9", container="webm")
+    bare = make_clip(64, 64, 8, 2)
+    (stack.settings().ingest_roots[0] / "short.webm").write_bytes(short)
+    (tmp_path / "query.mp4").write_bytes(bare)
+    key = stack.create_key(("admin",))
+    api = Client(stack.api_url, key, poll_seconds=0.05)
+    clips = api.collections.create("clips")
+    docs: list[dict[str, Any]] = [
+        {
+            "id": "long",
+            "text": caption,
+            "media": [{"kind": "video", "data": make_clip(64, 48, 360, 2)}],
+        },
+        {
+            "id": "short",
+            "text": "a clip",
+            "media": [
+                {"kind": "video", "path": str(stack.settings().ingest_roots[0] / "short.webm")}
+            ],
+        },
+        {"id": "bare", "media": [{"kind": "video", "data": tmp_path / "query.mp4"}]},
+        {"id": "broken", "media": [{"kind": "video", "data": short[: len(short) * 3 // 4]}]},
+        {"id": "caption", "text": caption},
+    ]
+    summary = api.documents.ingest("clips", docs, wait=True, timeout=300)
+    assert (summary.done, summary.failed) == (4, 1), summary
+    assert [(e.index, "truncated" in e.message) for e in summary.errors] == [(3, True)]
+
+    target = clips.raw["milvus_collection"]
+    index = MilvusIndex(stack.settings().milvus_uri)
+    try:
+
+        def spans(document: str) -> list[tuple[float, float]]:
+            rows = index.client.query(
+                target,
+                filter=ids_expression([document], DOCUMENT_FIELD),
+                output_fields=[START_FIELD, END_FIELD],
+                consistency_level="Strong",
+            )
+            return sorted((row[START_FIELD], row[END_FIELD]) for row in rows)
+
+        assert spans("long") == [(15.0 * n, 15.0 * n + 30) for n in range(11)]
+
+        found = api.search("clips", text=caption, candidates="video", top_k=10, rerank=True)
+        ids = [hit.document_id for hit in found.hits]
+        assert sorted(ids) == ["bare", "caption", "long", "short"]  # each video once
+        long_hit = found.hits[ids.index("long")]
+        assert long_hit.segment is not None
+        assert (long_hit.segment["start"], long_hit.segment["end"]) in spans("long")
+        assert all(hit.p_yes is not None for hit in found.hits)
+
+        by_video = api.search("clips", video=bare, top_k=3)
+        assert by_video.hits[0].document_id == "bare"
+        assert by_video.hits[0].segment == {"start": 0.0, "end": 4.0}
+        common = ["--api", stack.api_url, "--key", key]
+        cli = _cli("search", "clips", "--video", str(tmp_path / "query.mp4"), "--json", *common)
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["results"][0]["document_id"] == "bare"
+
+        api.documents.delete("clips", "long")
+        wait_until(lambda: not spans("long"), 60, "the video's segments deleted")
+        assert index.count(target) == 3
+    finally:
+        index.close()
+    api.collections.delete("clips")

@@ -528,9 +528,18 @@ def _backoff(error: ApiError, attempt: int) -> float:
 
 
 def _document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A document as the API takes it: an image, or a media part's ``data``, given as bytes
+    or a local path is sent as base64."""
     out = dict(doc)
     if isinstance(out.get("image"), (bytes, Path)):
         out["image"] = encode_image(out["image"])
+    if "media" in out:
+        out["media"] = [
+            {**part, "data": encode_image(part["data"])}
+            if isinstance(part.get("data"), (bytes, Path))
+            else dict(part)
+            for part in out["media"]
+        ]
     return out
 
 

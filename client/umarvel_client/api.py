@@ -259,7 +259,9 @@ class Documents:
 
         A document is ``{"id", "text", "image", "metadata"}``; ``image`` may be bytes or a
         path (sent as base64), or use ``image_path`` for a file inside the server's
-        ``UMARVEL_INGEST_ROOTS``.
+        ``UMARVEL_INGEST_ROOTS``. Videos (and other kinds) go in ``media``:
+        ``[{"kind": "video", "data": Path("clip.mp4")}]`` (bytes or a path, sent as
+        base64) or ``{"kind": "video", "path": "/server/clip.mp4"}``.
         """
         return self._c._run(_flows.submit(self._c, collection, documents))
 
