@@ -242,6 +242,6 @@ def test_segment_bounds_cover_every_frame_with_full_windows() -> None:
         bounds = segment_bounds(total, fps, window, stride)
         size = round(window * fps)
         assert all(stop - start == size for start, stop in bounds)
-        assert bounds[0][0] == 0 and bounds[-1][1] == total
+        assert (bounds[0][0], bounds[-1][1]) == (0, total)
         covered = set().union(*(range(start, stop) for start, stop in bounds))
         assert covered == set(range(total))
