@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -186,6 +187,81 @@ def eval_sample_mbeir(root: Path, tasks: tuple[str, ...], pool_size: int) -> Non
     names = [t.name for t in mbeir.select_tasks(tasks)]
     synthetic.build(root, names, pool_size=pool_size)
     click.echo(f"wrote {len(names)} M-BEIR sets to {root}")
+
+
+def _video_eval(dataset: str) -> Any:
+    """``umarvel eval msrvtt`` and ``umarvel eval msvd``: one command each, one body."""
+
+    @eval_group.command(dataset)
+    @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.option("--model", default=None, help="Embedding checkpoint [UMARVEL_RECALL_MODEL].")
+    @click.option(
+        "--frames",
+        type=click.Choice(["reference", "sampled"]),
+        default="reference",
+        show_default=True,
+        help="Qwen3-VL: the reference path's 4 re-sampled frames, or every sampled frame.",
+    )
+    @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None)
+    @click.option("--device", default=None, help="[UMARVEL_DEVICE]")
+    @click.option("--dtype", default=None, help="[UMARVEL_DTYPE]")
+    def command(
+        root: Path,
+        model: str | None,
+        frames: str,
+        output: Path | None,
+        device: str | None,
+        dtype: str | None,
+    ) -> None:
+        from cli.evaluate import ProgressBars, write_outputs
+        from core.settings import get_settings
+        from evaluation import video
+        from mllm.video_inputs import VideoFrames
+        from recall.embedder import Embedder, EmbedderConfig
+
+        settings = get_settings()
+        try:
+            videos = video.READERS[dataset](root)
+        except (FileNotFoundError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        config = EmbedderConfig(video_frames=VideoFrames(frames), video_nframes=videos.nframes)
+        embedder = Embedder.from_pretrained(
+            model or settings.recall_model,
+            device=device or settings.device,
+            dtype=dtype or settings.dtype,
+            config=config,
+        )
+        bars = ProgressBars()
+        try:
+            summary = video.evaluate(embedder, videos, progress=bars)
+        finally:
+            bars.close()
+        summary["frames"] = frames
+        out = output or Path(".umarvel/eval") / dataset
+        write_outputs(out, summary, video.table(summary), video.chart)
+
+    command.__doc__ = (
+        f"R@1/5/10 text -> video (and video -> text) on the {video_names[dataset]} test set "
+        "under ROOT, as U-MARVEL's zero-shot evaluation measures it."
+    )
+    return command
+
+
+video_names = {"msrvtt": "MSR-VTT 1k-A", "msvd": "MSVD"}
+eval_msrvtt = _video_eval("msrvtt")
+eval_msvd = _video_eval("msvd")
+
+
+@eval_group.command("sample-video")
+@click.argument("root", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layout", type=click.Choice(["msrvtt", "msvd"]), required=True)
+@click.option("--videos", default=6, show_default=True, type=click.IntRange(2, 1000))
+def eval_sample_video(root: Path, layout: str, videos: int) -> None:
+    """Write a small set of generated clips and captions in MSR-VTT's or MSVD's layout."""
+    from evaluation import video
+
+    video.write_sample(root, layout, videos=videos)
+    click.echo(f"wrote {videos} clips in {layout}'s layout to {root}")
 
 
 @eval_group.command("collection")

@@ -771,9 +771,9 @@ def test_videos_through_the_live_stack(stack: Stack, tmp_path: Path) -> None:
     """Clips uploaded and read by path; a 3-minute clip as 11 segments; text and video
     queries (client and CLI) find each video once with its time span, reranked on its
     middle frame; a truncated clip refused alone; a delete takes every segment."""
+    from devkit.clips import make_clip
     from recall.filters import ids_expression
     from recall.index import DOCUMENT_FIELD, END_FIELD, START_FIELD
-    from tests.clips import make_clip
     from umarvel_client import Client
 
     caption = "a yellow square crossing a blue screen"

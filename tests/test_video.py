@@ -13,6 +13,7 @@ import torch
 
 from core.errors import InvalidRequest, PayloadTooLarge
 from core.settings import Settings
+from devkit.clips import make_clip
 from media import kinds
 from media.video import (
     content_type,
@@ -23,7 +24,6 @@ from media.video import (
     resize_frame,
     sample_video,
 )
-from tests.clips import make_clip
 from tests.video_reference import fetch_video
 
 LIMITS = {"max_bytes": 10**8, "max_pixels": 10**7, "max_frames": 10**5}

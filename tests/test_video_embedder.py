@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from core.errors import InvalidRequest
+from devkit.clips import make_clip
 from devkit.samples import shape_image
 from mllm.video_inputs import VideoFrames
 from recall import Candidate, Embedder, Query
 from recall.prompts import VIDEO_INSTRUCTION
-from tests.clips import make_clip
 from tests.video_reference import fetch_video
 
 # 8 frames of 420x252 (MSR-VTT's count), 4 frames of 392x280, and odd ones.

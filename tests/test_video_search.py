@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 
+from devkit.clips import make_clip
 from devkit.samples import b64
 from media.kinds import VIDEO
 from media.store import media_key
 from recall.prompts import VIDEO_INSTRUCTION, Candidate, Query
-from tests.clips import make_clip
 from tests.helpers import error, ingest_in_process
 from workers.queries import recall_step
 from workers.runtime import Runtime

@@ -79,10 +79,10 @@ def test_a_video_part_is_embedded_as_the_recall_model_embeds_a_video(
 ) -> None:
     """A document's video part (decoded by the writer, before the model's batcher) gives
     the vector of a video candidate."""
+    from devkit.clips import make_clip
     from devkit.samples import b64
     from media.kinds import VIDEO
     from recall.prompts import Candidate
-    from tests.clips import make_clip
 
     client, rt = pipeline_env
     clip = make_clip(80, 48, 20, 10)
@@ -125,10 +125,10 @@ def test_a_long_video_is_embedded_as_overlapping_segments_found_once_with_their_
     """A 3-minute clip becomes 30-second segments every 15 s (the last ending with the clip),
     each the vector of the clip cut there; a search finds the video once, at its nearest
     segment; a shorter revision leaves no old segment behind, and a delete removes them all."""
+    from devkit.clips import make_clip
     from media.kinds import VIDEO
     from recall.index import segment_key
     from recall.prompts import Candidate
-    from tests.clips import make_clip
 
     client, rt = pipeline_env
     assert (rt.settings.video_segment_seconds, rt.settings.video_segment_stride) == (30, 15)

@@ -1,4 +1,5 @@
-"""Tiny video clips for the tests, written with PyAV in memory (milliseconds each)."""
+"""Tiny video clips for tests, samples and benchmarks, written with PyAV in memory
+(milliseconds each)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,17 @@ def make_clip(
     codec: str = "libx264",
     container: str = "mp4",
     pix_fmt: str = "yuv420p",
+    colour: tuple[int, int, int] = (255, 220, 0),
 ) -> bytes:
-    """A clip of a yellow square moving right over a background whose blue changes each
-    frame, so every frame differs. libx264 needs even sizes in yuv420p (use yuv444p)."""
+    """A clip of a square (yellow by default) moving right over a background whose blue
+    changes each frame, so every frame differs. libx264 needs even sizes in yuv420p (use
+    yuv444p)."""
     import av
 
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=MUXERS[container]) as output:
         stream = output.add_stream(codec, rate=Fraction(rate))
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "18"}
@@ -38,7 +42,7 @@ def make_clip(
             pixels[..., 2] = (index * 23) % 256
             left = (index * 5) % max(1, width - side)
             top = height // 3
-            pixels[top : top + side, left : left + side] = (255, 220, 0)
+            pixels[top : top + side, left : left + side] = colour
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             for packet in stream.encode(frame):
                 output.mux(packet)
