@@ -4,7 +4,7 @@
 
 Builds U-MARVEL-Qwen3VL-4B (or Qwen2VL-7B) from the published config values with random
 weights, wraps it in the project's Embedder and Reranker, and measures texts/s and
-images/s of embedding and pairs/s of reranking, with the achieved fraction of the GPU's
+images/s and videos/s (with segment-seconds/s) of embedding and pairs/s of reranking, with the achieved fraction of the GPU's
 peak bf16 FLOP/s (forward FLOPs ~= 2 x parameters x tokens). ``--tiny`` runs the same
 code on the tiny sizes, to check the script on a machine without a GPU.
 """
@@ -19,14 +19,18 @@ from functools import partial
 from typing import Any
 
 from bench.common import sample_items
+from devkit.clips import make_clip
 from devkit.samples import shape_image
 from devkit.tiny_models import build_config, build_processor, build_tokenizer
 from mllm import families
 from mllm.batching import image_tokens
+from media.video import open_video
 from mllm.loading import Loaded
 from recall import Candidate, Embedder, EmbedderConfig, prompts
 from rerank import RerankCandidate, Reranker, RerankerConfig, RerankQuery
 from rerank.reranker import shared_prefix_length
+
+VIDEO_SECONDS = 10  # the generated clips' length (320x240, 24 fps): 20 frames sampled
 
 # Published config values (Qwen/Qwen3-VL-4B-Instruct, Qwen/Qwen2-VL-7B-Instruct).
 REAL_SIZES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -121,6 +125,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (checks the script)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--items", type=int, default=64)
+    parser.add_argument("--videos", type=int, default=8, help="10 s clips (0: none)")
     args = parser.parse_args()
     loaded = build(args.arch, args.tiny, args.device)
     on_gpu = loaded.device.type == "cuda"
@@ -149,13 +154,21 @@ def main() -> None:
         "embed texts": [Candidate(t, None) for t, _ in sample_items(args.items, "text")],
         "embed images": [Candidate(None, img) for _, img in sample_items(args.items, "image")],
     }
+    if args.videos:
+        clip = make_clip(320, 240, VIDEO_SECONDS * 24, 24)
+        video = open_video(clip, max_bytes=1 << 30, max_pixels=1 << 24, max_frames=100_000)
+        workloads["embed videos"] = [Candidate(video=video) for _ in range(args.videos)]
     for label, items in workloads.items():
-        prepared = [embedder._prepare(prompts.candidate_text(c), c.image) for c in items]
+        prepared = [embedder._prepare(prompts.candidate_text(c), c.image, c.video) for c in items]
         tokens = sum(p.cost for p in prepared)
         patches = merge * sum(_image_tokens(image_processor, [p.image]) for p in prepared)
+        # A video's expansion is its merged patches: tokens past the prompt's own.
+        patches += merge * sum(p.cost - len(p.ids) for p in prepared if p.video is not None)
         seconds = timed(lambda items=items: embedder.encode_candidates(items), sync)
         flops = 2 * lm_params * tokens + 2 * vision_params * patches
         _report(label, len(items), seconds, tokens, flops, peak)
+        if label == "embed videos":
+            print(f"{'':<20} {len(items) * VIDEO_SECONDS / seconds:>9.1f} segment-seconds/s")
     candidates = [RerankCandidate(t, img) for t, img in sample_items(args.items, "mixed")]
     queries = {
         "text": RerankQuery(text="a red circle", instruction="Find an image."),
