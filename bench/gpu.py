@@ -3,9 +3,9 @@
     python -m bench.gpu [--arch qwen3_vl|qwen2_vl] [--tiny --device cpu]
 
 Builds U-MARVEL-Qwen3VL-4B (or Qwen2VL-7B) from the published config values with random
-weights, wraps it in the project's Embedder and Reranker, and measures texts/s and
-images/s and videos/s (with segment-seconds/s) of embedding and pairs/s of reranking, with the achieved fraction of the GPU's
-peak bf16 FLOP/s (forward FLOPs ~= 2 x parameters x tokens). ``--tiny`` runs the same
+weights, wraps it in the project's Embedder and Reranker, and measures texts/s, images/s
+and videos/s (with segment-seconds/s) of embedding and pairs/s of reranking, with the
+achieved fraction of the GPU's peak bf16 FLOP/s (forward FLOPs ~= 2 x parameters x tokens). ``--tiny`` runs the same
 code on the tiny sizes, to check the script on a machine without a GPU.
 """
 
@@ -22,9 +22,9 @@ from bench.common import sample_items
 from devkit.clips import make_clip
 from devkit.samples import shape_image
 from devkit.tiny_models import build_config, build_processor, build_tokenizer
+from media.video import open_video
 from mllm import families
 from mllm.batching import image_tokens
-from media.video import open_video
 from mllm.loading import Loaded
 from recall import Candidate, Embedder, EmbedderConfig, prompts
 from rerank import RerankCandidate, Reranker, RerankerConfig, RerankQuery
