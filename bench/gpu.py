@@ -5,8 +5,9 @@
 Builds U-MARVEL-Qwen3VL-4B (or Qwen2VL-7B) from the published config values with random
 weights, wraps it in the project's Embedder and Reranker, and measures texts/s, images/s
 and videos/s (with segment-seconds/s) of embedding and pairs/s of reranking, with the
-achieved fraction of the GPU's peak bf16 FLOP/s (forward FLOPs ~= 2 x parameters x tokens). ``--tiny`` runs the same
-code on the tiny sizes, to check the script on a machine without a GPU.
+achieved fraction of the GPU's peak bf16 FLOP/s (forward FLOPs ~= 2 x parameters x
+tokens). ``--tiny`` runs the same code on the tiny sizes, to check the script on a machine
+without a GPU.
 """
 
 from __future__ import annotations
