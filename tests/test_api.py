@@ -384,6 +384,7 @@ def test_the_console_is_served_with_a_strict_policy(client: FlaskClient) -> None
     policy = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy
     assert "default-src 'none'" in policy
+    assert "media-src blob:;" in policy  # videos play from blob: URLs only
     html = page.get_data(as_text=True)
     # Its own files only, every one served; nothing from another origin.
     for url in re.findall(r'(?:src|href)="(/console/[^"]+)"', html):

@@ -270,6 +270,72 @@ def test_sign_in_create_ingest_search_delete(
     assert errors_in_console(driver) == []
 
 
+def test_a_video_is_ingested_found_by_text_and_played_from_its_segment(
+    stack: Stack, browser: Any, shots: Path, tmp_path: Path
+) -> None:
+    import requests
+
+    from devkit.clips import make_clip
+
+    http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {stack.create_key(('admin',))}"
+    assert http.post(f"{stack.api_url}/v1/collections", json={"name": "clips"}).status_code == 201
+    clip = tmp_path / "square.webm"  # 70 s: four segments; VP9, which Chromium plays
+    clip.write_bytes(make_clip(96, 64, 140, 2, codec="libvpx-vp9", container="webm"))
+    (tmp_path / "square.txt").write_text("a yellow square crossing a blue screen")
+
+    driver = browser
+    driver.get(f"{stack.api_url}/console/#ingest")
+    wait(driver, lambda d: visible(d, "#view-ingest"))
+    Select(driver.find_element(By.ID, "ingest-collection")).select_by_value("clips")
+    upload = "\n".join([str(clip), str(tmp_path / "square.txt")])
+    driver.execute_script("document.getElementById('ingest-files').value = ''")  # earlier picks
+    driver.find_element(By.ID, "ingest-files").send_keys(upload)
+    driver.find_element(By.CSS_SELECTOR, "#ingest-form button[type=submit]").click()
+    text = "#ingest-progress .progress-text"
+    wait(driver, lambda d: "of 1" in d.find_element(By.CSS_SELECTOR, text).text)
+    wait(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#ingest-progress .progress[data-state=done]"),
+    )
+    assert driver.find_element(By.CSS_SELECTOR, text).text.startswith("done: 1 done, 0 failed")
+
+    # Text -> video: the hit's player stands at its segment's start (its poster frame).
+    driver.find_element(By.LINK_TEXT, "Search").click()
+    wait(driver, lambda d: visible(d, "#view-search"))
+    Select(driver.find_element(By.ID, "search-collection")).select_by_value("clips")
+    Select(driver.find_element(By.ID, "search-candidates")).select_by_value("video")
+    driver.find_element(By.ID, "search-text").clear()
+    driver.find_element(By.ID, "search-text").send_keys("a yellow square", Keys.ENTER)
+    video_hit = "#results .hit[data-document='square.webm']"
+    wait(driver, lambda d: visible(d, video_hit))
+    hit = _finished_hits(driver)[0]
+    assert hit.get_attribute("data-document") == "square.webm"
+    start = float(hit.find_element(By.CSS_SELECTOR, "video").get_attribute("data-start"))
+    assert start in (0.0, 15.0, 30.0, 40.0)
+    label = hit.find_element(By.CSS_SELECTOR, "button[data-action=play-segment]").text
+    assert label.startswith(f"\u25b6 {start:.1f}\u2013")
+    at_start = (
+        "const v = document.querySelector('#results video');"
+        "return v && v.readyState >= 1 && Math.abs(v.currentTime - Number(v.dataset.start)) < 0.6"
+    )
+    wait(driver, lambda d: d.execute_script(at_start), timeout=30)
+    driver.save_screenshot(str(shots / "search-video.png"))
+
+    # Video -> video: the clip itself as the query finds it first.
+    driver.find_element(By.ID, "search-text").clear()
+    driver.find_element(By.ID, "search-image").send_keys(str(clip))
+    wait(driver, lambda d: d.find_element(By.ID, "search-media-name").text == "square.webm")
+    driver.execute_script("document.getElementById('results').replaceChildren()")
+    driver.find_element(By.CSS_SELECTOR, "#search-form button[type=submit]").click()
+    wait(driver, lambda d: visible(d, video_hit))
+    assert _finished_hits(driver)[0].get_attribute("data-document") == "square.webm"
+    click(driver, "#clear-image")
+    Select(driver.find_element(By.ID, "search-candidates")).select_by_value("")
+    assert errors_in_console(driver) == []
+    driver.get("about:blank")  # the next test's page loads afresh
+
+
 def test_partial_results_show_while_the_rerank_runs(
     stack: Stack, browser: Any, images: dict[str, Path]
 ) -> None:

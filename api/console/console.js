@@ -10,7 +10,7 @@ const DOCUMENTS_PAGE = 50;  // documents a page of the document browser
 const state = {
   key: sessionStorage.getItem(KEY),
   collections: [],
-  queryImage: null,
+  queryMedia: null,  // the query's image or video file
   like: null,  // the document a "more like this" search is searching like
   documents: { collection: null, filter: null, cursor: null },  // the document browser's place
   offset: 0,  // the page of the results shown
@@ -338,7 +338,15 @@ async function ingest(event) {
       }
       jobs.push(await api("POST", path, { documents }));
     }
-    if (!jobs.length) return setStatus("Nothing to upload: images or a .jsonl manifest.", "error");
+    // Videos go one a request: each may be as large as a whole batch of images.
+    for (const file of files.filter((f) => f.type.startsWith("video/"))) {
+      const doc = { id: file.name, media: [{ kind: "video", data: await readBase64(file) }] };
+      if (captions.has(stem(file.name))) doc.text = captions.get(stem(file.name));
+      jobs.push(await api("POST", path, { documents: [doc] }));
+    }
+    if (!jobs.length) {
+      return setStatus("Nothing to upload: images, videos or a .jsonl manifest.", "error");
+    }
     setStatus(`Uploading into ${collection}: ${jobs.length} job(s).`);
     const finished = await follow(jobs, $("#ingest-progress"));
     const failed = finished.reduce((n, j) => n + j.failed, 0);
@@ -349,18 +357,20 @@ async function ingest(event) {
 
 // Search
 
-function setQueryImage(file) {
-  if (file && !file.type.startsWith("image/")) return setStatus(`${file.name} is not an image.`, "error");
-  state.queryImage = file || null;
+function setQueryMedia(file) {
+  if (file && !/^(image|video)\//.test(file.type)) {
+    return setStatus(`${file.name} is not an image or a video.`, "error");
+  }
+  state.queryMedia = file || null;
   const preview = $("#search-preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
-  preview.hidden = !file;
+  const isImage = Boolean(file) && file.type.startsWith("image/");
+  preview.hidden = !isImage;
+  $("#search-media-name").textContent = file && !isImage ? file.name : "";
   $("#clear-image").hidden = !file;
-  if (file) preview.src = URL.createObjectURL(file);
-  else {
-    preview.removeAttribute("src");
-    $("#search-image").value = "";
-  }
+  if (isImage) preview.src = URL.createObjectURL(file);
+  else preview.removeAttribute("src");
+  if (!file) $("#search-image").value = "";
 }
 
 async function search(event) {
@@ -397,8 +407,15 @@ async function runSearch() {
   await guarded(async () => {
     const filter = readFilter($("#search-filter"));
     if (filter) body.filter = filter;
-    if (state.queryImage) body.image = await readBase64(state.queryImage);
-    if (!body.text && !body.image && !body.like) throw new Error("Give a text, an image or both.");
+    if (state.queryMedia) {
+      const kind = state.queryMedia.type.startsWith("video/") ? "video" : "image";
+      body[kind] = await readBase64(state.queryMedia);
+      if (kind === "video") body.rerank = { enabled: false };  // the reranker takes no video query
+    }
+    if ($("#search-candidates").value) body.candidates = $("#search-candidates").value;
+    if (!body.text && !body.image && !body.video && !body.like) {
+      throw new Error("Give a text, an image or a video.");
+    }
     let answer = await api("POST", `/v1/collections/${encodeURIComponent(collection)}/queries`, body);
     renderAnswer(answer);
     while (answer.is_running) {
@@ -445,10 +462,28 @@ function card(hit) {
     node.append(img);
     thumbnail(hit.image_url).then((url) => { img.src = url; }, () => { img.alt = "image unavailable"; });
   }
+  const video = (hit.media || []).find((part) => part.kind === "video");
+  if (video) node.append(player(video.url, hit.segment));
   if (hit.text) node.append(element("p", { class: "text", text: hit.text }));
   node.append(element("p", { class: "scores", text: scores.join(" · ") }));
   node.append(action("like", "More like this", () => searchLike(hit.document_id)));
   return node;
+}
+
+// A video hit: the player shows the frame where its best segment starts (its poster) and
+// plays from there; the button goes back to that start.
+function player(url, segment) {
+  const start = segment ? segment.start : 0;
+  const video = element("video", { class: "thumbnail", controls: "", preload: "metadata", muted: "" });
+  video.dataset.start = String(start);
+  video.addEventListener("loadedmetadata", () => { video.currentTime = start; }, { once: true });
+  thumbnail(url).then((blob) => { video.src = blob; }, () => { video.replaceWith("video unavailable"); });
+  const span = segment ? `${segment.start.toFixed(1)}–${segment.end.toFixed(1)} s` : "from the start";
+  const play = action("play-segment", `▶ ${span}`, () => {
+    video.currentTime = start;
+    video.play().catch(() => {});
+  });
+  return element("div", { class: "player" }, [video, play]);
 }
 
 async function thumbnail(url) {
@@ -480,20 +515,20 @@ function wire() {
   $("#previous-page").addEventListener("click", () => page(-1));
   $("#clear-like").addEventListener("click", () => searchLike(null));
   $("#search-collection").addEventListener("change", () => searchLike(null));
-  $("#search-image").addEventListener("change", (event) => setQueryImage(event.target.files[0]));
-  $("#clear-image").addEventListener("click", () => setQueryImage(null));
+  $("#search-image").addEventListener("change", (event) => setQueryMedia(event.target.files[0]));
+  $("#clear-image").addEventListener("click", () => setQueryMedia(null));
   const zone = $("#drop-zone");
   zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
     zone.classList.remove("over");
-    setQueryImage(event.dataTransfer.files[0]);
+    setQueryMedia(event.dataTransfer.files[0]);
   });
   document.addEventListener("paste", (event) => {
     if ($("#view-search").hidden) return;
     const file = [...event.clipboardData.files].find((f) => f.type.startsWith("image/"));
-    if (file) setQueryImage(file);
+    if (file) setQueryMedia(file);
   });
   window.addEventListener("hashchange", route);
 }

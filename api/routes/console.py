@@ -18,10 +18,11 @@ bp = Blueprint("console", __name__)
 FOLDER = Path(__file__).resolve().parent.parent / "console"
 FILES = frozenset({"index.html", "console.js", "console.css"})
 # The console runs only its own files: no inline script, nothing from another origin;
-# images are the API's own, fetched with the key and shown as blob: URLs.
+# images and videos are the API's own, fetched with the key and shown as blob: URLs.
 POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+    "media-src blob:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; "
+    "base-uri 'none'"
 )
 
 
