@@ -281,3 +281,50 @@ def test_a_collection_created_again_never_meets_the_old_vectors(
     after = client.get("/v1/collections/docs").json["milvus_collection"]
     assert after != before
     assert after.endswith("_g1")
+
+
+def test_a_collection_made_before_segments_gets_them_from_a_reindex(
+    env: tuple[FlaskClient, Runtime],
+) -> None:
+    """A Milvus collection without segment fields (as every one was) takes a long video as
+    one vector of the whole clip, and is still searched; the reindex's new generation
+    holds its segments."""
+    from pymilvus import DataType, MilvusClient
+
+    from devkit.clips import make_clip
+    from devkit.samples import b64
+    from media.kinds import VIDEO
+
+    client, rt = env
+    old = _name(rt, 1)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
+    dim = rt.embedder(rt.settings.recall_model).dim
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    params = rt.index.client.prepare_index_params()
+    params.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE")
+    rt.index.client.create_collection(old, schema=schema, index_params=params)
+    clip = make_clip(64, 48, 70, 1)  # 70 s: four segments where segments are kept
+    _ingest(
+        client, rt, [{"id": "v", "text": "a clip", "media": [{"kind": "video", "data": b64(clip)}]}]
+    )
+    assert not rt.index.segmented(old)
+    whole = _vectors(rt, 1)["v"]
+    video = VIDEO.decode(clip, rt.settings)
+    expected = rt.embedder(rt.settings.recall_model).encode_candidates(
+        [Candidate(text="a clip", video=video)]
+    )[0]
+    np.testing.assert_allclose(whole, expected, atol=1e-5)
+    assert [hit.span for hit in rt.index.search(old, whole, 1)] == [None]
+
+    job = client.post("/v1/collections/docs/reindex", json={}).json
+    for _ in range(3):  # the plan, its chunk, anything it queued
+        for entry in entries(rt, job["id"]):
+            _run(rt, entry)
+    assert client.get(job["url"]).json["state"] == "done"
+    new = _name(rt, 2)
+    assert rt.index.segmented(new)
+    assert sorted(_vectors(rt, 2)) == ["v", "v\x1f1", "v\x1f2", "v\x1f3"]
+    (hit,) = rt.index.search(new, whole, 1)
+    assert hit.document_id == "v"
+    assert hit.span in [(0.0, 30.0), (15.0, 45.0), (30.0, 60.0), (40.0, 70.0)]
