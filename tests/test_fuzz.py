@@ -4,7 +4,7 @@ A real stack (PostgreSQL, Redis, milvus-lite, both workers, the API) serves a co
 with a document of each kind, an ingestion job, a query job and a stored image, so that
 operations with path parameters reach real targets as well as missing ones. The
 schemathesis CLI then runs over every operation of ``/v1/openapi.json`` for
-``UMARVEL_FUZZ_SECONDS`` (default 60) and fails on any answer that is a server error,
+``UMARVEL_FUZZ_SECONDS`` (default 45) and fails on any answer that is a server error,
 has an undocumented status code or content type, does not match its documented schema,
 or is not a proper 405 for an undocumented method.
 """
@@ -30,7 +30,7 @@ from tests.conftest import live_stack
 
 pytestmark = pytest.mark.integration
 
-FUZZ_SECONDS = int(os.environ.get("UMARVEL_FUZZ_SECONDS", "60"))
+FUZZ_SECONDS = int(os.environ.get("UMARVEL_FUZZ_SECONDS", "45"))
 CHECKS = [
     "not_a_server_error",
     "status_code_conformance",
