@@ -314,6 +314,12 @@ class Settings(BaseSettings):
         description="Most frames a video may have (every frame is decoded to count them: "
         "18,000 is 10 minutes at 30 frames a second).",
     )
+    max_video_seconds: float = Field(
+        600.0, gt=0, description="Longest video, in seconds (read from the header, then counted)."
+    )
+    max_video_fps: float = Field(
+        120.0, gt=0, description="Highest video frame rate (frames a second, from the header)."
+    )
     max_query_video_bytes: int = Field(
         16 * 1024 * 1024,
         ge=1,

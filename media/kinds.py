@@ -112,6 +112,8 @@ def _decode_video(data: bytes, settings: Settings) -> Video:
         max_bytes=settings.max_video_bytes,
         max_pixels=settings.max_video_pixels,
         max_frames=settings.max_video_frames,
+        max_seconds=settings.max_video_seconds,
+        max_fps=settings.max_video_fps,
     )
 
 

@@ -153,10 +153,20 @@ def _stream(container: Any, max_pixels: int) -> Any:
     return stream
 
 
-def open_video(data: bytes, *, max_bytes: int, max_pixels: int, max_frames: int) -> Video:
+def open_video(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    max_frames: int,
+    max_seconds: float | None = None,
+    max_fps: float | None = None,
+) -> Video:
     """Check ``data`` by decoding every frame once: an allowed container and codec, at most
-    ``max_bytes`` bytes, ``max_pixels`` pixels a frame and ``max_frames`` frames, one frame
-    size throughout, no truncation, at least two frames. Frames count as the evaluation's
+    ``max_bytes`` bytes, ``max_pixels`` pixels a frame, ``max_frames`` frames,
+    ``max_seconds`` of duration and ``max_fps`` frames a second (both read from the header
+    before decoding, the duration checked again on the frames), one frame size
+    throughout, no truncation, at least two frames. Frames count as the evaluation's
     reader counted them: those at time 0 or later, one per timestamp (the last decoded)."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"video is {len(data)} bytes; the limit is {max_bytes}")
@@ -167,6 +177,7 @@ def open_video(data: bytes, *, max_bytes: int, max_pixels: int, max_frames: int)
         )
     with _container(data, name) as container:
         stream = _stream(container, max_pixels)
+        _check_timing(container, stream, max_seconds, max_fps)
         size = (stream.codec_context.width, stream.codec_context.height)
         by_pts: dict[int, int] = {}
         decoded = 0
@@ -191,8 +202,31 @@ def open_video(data: bytes, *, max_bytes: int, max_pixels: int, max_frames: int)
             f"video has {len(by_pts)} frame(s); at least {FRAME_FACTOR} are needed"
         )
     order = tuple(by_pts[pts] for pts in sorted(by_pts))
+    if max_seconds is not None and len(order) / fps > max_seconds:
+        raise PayloadTooLarge(
+            f"video lasts {len(order) / fps:.1f} s; the limit is {max_seconds:g} s"
+        )
     info = VideoInfo(name, codec, size[0], size[1], len(order), fps, order)
     return Video(data, info)
+
+
+def _check_timing(
+    container: Any, stream: Any, max_seconds: float | None, max_fps: float | None
+) -> None:
+    """Refuse, before decoding, a frame rate over ``max_fps`` or a declared duration over
+    ``max_seconds``."""
+    fps = float(stream.average_rate)
+    if max_fps is not None and fps > max_fps:
+        raise InvalidRequest(f"video has {fps:g} frames a second; the limit is {max_fps:g}")
+    if max_seconds is None:
+        return
+    declared = None
+    if stream.duration:
+        declared = float(stream.duration * stream.time_base)
+    elif container.duration:
+        declared = container.duration / 1_000_000
+    if declared is not None and declared > max_seconds:
+        raise PayloadTooLarge(f"video lasts {declared:.1f} s; the limit is {max_seconds:g} s")
 
 
 def _check_complete(

@@ -245,3 +245,17 @@ def test_segment_bounds_cover_every_frame_with_full_windows() -> None:
         assert (bounds[0][0], bounds[-1][1]) == (0, total)
         covered = set().union(*(range(start, stop) for start, stop in bounds))
         assert covered == set(range(total))
+
+
+@pytest.mark.parametrize(
+    "name", ["mp4-64x48-10fps", "webm-64x64-29.97fps-vp9", "avi-64x48-10fps-mpeg4"]
+)
+def test_duration_and_frame_rate_limits_name_themselves(name: str) -> None:
+    kind = kinds.media_kind("video")
+    data = clip(name)
+    seconds = kind.decode(data, Settings()).info.end
+    kind.check(data, Settings(max_video_seconds=seconds + 0.5, max_video_fps=30))
+    with pytest.raises(PayloadTooLarge, match=r"video lasts .* s; the limit is 1 s"):
+        kind.check(data, Settings(max_video_seconds=1))
+    with pytest.raises(InvalidRequest, match=r"frames a second; the limit is 5"):
+        kind.check(data, Settings(max_video_fps=5))
