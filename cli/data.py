@@ -47,7 +47,8 @@ def ingest(
     no_wait: bool,
     as_json: bool,
 ) -> None:
-    """Ingest a folder of images (captions in <stem>.txt) or a JSONL manifest, resumably.
+    """Ingest a folder of images and videos (captions in <stem>.txt) or a JSONL manifest,
+    resumably; batches stay under 48 MiB of media.
 
     Exits 1 when any document failed (each failure is listed)."""
     import json

@@ -25,17 +25,26 @@ POLL_SECONDS = 0.5  # between reads of the jobs' progress
 FEW_JOBS = 2  # at most this many unfinished jobs are read five times as often
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi"}
+# A batch's media, as base64, stays under this (the server's default request limit is
+# 64 MiB): a batch is cut early when the next document would pass it, and a document
+# larger than it goes alone.
+BATCH_BYTES = 48 * 1024 * 1024
 
 
 def folder_items(folder: Path) -> Iterator[dict[str, Any]]:
-    """One document per image; its caption from ``<stem>.txt`` beside it, when present."""
+    """One document per image or video; its caption from ``<stem>.txt`` beside it, when
+    present."""
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        suffix = path.suffix.lower()
+        if suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES or not path.is_file():
             continue
-        doc: dict[str, Any] = {
-            "id": str(path.relative_to(folder)),
-            "image": base64.b64encode(path.read_bytes()).decode(),
-        }
+        data = base64.b64encode(path.read_bytes()).decode()
+        doc: dict[str, Any] = {"id": str(path.relative_to(folder))}
+        if suffix in VIDEO_SUFFIXES:
+            doc["media"] = [{"kind": "video", "data": data}]
+        else:
+            doc["image"] = data
         caption = path.with_suffix(".txt")
         if caption.exists():
             doc["text"] = caption.read_text().strip()
@@ -86,13 +95,43 @@ def run_ingest(
     stream = islice(items, state.sent, None)  # resume after what was accepted
     if state.sent:
         click.echo(f"resuming after {state.sent} documents ({state_path})")
-    while batch := list(islice(stream, batch_size)):
+    for batch in batches(stream, batch_size, BATCH_BYTES):
         job = api.documents.submit(collection, batch)  # 429 and 503 retried by the client
         state.jobs = [*(state.jobs or []), job.id]
         state.sent += len(batch)
         state.save()
         click.echo(f"sent {state.sent} documents", err=True)
     return _follow(api, state.jobs or [], wait)
+
+
+def batches(items: Iterator[Any], size: int, max_bytes: int) -> Iterator[list[Any]]:
+    """``items`` in batches of at most ``size`` documents and ``max_bytes`` of base64 media
+    (a larger document alone), in order."""
+    batch: list[Any] = []
+    held = 0
+    for doc in items:
+        weight = _media_bytes(doc)
+        if batch and (len(batch) == size or held + weight > max_bytes):
+            yield batch
+            batch, held = [], 0
+        batch.append(doc)
+        held += weight
+    if batch:
+        yield batch
+
+
+def _media_bytes(doc: Any) -> int:
+    """The base64 media ``doc`` carries (0 for what is not a document: the API says why)."""
+    if not isinstance(doc, dict):
+        return 0
+    media = doc.get("media")
+    parts = [doc.get("image")]
+    parts += (
+        [part.get("data") for part in media if isinstance(part, dict)]
+        if isinstance(media, list)
+        else []
+    )
+    return sum(len(part) for part in parts if isinstance(part, str))
 
 
 def _follow(api: Client, job_ids: list[str], wait: bool) -> IngestSummary:

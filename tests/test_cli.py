@@ -203,3 +203,30 @@ def test_a_setting_out_of_range_is_one_line_naming_it(
     assert result.output.startswith("Error: invalid settings: ")
     assert named in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_folder_of_images_and_videos_goes_in_batches_bounded_by_bytes(tmp_path: Path) -> None:
+    import base64
+
+    from cli.ingest import batches, folder_items
+    from devkit.clips import make_clip
+    from devkit.samples import shape_image
+
+    (tmp_path / "a.png").write_bytes(shape_image("red", "circle", 32))
+    (tmp_path / "b.webm").write_bytes(make_clip(64, 48, 8, 4, codec="libvpx-vp9", container="webm"))
+    (tmp_path / "b.txt").write_text("a moving square\n")
+    (tmp_path / "notes.md").write_text("not a document")
+    docs = list(folder_items(tmp_path))
+    assert [doc["id"] for doc in docs] == ["a.png", "b.webm"]
+    assert docs[1]["text"] == "a moving square"
+    (part,) = docs[1]["media"]
+    assert part["kind"] == "video"
+    assert base64.b64decode(part["data"]) == (tmp_path / "b.webm").read_bytes()
+
+    sized = [
+        {"id": str(n), "media": [{"kind": "video", "data": "x" * w}]}
+        for n, w in enumerate([4, 4, 9, 1, 1, 1])
+    ]
+    found = batches(iter([*sized, "bad line"]), 3, 8)
+    ids = [[doc["id"] if isinstance(doc, dict) else doc for doc in batch] for batch in found]
+    assert ids == [["0", "1"], ["2"], ["3", "4", "5"], ["bad line"]]
