@@ -19,7 +19,7 @@ Videos (UMARVEL-VIDEO-SPEC)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -112,28 +112,41 @@ class Embedder(LoadedModel[EmbedderConfig]):
     # -- public API --------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[Query]) -> np.ndarray:
         pooled = self.family.video_query_instruction is Pooling.POOLED
+
+        def prepare(q: Query) -> _Prepared:
+            pieces = prompts.query_pieces(q)
+            return self._prepare(
+                pieces, q.image, q.video, pool_instruction=pooled and q.video_protocol
+            )
+
         with self._calls:
-            prepared = [
-                self._prepare(
-                    prompts.query_pieces(q),
-                    q.image,
-                    q.video,
-                    pool_instruction=pooled and q.video_protocol,
-                )
-                for q in queries
-            ]
-            return self._encode(prepared, truncate=False)
+            return self._encode_items(queries, prepare, truncate=False)
 
     def encode_candidates(self, candidates: Sequence[Candidate]) -> np.ndarray:
         suffix = self.config.image_only_suffix
+
+        def prepare(c: Candidate) -> _Prepared:
+            pieces = prompts.candidate_pieces(c, image_only_suffix=suffix)
+            return self._prepare(pieces, c.image, c.video)
+
         with self._calls:
-            prepared = [
-                self._prepare(
-                    prompts.candidate_pieces(c, image_only_suffix=suffix), c.image, c.video
-                )
-                for c in candidates
-            ]
-            return self._encode(prepared, truncate=True)
+            return self._encode_items(candidates, prepare, truncate=True)
+
+    def _encode_items(
+        self, items: Sequence[Any], prepare: Callable[[Any], _Prepared], *, truncate: bool
+    ) -> np.ndarray:
+        """Texts and images are prepared together and batched by size. Videos are prepared
+        ``batch_size`` at a time, just before their forward: a long video's segments (tens
+        of frames each, up to 600k pixels a frame) never sit in memory all at once."""
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
+        still = [i for i, item in enumerate(items) if item.video is None]
+        if still:
+            out[still] = self._encode([prepare(items[i]) for i in still], truncate=truncate)
+        videos = [i for i, item in enumerate(items) if item.video is not None]
+        for start in range(0, len(videos), self.config.batch_size):
+            group = videos[start : start + self.config.batch_size]
+            out[group] = self._encode([prepare(items[i]) for i in group], truncate=truncate)
+        return out
 
     # -- stages ------------------------------------------------------------------------------
     def _prepare(

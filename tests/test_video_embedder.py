@@ -320,6 +320,35 @@ def test_mixed_batches_give_each_items_vector(embedder: Embedder) -> None:
         assert np.abs(_embed(small, items[::-1])[::-1] - alone).max() <= 1e-5
 
 
+def test_videos_are_prepared_a_batch_at_a_time_just_before_their_forward(
+    embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five videos with batch_size 2: never more than two sampled and processed before a
+    forward, so a long video's segments never sit in memory together."""
+    small = embedder_with(embedder, batch_size=2)
+    events: list[str] = []
+    prepare, forward = small._prepare, small._forward
+
+    def counted_prepare(*args: Any, **kwargs: Any) -> Any:
+        events.append("video" if args[2] is not None else "still")
+        return prepare(*args, **kwargs)
+
+    def counted_forward(items: Any, **kwargs: Any) -> Any:
+        events.append(f"forward {len(items)}")
+        return forward(items, **kwargs)
+
+    monkeypatch.setattr(small, "_prepare", counted_prepare)
+    monkeypatch.setattr(small, "_forward", counted_forward)
+    items = [Candidate(video=FOUR, text=f"clip {n}") for n in range(5)] + [Candidate(text="x")]
+    vectors = small.encode_candidates(items)
+    assert events == [
+        "still", "forward 1",
+        "video", "video", "forward 2", "video", "video", "forward 2", "video", "forward 1",
+    ]  # fmt: skip
+    alone = np.stack([embedder.encode_candidates([item])[0] for item in items])
+    assert np.abs(vectors - alone).max() <= 1e-5
+
+
 def test_video_items_are_never_truncated(embedder: Embedder) -> None:
     long_text = "word " * 1500
     item = Candidate(video=FOUR, text=long_text)
