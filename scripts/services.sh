@@ -44,3 +44,15 @@ if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
     echo "note: no chromium/chromedriver; tests/test_console.py will be skipped" >&2
   fi
 fi
+
+# The alert rules are checked and unit-tested by promtool (Debian's prometheus package; its
+# daemon is not started).
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing promtool (prometheus)"
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+  else
+    echo "note: no promtool; tests/test_monitoring.py will be skipped" >&2
+  fi
+fi
