@@ -95,3 +95,46 @@ def test_a_fresh_virtual_environment_installs_the_client_alone(tmp_path: Path) -
     installed = {d["name"].lower() for d in json.loads(run("-m", "pip", "list", "--format=json"))}
     assert {"umarvel-client", "httpx"} <= installed
     assert not installed & SERVER_ONLY, installed & SERVER_ONLY
+
+    # mypy --strict checks a caller against the installed distribution (its py.typed), and
+    # catches a wrong argument: the types reach callers.
+    good = tmp_path / "caller.py"
+    good.write_text(CALLER)
+    assert _strict(python, good).returncode == 0, _strict(python, good).stdout
+    bad = tmp_path / "bad_caller.py"
+    bad.write_text(CALLER.replace("top_k=5", 'top_k="five"'))
+    checked = _strict(python, bad)
+    assert checked.returncode == 1
+    assert 'Argument "top_k" to "search" of "Client" has incompatible type "str"' in checked.stdout
+
+
+CALLER = """\
+from pathlib import Path
+
+from umarvel_client import AsyncClient, Client, SearchResult
+
+
+def find(api: Client) -> list[str]:
+    result: SearchResult = api.search("clips", text="a cat", candidates="video", top_k=5)
+    spans = [hit.segment["start"] for hit in result.hits if hit.segment is not None]
+    clip = {"kind": "video", "data": Path("a.mp4")}
+    api.documents.ingest("clips", [{"id": "a", "media": [clip]}])
+    return [hit.document_id for hit in result.hits if hit.score > 0.5 and spans]
+
+
+async def find_later(api: AsyncClient) -> float | None:
+    async with api:
+        result = await api.search("clips", video=Path("q.mp4"))
+    return result.hits[0].cosine if result.hits else None
+
+
+with Client("http://localhost:8000", "key") as api:
+    print(find(api))
+"""
+
+
+def _strict(python: str, caller: Path) -> subprocess.CompletedProcess[str]:
+    """The project's mypy, --strict, resolving imports in the fresh environment."""
+    command = [sys.executable, "-m", "mypy", "--strict", "--no-incremental"]
+    command += ["--python-executable", python, str(caller)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=caller.parent, check=False)
