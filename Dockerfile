@@ -33,7 +33,7 @@ COPY migrations migrations
 # The HTTP client is a distribution of its own that the server depends on: one pip command
 # installs both, ./client taken from here, with the worker extra (the model stack) and every
 # runtime distribution at the version of constraints.txt.
-RUN pip install --quiet -c constraints.txt ./client '.[worker]' \
+RUN pip install --quiet -c constraints.txt ./client '.[worker,tracing]' \
     && useradd --create-home --uid 10001 umarvel \
     && mkdir -p /data/media /models /tmp/prometheus \
     && chown umarvel /data/media /models /tmp/prometheus

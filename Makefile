@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-stamp
 # installed in the same command, pip takes it from here and never looks for it on an index.
 $(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ./client -e '.[worker,dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ./client -e '.[worker,dev,tracing]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -42,7 +42,7 @@ services:
 # runtime distribution at the version installed.
 constraints:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ./client -e '.[worker,dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ./client -e '.[worker,dev,tracing]'
 	$(BIN)/python scripts/constraints.py --write
 	touch $(STAMP)
 

@@ -12,12 +12,14 @@ from api.metrics import register_metrics
 from api.openapi import register_openapi
 from api.services import Services
 from api.validation import register_url_checks
+from core import tracing
 from core.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     app = Flask("umarvel")
+    tracing.setup(settings, "umarvel-api", app)  # before the clients exist: they are traced
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     init_extensions(app, settings)

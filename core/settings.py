@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         description="Log lines as key=value (logfmt) or one JSON object each; every field "
         "an event carries is kept.",
     )
+    tracing: str = Field(
+        "",
+        description="OpenTelemetry tracing (the tracing extra): otlp (to the collector the "
+        "OTEL_EXPORTER_OTLP_* variables name), jsonl:PATH (spans appended to a file), or "
+        "empty (off).",
+    )
     auth_enabled: bool = Field(
         True,
         description="Require an API key on every route but /healthz (off only in development).",

@@ -27,11 +27,11 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN = frozenset({"umarvel-search", "umarvel-client"})
-RUNTIME_EXTRAS = ("worker",)
+RUNTIME_EXTRAS = ("worker", "tracing")
 
 HEADER = """\
 # The version of every runtime distribution of umarvel-search (the base dependencies and
-# the worker extra, followed through their own requirements; the dev extra and the
+# the worker and tracing extras, followed through their own requirements; the dev extra and the
 # project's own two distributions left out), as installed in the environment that passes
 # the test suite. pip takes it with -c: the images and `make` install with it.
 #

@@ -250,8 +250,8 @@ def test_the_api_image_is_slim_and_runs_gunicorn_as_a_user() -> None:
     text = (ROOT / "Dockerfile.api").read_text()
     base = next(line for line in text.splitlines() if line.startswith("FROM "))
     assert base == "FROM python:3.11-slim"
-    # The base dependencies only, at the versions of constraints.txt, with the client.
-    assert "pip install --quiet -c constraints.txt ./client . " in text
+    # The base dependencies (and the tracing extra) only, at the versions of constraints.txt.
+    assert "pip install --quiet -c constraints.txt ./client '.[tracing]' " in text
     assert "[worker]" not in text
     assert "useradd --create-home --uid 10001 umarvel" in text
     assert "USER umarvel" in text
@@ -273,7 +273,7 @@ def test_dockerfile_builds_the_package_on_a_cuda_base() -> None:
     assert "python3.11" in text
     # The client's distribution and the server's in one pip command: the server depends on
     # the client, which is on no index.
-    assert "pip install --quiet -c constraints.txt ./client '.[worker]' " in text
+    assert "pip install --quiet -c constraints.txt ./client '.[worker,tracing]' " in text
     assert "useradd --create-home --uid 10001 umarvel" in text
     assert "USER umarvel" in text
     _copies_every_package(text)

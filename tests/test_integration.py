@@ -43,6 +43,7 @@ def stack(
     workdir = tmp_path_factory.mktemp("stack")
     (workdir / "files").mkdir()  # the server files ingestion may read by path
     overrides["ingest_roots"] = json.dumps([str(workdir / "files")])
+    overrides["tracing"] = f"jsonl:{workdir / 'spans.jsonl'}"  # every process traced
     with live_stack(tiny_models, workdir, **overrides) as running:
         yield running
 
@@ -842,3 +843,44 @@ def test_videos_through_the_live_stack(stack: Stack, tmp_path: Path) -> None:
     finally:
         index.close()
     api.collections.delete("clips")
+
+
+def test_a_query_is_one_trace_across_the_api_both_workers_sql_redis_and_milvus(
+    stack: Stack, http: requests.Session, ingested: dict[str, Any]
+) -> None:
+    """UMARVEL_TRACING=jsonl:PATH in every process of the stack: a query's spans, from the
+    API's request to the rerank worker's step, share one trace id."""
+    spans_file = Path(stack.settings().tracing.removeprefix("jsonl:"))
+    body = {"text": "a traced query about a blue square", "top_k": 3, "rerank": {"enabled": True}}
+    answer = _query(stack, http, body)
+    assert answer["status"] == "done"
+
+    def spans() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in spans_file.read_text().splitlines()]
+
+    def submitted(span: dict[str, Any]) -> bool:
+        route = span["attributes"].get("http.route", "")
+        return span["kind"] == "SpanKind.SERVER" and route.endswith("/queries")
+
+    request = max((s for s in spans() if submitted(s)), key=lambda s: s["start_time"])
+    trace_id = request["context"]["trace_id"]
+
+    def traced() -> list[dict[str, Any]]:
+        return [s for s in spans() if s["context"]["trace_id"] == trace_id]
+
+    # The rerank step's last spans are written as it ends, after the answer was read.
+    def services() -> set[str]:
+        return {s["resource"]["attributes"]["service.name"] for s in traced()}
+
+    wait_until(lambda: any("rerank" in name for name in services()), 30, "the rerank span")
+    names = services()
+    assert "umarvel-api" in names
+    assert any(name.startswith("umarvel-worker-") and "recall" in name for name in names), names
+    systems = {s["attributes"].get("db.system") for s in traced()}
+    assert {"postgresql", "redis"} <= systems, systems
+    milvus = [
+        s for s in traced() if "milvus" in str(s["attributes"].get("rpc.service", "")).lower()
+    ]
+    assert milvus, sorted({s["name"] for s in traced()})
+    tasks = {s["name"] for s in traced() if s["kind"] == "SpanKind.CONSUMER"}
+    assert {"run/recall.search", "run/rerank.score"} <= tasks, tasks

@@ -5,9 +5,12 @@ from typing import Any
 
 from celery.signals import worker_ready
 
+from core import tracing
 from core.celery_app import make_celery
 from core.settings import get_settings
 
+# Traced (with UMARVEL_TRACING) before any client is made, named by the queues it serves.
+tracing.setup(get_settings(), f"umarvel-worker-{os.environ.get('UMARVEL_WORKER_QUEUE', 'all')}")
 app = make_celery(get_settings(), include_tasks=True)
 
 
