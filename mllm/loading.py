@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.errors import InvalidRequest
 from media.images import decode_image
-from media.video import Video, open_video
+from media.video import SampledVideo, Video, open_video
 from mllm import families
 from mllm.families import Family
 
@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     import torch
 
 ImageInput = str | Path | bytes | Image.Image
-VideoInput = str | Path | bytes | Video  # a path, the file's bytes, or a checked video
+VideoFile = str | Path | bytes | Video  # a path, the file's bytes, or a checked video
+# A video file, or its frames sampled already (``recall.embedder.Embedder.sample``).
+VideoInput = VideoFile | SampledVideo
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def load_image(
     return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels, keep_alpha=keep_alpha)
 
 
-def load_video(value: VideoInput, *, max_bytes: int, max_pixels: int, max_frames: int) -> Video:
+def load_video(value: VideoFile, *, max_bytes: int, max_pixels: int, max_frames: int) -> Video:
     """A checked video (``media.video.open_video``) from a path, raw bytes or a ``Video``."""
     if isinstance(value, Video):
         return value
@@ -204,7 +206,7 @@ class LoadedModel(Generic[Config]):
             keep_alpha=keep_alpha,
         )
 
-    def video(self, value: VideoInput) -> Video:
+    def video(self, value: VideoFile) -> Video:
         """``value`` checked within this model's video limits."""
         return load_video(
             value,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from media.images import prepare_image
-from media.video import sample_video
+from media.video import SampledVideo, sample_video
 from mllm.batching import image_tokens, plan_batches
 from mllm.families import Pooling, Positions, TokenRows
 from mllm.loading import Loaded, LoadedModel, RunConfig, load_backbone
@@ -148,6 +148,15 @@ class Embedder(LoadedModel[EmbedderConfig]):
             out[group] = self._encode([prepare(items[i]) for i in group], truncate=truncate)
         return out
 
+    def sample(self, video: Any) -> SampledVideo:
+        """The frames of ``video`` this embedder takes (U-MARVEL's sampling rule, within its
+        limits and ``video_nframes``): the decoding and resizing part of embedding a video.
+        A caller may do it in its own thread and pass the result as the item's video; a
+        worker does, so that decoding never holds the model's batcher."""
+        if isinstance(video, SampledVideo):
+            return video
+        return sample_video(self.video(video), nframes=self.config.video_nframes)
+
     # -- stages ------------------------------------------------------------------------------
     def _prepare(
         self, text: TextPart, image: Any, video: Any = None, *, pool_instruction: bool = False
@@ -163,7 +172,7 @@ class Embedder(LoadedModel[EmbedderConfig]):
         if image is not None:
             pil = prepare_image(self.image(image))
         if video is not None:
-            sampled = sample_video(self.video(video), nframes=self.config.video_nframes)
+            sampled = video if isinstance(video, SampledVideo) else self.sample(video)
             inputs = process_video(self.processor, self.family, sampled, self.config.video_frames)
         media: Literal["image", "video"] | None = None
         if pil is not None or inputs is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.errors import InvalidRequest
 from mllm.loading import RunConfig
@@ -40,6 +40,11 @@ class RecallEmbedder(Protocol):
     def encode_queries(self, queries: Sequence[Query]) -> np.ndarray: ...
 
     def encode_candidates(self, candidates: Sequence[Candidate]) -> np.ndarray: ...
+
+    def sample(self, video: Any) -> Any:
+        """A video's frames as this embedder takes them (the decoding part of embedding it,
+        which a caller may do in its own thread); refused by an embedder without videos."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,9 @@ class Qwen3VLEmbedder(LoadedModel[Qwen3VLEmbedderConfig]):
         with self._calls:
             return self._encode([self._prepare(None, c.text, c.image) for c in candidates])
 
+    def sample(self, video: Any) -> Any:
+        _refuse_videos([Candidate(video=video)])
+
     def _prepare(self, instruction: str | None, text: str | None, image: Any) -> _Prepared:
         pil = None
         if image is not None:

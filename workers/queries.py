@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, cast
 
@@ -260,6 +260,8 @@ def _query_vector(
         cache_key = _embedding_key(searched.model, plan, query)
         vector = _cached_vector(rt, cache_key)
         if vector is None:
+            if query.video is not None:  # sampled here: decoding never holds the batcher
+                query = replace(query, video=rt.embedder(searched.model).sample(query.video))
             batcher = rt.query_batcher(searched.model)
             limit = rt.settings.task_time_limit
             vector = batcher.submit([query], timeout=limit, arrived=arrived)[0]

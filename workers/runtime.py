@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -142,15 +143,27 @@ class Runtime:
 
         piece = self.settings.embed_batch_size * PIECE_BATCHES
 
-        def encode(candidates: list[Candidate]) -> np.ndarray:
+        def submit(items: list[Candidate]) -> np.ndarray:
+            # Queries anywhere (another process shares the CPU, SQL and Milvus) first.
+            yield_to_queries(self.redis, self.settings.ingest_yield_seconds)
             batcher = self.query_batcher(model)
             limit = self.settings.task_time_limit
-            parts = []
-            for part in chunked(candidates, piece):
-                # Queries anywhere (another process shares the CPU, SQL and Milvus) first.
-                yield_to_queries(self.redis, self.settings.ingest_yield_seconds)
-                parts.append(batcher.submit(part, timeout=limit, priority=INGEST_PRIORITY))
-            return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+            return np.asarray(batcher.submit(items, timeout=limit, priority=INGEST_PRIORITY))
+
+        def encode(candidates: list[Candidate]) -> np.ndarray:
+            out: dict[int, np.ndarray] = {}
+            stills = [i for i, c in enumerate(candidates) if c.video is None]
+            for part in chunked(stills, piece):
+                out.update(zip(part, submit([candidates[i] for i in part]), strict=True))
+            # A video is sampled here, in the ingesting thread, and sent alone: decoding
+            # never holds the model's batcher, and one video's frames are in memory at once.
+            for i, candidate in enumerate(candidates):
+                if candidate.video is not None:
+                    video = self.embedder(model).sample(candidate.video)
+                    out[i] = submit([replace(candidate, video=video)])[0]
+            if not out:
+                return np.zeros((0, 0), np.float32)
+            return np.stack([out[i] for i in range(len(candidates))])
 
         return encode
 

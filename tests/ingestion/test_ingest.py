@@ -175,3 +175,37 @@ def test_a_long_video_is_embedded_as_overlapping_segments_found_once_with_their_
     run_entries(rt)
     assert _segment_rows(rt, name, "long") == []
     assert rt.index.count(name) == 2
+
+
+def test_a_video_is_decoded_and_sampled_outside_the_models_batcher(
+    pipeline_env: tuple[FlaskClient, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer checks a video, and the ingesting thread samples it, before the model's
+    batcher sees it: the batcher's threads only process and run the model."""
+    import threading
+
+    from devkit.clips import make_clip
+    from media import kinds
+    from media import video as video_module
+    from recall import embedder as embedder_module
+
+    client, rt = pipeline_env
+    threads: list[str] = []
+
+    def recording(function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(embedder_module, "sample_video", recording(video_module.sample_video))
+    monkeypatch.setattr(kinds, "open_video", recording(video_module.open_video))
+    docs = [
+        {"id": f"clip{n}", "media": [{"kind": "video", "data": b64(make_clip(64, 48, 12, 4))}]}
+        for n in range(3)
+    ]
+    ingest_in_process(client, rt, [*docs, {"id": "words", "text": "no video"}])
+    assert client.get("/v1/collections/docs/documents/clip2").json["status"] == "indexed"
+    assert threads.count(threading.current_thread().name) == len(threads) >= 6
+    assert not any(name.startswith("query-batcher") for name in threads)
