@@ -56,7 +56,7 @@ def test_make_installs_the_client_and_the_server_in_one_pip_command() -> None:
     # The recipe of the install stamp (`make constraints` reinstalls without constraints).
     stamp = makefile.split("\n$(STAMP):", 1)[1].split("\n\n", 1)[0]
     (install,) = [line for line in stamp.splitlines() if "pip install" in line]
-    assert install.endswith("-c constraints.txt -e ./client -e '.[worker,dev]'")
+    assert install.endswith("-c constraints.txt -e ./client -e '.[worker,dev,tracing]'")
     assert re.search(r"^\$\(STAMP\):.*\bclient/pyproject\.toml\b", makefile, re.MULTILINE)
 
 
