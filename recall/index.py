@@ -365,6 +365,34 @@ class MilvusIndex:
                 found[str(row[PK_FIELD])] = np.asarray(row[VECTOR_FIELD], dtype=np.float32)
         return found
 
+    def segment_vectors(
+        self, name: str, ids: Sequence[str], written_at: int | None = None, batch: int = 100
+    ) -> dict[str, list[tuple[tuple[float, float] | None, np.ndarray]]]:
+        """Every stored vector of those of ``ids`` that ``name`` holds, with its segment's
+        span: one, without a span, for a document that is not a segmented video."""
+        if not ids or not self.exists(name):
+            return {}
+        if not self.segmented(name):
+            stored = self.vectors(name, ids, written_at)
+            return {doc: [(None, vector)] for doc, vector in stored.items()}
+        self.ensure_loaded(name)
+        consistency = self._consistency(written_at)
+        outputs = [DOCUMENT_FIELD, START_FIELD, END_FIELD, VECTOR_FIELD]
+        found: dict[str, list[tuple[tuple[float, float] | None, np.ndarray]]] = {}
+
+        def query(expression: str) -> Any:
+            return self.client.query(name, filter=expression, output_fields=outputs, **consistency)
+
+        for start in range(0, len(ids), batch):
+            expression = ids_expression(list(ids[start : start + batch]), DOCUMENT_FIELD)
+            for row in self._retry(partial(query, expression)):
+                span = (float(row[START_FIELD]), float(row[END_FIELD]))
+                vector = np.asarray(row[VECTOR_FIELD], dtype=np.float32)
+                found.setdefault(str(row[DOCUMENT_FIELD]), []).append(
+                    (span if span[1] > 0 else None, vector)
+                )
+        return found
+
     def ids(self, name: str, batch: int = 5000) -> list[str]:
         """Every document id in ``name`` (for reconciliation against SQL), in key order,
         read in pages of ``batch``. Not pymilvus' ``query_iterator``: it writes the last key

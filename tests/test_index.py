@@ -433,6 +433,14 @@ def test_a_document_of_many_segments_is_found_once_counted_once_and_deleted_whol
     assert index.count(name) == 6
     assert sorted(index.ids(name, batch=2)) == ["clip", *[f"other-{i}" for i in range(5)]]
 
+    rows = index.segment_vectors(name, ["clip", "other-0", "absent"])
+    assert set(rows) == {"clip", "other-0"}
+    assert sorted(span for span, _ in rows["clip"]) == [
+        (10.0 * n, 10.0 * n + 30) for n in range(12)
+    ]
+    ((span, vector),) = rows["other-0"]
+    assert span is None
+    assert np.abs(vector - others[0]).max() < 1e-6
     index.delete_stale(name, {"clip": 4, "other-0": 1})  # a revision of four segments
     index.flush(name)
     left = index.client.query(name, filter='_document == "clip"', output_fields=[SEGMENT_FIELD])

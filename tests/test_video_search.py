@@ -186,3 +186,25 @@ def test_the_reranker_sees_the_middle_frame_of_a_videos_best_segment(
     expected = reranker.score(query, [RerankCandidate(CAPTION, frame)])[0]
     assert results["long"]["p_yes"] == pytest.approx(expected, abs=1e-5)
     reranking.index.close()
+
+
+def test_a_keyword_match_the_dense_search_missed_gets_its_best_segments_cosine(
+    videos: tuple[FlaskClient, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hybrid search: a video found only by its words is scored by its nearest segment,
+    whose span its hit carries (the dense side is emptied here, as a miss at scale)."""
+    client, rt = videos
+    monkeypatch.setattr(rt.index, "search", lambda *args, **kwargs: [])
+    body = {"text": CAPTION, "candidates": "video", "mode": "hybrid", "rerank": {"enabled": False}}
+    results = {hit["document_id"]: hit for hit in _search(client, rt, body)["results"]}
+    assert set(results) == {"long", "short", "caption"}  # those holding a word ("a")
+    assert results["short"]["segment"] == {"start": 0.0, "end": 3.0}
+    embedder = rt.embedder(rt.settings.recall_model)
+    query = Query(text=CAPTION, instruction=VIDEO_INSTRUCTION, protocol="video")
+    vector = embedder.encode_queries([query])[0]
+    segments = _segments(rt, client, "long")
+    cosines = {span: float(vector @ stored) for span, stored in segments.items()}
+    best = max(cosines, key=lambda span: cosines[span])
+    assert results["long"]["cosine"] == pytest.approx(cosines[best], abs=1e-5)
+    assert results["long"]["segment"] == {"start": best[0], "end": best[1]}
+    assert "segment" not in results["caption"]

@@ -322,9 +322,21 @@ def _recall(
     assert plan.fusion is not None
     found_dense = {doc for doc, _ in dense}
     missing = [doc for doc, _ in keyword if doc not in found_dense]
-    stored = rt.index.vectors(searched.target, missing, searched.written_at)
-    cosines = {doc: _cosine(vector, stored_vector) for doc, stored_vector in stored.items()}
+    # A keyword match the dense search missed gets the cosine of its nearest vector (a
+    # video's best segment, whose span it then carries).
+    cosines: dict[str, float] = {}
+    for doc, rows in rt.index.segment_vectors(
+        searched.target, missing, searched.written_at
+    ).items():
+        cosine, span = max(((_cosine(vector, stored), span) for span, stored in rows), key=_first)
+        cosines[doc] = cosine
+        if span is not None:
+            spans[doc] = Segment(start=span[0], end=span[1])
     return _with_segments(hybrid_hits(dense, keyword, cosines, plan.fusion, plan.depth), spans)
+
+
+def _first(pair: tuple[float, Any]) -> float:
+    return pair[0]
 
 
 def _with_segments(hits: list[Hit], spans: dict[str, Segment]) -> list[Hit]:
