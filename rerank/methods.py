@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from core.errors import InvalidRequest
 from mllm.loading import RunConfig
@@ -18,7 +18,15 @@ from rerank.reranker import RerankCandidate, RerankQuery
 
 
 class PairScorer(Protocol):
+    # Whether a candidate may carry a video (sampled by ``sample``); a scorer without video
+    # input is shown a frame of it, as an image.
+    takes_videos: bool
+
     def score_pairs(self, pairs: Sequence[tuple[RerankQuery, RerankCandidate]]) -> list[float]: ...
+
+    def sample(self, video: Any) -> Any:
+        """A candidate video's frames as this scorer takes them (its decoding part)."""
+        ...
 
 
 @dataclass(frozen=True)

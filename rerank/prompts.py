@@ -23,9 +23,14 @@ def query_text(text: str | None, instruction: str | None) -> str:
 
 
 def user_content(
-    query_text_: str, query_has_image: bool, candidate_text: str, candidate_has_image: bool
+    query_text_: str,
+    query_has_image: bool,
+    candidate_text: str,
+    candidate_has_image: bool,
+    candidate_has_video: bool = False,
 ) -> list[dict[str, Any]]:
-    """Instruction, ``Query:``, query image, query text, ``Candidate:``, its image, its text.
+    """Instruction, ``Query:``, query image, query text, ``Candidate:``, its image (or
+    video), its text.
 
     The two texts are marked as the client's (``Client``): never read as control tokens.
     """
@@ -39,5 +44,7 @@ def user_content(
     parts.append({"type": "text", "text": "Candidate:"})
     if candidate_has_image:
         parts.append({"type": "image"})
+    if candidate_has_video:
+        parts.append({"type": "video"})
     parts.append({"type": "text", "text": Client(format_string(candidate_text))})
     return [p for p in parts if p["type"] != "text" or p["text"]]

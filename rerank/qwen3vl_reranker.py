@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from core.errors import InvalidRequest
 from mllm import qwen3vl_inputs as inputs
 from mllm.batching import plan_batches
 from mllm.loading import Loaded, LoadedModel, RunConfig, load_backbone
@@ -102,7 +103,14 @@ class Qwen3VLReranker(LoadedModel[Qwen3VLRerankerConfig]):
             return None
         return inputs.prepare_image(self.image(value, keep_alpha=True))
 
+    takes_videos = False  # candidates' videos come as a frame (workers.queries)
+
+    def sample(self, video: Any) -> Any:
+        raise InvalidRequest("Qwen3-VL-Reranker takes no videos here yet")
+
     def _prepare(self, query: RerankQuery, query_image: Any, candidate: RerankCandidate) -> _Pair:
+        if candidate.video is not None:
+            self.sample(candidate.video)  # refused, never scored without its video
         candidate_image = self._image(candidate.image)
         instruction = query.instruction or DEFAULT_INSTRUCTION  # verbatim, unlike the embedder
         user = [

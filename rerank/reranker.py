@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from media.images import prepare_image
+from media.video import SampledVideo, sample_video
 from mllm.batching import image_tokens, plan_batches
-from mllm.loading import ImageInput, Loaded, LoadedModel, RunConfig, load_backbone
+from mllm.loading import ImageInput, Loaded, LoadedModel, RunConfig, VideoInput, load_backbone
 from mllm.prompt_tokens import PromptTokenizer
+from mllm.video_inputs import VideoFrames, VideoInputs, process_video
 from rerank import prompts
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ class RerankQuery:
 class RerankCandidate:
     text: str | None = None
     image: ImageInput | None = None
+    video: VideoInput | None = None  # sampled by U-MARVEL's rule (``sample``); not with an image
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,13 @@ class _Pair:
     images: list[Any]  # the query's image first, if it has one
     cost: int
     query_images: int  # how many of ``images`` are the query's
+    videos: tuple[VideoInputs, ...] = ()  # the candidate's video, processed
 
 
 class Reranker(LoadedModel[RerankerConfig]):
     """Scores (query, candidate) pairs with P(Yes) of a Qwen-VL instruct model."""
+
+    takes_videos = True
 
     def __init__(self, loaded: Loaded, config: RerankerConfig | None = None) -> None:
         super().__init__(loaded, config or RerankerConfig())
@@ -113,6 +119,12 @@ class Reranker(LoadedModel[RerankerConfig]):
         scores = [0.0] * len(prepared)
         unshared: list[int] = []
         for indices in by_query.values():
+            # A candidate video's positions are not continued past a shared prefix here: its
+            # pairs run whole.
+            unshared += [i for i in indices if prepared[i].videos]
+            indices = [i for i in indices if not prepared[i].videos]
+            if not indices:
+                continue
             group = [prepared[i] for i in indices]
             split = shared_prefix_length(group, self.tokens.image_id)
             if not (self.config.shared_prefix and len(group) > 1 and split):
@@ -132,20 +144,35 @@ class Reranker(LoadedModel[RerankerConfig]):
             return None
         return prepare_image(self.image(value))
 
+    def sample(self, video: Any) -> SampledVideo:
+        """A candidate video's frames as this reranker takes them: U-MARVEL's sampling rule
+        (2 frames a second, 4 to 768), the decoding part of scoring it, which a caller may
+        do in its own thread and pass as the candidate's video."""
+        if isinstance(video, SampledVideo):
+            return video
+        return sample_video(self.video(video))
+
     def _prepare(self, query: RerankQuery, query_image: Any, candidate: RerankCandidate) -> _Pair:
+        if candidate.image is not None and candidate.video is not None:
+            raise ValueError("a candidate carries an image or a video, not both")
         candidate_image = self._image(candidate.image)
+        videos: tuple[VideoInputs, ...] = ()
+        if candidate.video is not None:
+            sampled = self.sample(candidate.video)
+            videos = (process_video(self.processor, self.family, sampled, VideoFrames.REFERENCE),)
         content = prompts.user_content(
             prompts.query_text(query.text, query.instruction),
             query_image is not None,
             candidate.text or "",
             candidate_image is not None,
+            bool(videos),
         )
         prompt = self.tokens.render([{"role": "user", "content": content}])
         images = [img for img in (query_image, candidate_image) if img is not None]
-        tokens = len(prompt.ids)
+        tokens = len(prompt.ids) + sum(len(self.tokens.video_tokens(v)) for v in videos)
         for img in images:
             tokens += image_tokens(self.processor.image_processor, img.height, img.width)
-        return _Pair(prompt.text, prompt.ids, images, tokens, int(query_image is not None))
+        return _Pair(prompt.text, prompt.ids, images, tokens, int(query_image is not None), videos)
 
     def _forward(self, pairs: list[_Pair]) -> list[float]:
         import torch
@@ -153,6 +180,7 @@ class Reranker(LoadedModel[RerankerConfig]):
         batch = self.tokens.batch(
             [pair.ids for pair in pairs],
             [img for pair in pairs for img in pair.images],
+            videos=[video for pair in pairs for video in pair.videos],
             padding_side="left",
         ).to(self.device)
         with torch.inference_mode():

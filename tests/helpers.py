@@ -140,9 +140,13 @@ def generate_p_yes(reranker: Any, penalty: float, query: Any, candidates: list[A
 
     pairs = [reranker._prepare(query, reranker._image(query.image), c) for c in candidates]
     images = [img for pair in pairs for img in pair.images]
+    # A candidate video goes in as the frames U-MARVEL's rule samples, as its evaluation
+    # handed them to the processor.
+    videos = [reranker.sample(c.video).frames for c in candidates if c.video is not None]
     batch = reranker.processor(
         text=[p.text for p in pairs],
         images=images or None,
+        videos=videos or None,
         padding=True,
         padding_side="left",
         return_tensors="pt",

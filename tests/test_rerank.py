@@ -122,6 +122,33 @@ def test_shared_prefix_scores_equal_unshared_and_generate(
     assert len({round(p, 6) for p in shared.score(query, mixed)}) > 1
 
 
+def test_a_video_candidate_is_scored_from_its_frames(
+    tiny_models: dict[str, Path], arch: str
+) -> None:
+    """A candidate video reaches the reranker as its sampled frames through the video input:
+    on Qwen2-VL the score is generate()'s first step over the processor's own expansion; on
+    both it is the same alone, in a batch, and beside pairs that share their prefix."""
+    from devkit.clips import make_clip
+
+    reranker = Reranker.from_pretrained(str(tiny_models[arch]))
+    clip = make_clip(64, 48, 8, 4)
+    query = MODAL_QUERIES["text"]
+    candidates = [
+        RerankCandidate(text="a moving square", video=clip),
+        *MODAL_CANDIDATES["text"],
+        RerankCandidate(video=make_clip(80, 48, 12, 4)),
+    ]
+    got = reranker.score(query, candidates)
+    alone = [reranker.score(query, [c])[0] for c in candidates]
+    assert max(abs(a - b) for a, b in zip(got, alone, strict=True)) <= 1e-5
+    assert got[0] != pytest.approx(got[3], abs=1e-4)  # the frames matter
+    if arch == "qwen2_vl":  # Qwen3-VL's processor places timestamps otherwise (see mllm)
+        expected = generate_p_yes(reranker, reranker.penalty, query, candidates)
+        assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 1e-5
+    with pytest.raises(ValueError, match="an image or a video, not both"):
+        reranker.score(query, [RerankCandidate(image=RED, video=clip)])
+
+
 def _log_odds(p: float) -> float:
     return math.log(p / (1.0 - p))
 

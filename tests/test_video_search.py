@@ -160,15 +160,16 @@ def test_a_query_video_over_its_limit_is_a_413(pipeline_env: tuple[FlaskClient, 
     assert "larger than" in error(response, 413)["message"]
 
 
-def test_the_reranker_sees_the_middle_frame_of_a_videos_best_segment(
+def test_the_reranker_sees_the_frames_of_a_videos_best_segment(
     videos: tuple[FlaskClient, Runtime], tiny_models: dict[str, Any]
 ) -> None:
-    from media.video import frame_at
+    """The rerank step samples the best segment of each video hit (outside the batcher) and
+    the reranker scores its frames through its video input."""
     from rerank.reranker import RerankCandidate, RerankQuery
     from workers.queries import rerank_step
 
     client, rt = videos
-    settings = rt.settings.model_copy(update={"rerank_model": str(tiny_models["qwen3_vl"])})
+    settings = rt.settings.model_copy(update={"rerank_model": str(tiny_models["qwen2_vl"])})
     reranking = Runtime(settings)
     body = {"text": CAPTION, "candidates": "video", "rerank": {"enabled": True, "k": 4}}
     job = client.post("/v1/collections/docs/queries", json={"wait": 0, "top_k": 4, **body}).json
@@ -179,11 +180,11 @@ def test_the_reranker_sees_the_middle_frame_of_a_videos_best_segment(
     results = {hit["document_id"]: hit for hit in answer["results"]}
     assert all(hit["p_yes"] is not None for hit in results.values())
 
-    span = results["long"]["segment"]
-    frame = frame_at(VIDEO.decode(LONG, settings), (span["start"] + span["end"]) / 2)
+    span = results["long"]["segment"]  # 1 frame a second: the segment's frames by number
+    segment = VIDEO.decode(LONG, settings).segment(int(span["start"]), int(span["end"]))
     reranker = reranking.reranker(settings.rerank_model)
     query = RerankQuery(CAPTION, None, VIDEO_INSTRUCTION)
-    expected = reranker.score(query, [RerankCandidate(CAPTION, frame)])[0]
+    expected = reranker.score(query, [RerankCandidate(CAPTION, video=segment)])[0]
     assert results["long"]["p_yes"] == pytest.approx(expected, abs=1e-5)
     reranking.index.close()
 
@@ -208,3 +209,27 @@ def test_a_keyword_match_the_dense_search_missed_gets_its_best_segments_cosine(
     assert results["long"]["cosine"] == pytest.approx(cosines[best], abs=1e-5)
     assert results["long"]["segment"] == {"start": best[0], "end": best[1]}
     assert "segment" not in results["caption"]
+
+
+def test_a_reranker_without_video_input_sees_the_segments_middle_frame(
+    videos: tuple[FlaskClient, Runtime], tiny_models: dict[str, Any]
+) -> None:
+    from media.video import frame_at
+    from rerank.reranker import RerankCandidate, RerankQuery
+    from workers.queries import rerank_step
+
+    client, rt = videos
+    model = f"qwen3-vl-reranker:{tiny_models['qwen3_vl']}"
+    reranking = Runtime(rt.settings.model_copy(update={"rerank_model": model}))
+    assert not reranking.reranker(model).takes_videos
+    body = {"text": CAPTION, "candidates": "video", "rerank": {"enabled": True, "k": 4}}
+    job = client.post("/v1/collections/docs/queries", json={"wait": 0, "top_k": 4, **body}).json
+    recall_step(reranking, job["id"])
+    rerank_step(reranking, job["id"])
+    results = {hit["document_id"]: hit for hit in client.get(job["url"]).json["results"]}
+    span = results["long"]["segment"]
+    frame = frame_at(VIDEO.decode(LONG, rt.settings), (span["start"] + span["end"]) / 2)
+    query = RerankQuery(CAPTION, None, VIDEO_INSTRUCTION)
+    expected = reranking.reranker(model).score_pairs([(query, RerankCandidate(CAPTION, frame))])
+    assert results["long"]["p_yes"] == pytest.approx(expected[0], abs=1e-5)
+    reranking.index.close()

@@ -376,7 +376,8 @@ def rerank_step(rt: Runtime, job_id: str) -> str:
         candidates = [_rerank_candidate(rt, docs[h.document_id], h) for h in scored]
         rerank_query = RerankQuery(query.text, query.image, query.instruction)
         if query.text is None and query.image is None and like and like[0] in docs:
-            example = _rerank_candidate(rt, docs[like[0]])  # the query side: the first example
+            # The query side: the first example (a video as its middle frame).
+            example = _rerank_candidate(rt, docs[like[0]], as_image=True)
             query = _with_instruction(plan, example.text, example.image)
             rerank_query = RerankQuery(query.text, query.image, query.instruction)
         pairs = [(rerank_query, candidate) for candidate in candidates]
@@ -425,17 +426,27 @@ def _indexed(session: Any, collection_id: int, ids: list[str]) -> dict[str, Docu
     return {doc.external_id: doc for doc in rows}
 
 
-def _rerank_candidate(rt: Runtime, doc: Document, hit: Hit | None = None) -> RerankCandidate:
-    """The document as the reranker sees it: its text and image; a video, as the frame in
-    the middle of the hit's segment (of the whole video without one), an image."""
+def _rerank_candidate(
+    rt: Runtime, doc: Document, hit: Hit | None = None, *, as_image: bool = False
+) -> RerankCandidate:
+    """The document as the reranker sees it: its text and its image or video. A video is
+    the hit's segment (the whole video without one), sampled here so that decoding never
+    holds the reranker's batcher; a reranker without video input (or ``as_image``: a
+    query's side takes no video) sees the segment's middle frame as an image."""
     image = rt.media.get(doc.image_key) if doc.image_key else None
     video_key = next((part.key for part in doc.media if part.kind == VIDEO.name), None)
-    if image is None and video_key is not None:
-        video = VIDEO.decode(rt.media.get(video_key), rt.settings)
-        segment = hit.segment if hit is not None else None
-        start, end = (segment.start, segment.end) if segment else (0.0, video.info.end)
-        image = frame_at(video, (start + end) / 2)
-    return RerankCandidate(text=doc.text, image=image)
+    if image is not None or video_key is None:
+        return RerankCandidate(text=doc.text, image=image)
+    video = VIDEO.decode(rt.media.get(video_key), rt.settings)
+    segment = hit.segment if hit is not None else None
+    start, end = (segment.start, segment.end) if segment else (0.0, video.info.end)
+    scorer = rt.reranker(rt.settings.rerank_model)
+    if as_image or not scorer.takes_videos:
+        return RerankCandidate(text=doc.text, image=frame_at(video, (start + end) / 2))
+    first = min(round(start * video.info.fps), video.info.frames - 2)
+    last = max(min(round(end * video.info.fps), video.info.frames), first + 2)
+    clip = video if (first, last) == (0, video.info.frames) else video.segment(first, last)
+    return RerankCandidate(text=doc.text, video=scorer.sample(clip))
 
 
 def _log_step(task: str, job_id: str, collection: str, timings: dict[str, float]) -> None:
