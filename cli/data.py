@@ -193,7 +193,12 @@ def eval_sample_mbeir(root: Path, tasks: tuple[str, ...], pool_size: int) -> Non
 def _video_eval(dataset: str) -> Any:
     """``umarvel eval msrvtt`` and ``umarvel eval msvd``: one command each, one body."""
 
-    @eval_group.command(dataset)
+    summary = (
+        f"R@1/5/10 text -> video (and video -> text) on the {VIDEO_SETS[dataset]} test set "
+        "under ROOT, as U-MARVEL's zero-shot evaluation measures it."
+    )
+
+    @eval_group.command(dataset, help=summary)
     @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @click.option("--model", default=None, help="Embedding checkpoint [UMARVEL_RECALL_MODEL].")
     @click.option(
@@ -241,14 +246,10 @@ def _video_eval(dataset: str) -> Any:
         out = output or Path(".umarvel/eval") / dataset
         write_outputs(out, summary, video.table(summary), video.chart)
 
-    command.__doc__ = (
-        f"R@1/5/10 text -> video (and video -> text) on the {video_names[dataset]} test set "
-        "under ROOT, as U-MARVEL's zero-shot evaluation measures it."
-    )
     return command
 
 
-video_names = {"msrvtt": "MSR-VTT 1k-A", "msvd": "MSVD"}
+VIDEO_SETS = {"msrvtt": "MSR-VTT 1k-A", "msvd": "MSVD"}
 eval_msrvtt = _video_eval("msrvtt")
 eval_msvd = _video_eval("msvd")
 

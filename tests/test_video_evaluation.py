@@ -99,6 +99,8 @@ def test_the_command_writes_its_report(
     assert "Paper R@1 text -> video: 7B 54.6, 4B 44.0." in text
     assert (out / "results.png").stat().st_size > 0
 
+    listed = CliRunner().invoke(main, ["eval", "--help"]).output
+    assert "msrvtt        R@1/5/10 text -> video" in listed  # each command says what it does
     missing = CliRunner().invoke(main, ["eval", "msrvtt", str(tmp_path)])
     assert missing.exit_code == 1
     assert "no MSR-VTT test captions under" in missing.output

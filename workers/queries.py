@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from operator import itemgetter
 from typing import Any, cast
 
 import numpy as np
@@ -328,15 +329,13 @@ def _recall(
     for doc, rows in rt.index.segment_vectors(
         searched.target, missing, searched.written_at
     ).items():
-        cosine, span = max(((_cosine(vector, stored), span) for span, stored in rows), key=_first)
+        cosine, span = max(
+            ((_cosine(vector, stored), span) for span, stored in rows), key=itemgetter(0)
+        )
         cosines[doc] = cosine
         if span is not None:
             spans[doc] = Segment(start=span[0], end=span[1])
     return _with_segments(hybrid_hits(dense, keyword, cosines, plan.fusion, plan.depth), spans)
-
-
-def _first(pair: tuple[float, Any]) -> float:
-    return pair[0]
 
 
 def _with_segments(hits: list[Hit], spans: dict[str, Segment]) -> list[Hit]:
